@@ -1,0 +1,3 @@
+"""scitagd: SciTags flow and packet marking daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""`scitagd ...`: exit status 0 on success, 2 with one error line for invalid input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .tags import (
+    EXPERIMENT_MAX,
+    FLOW_LABEL_MASK,
+    TagError,
+    decode_flow_label,
+    decode_scitag,
+    encode_flow_label,
+    encode_scitag,
+    parse_int,
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _registry() -> Any:
+    from .registry import Registry
+
+    return Registry.bundled()
+
+
+def tag_info(exp: int, act: int) -> Dict[str, Any]:
+    reg = _registry()
+    label = encode_flow_label(exp, act) if 1 <= exp <= EXPERIMENT_MAX else None
+    return {
+        "experiment_id": exp,
+        "activity_id": act,
+        "experiment": reg.experiment_name(exp),
+        "activity": reg.activity_name(exp, act),
+        "scitag": encode_scitag(exp, act),
+        "flow_label": label,
+        "flow_label_mask": FLOW_LABEL_MASK,
+    }
+
+
+def _print_tag(info: Dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info))
+        return
+    exp = info["experiment"] or "(not in registry)"
+    act = info["activity"] or "(not in registry)"
+    print(f"experiment  {info['experiment_id']:>5}  {exp}")
+    print(f"activity    {info['activity_id']:>5}  {act}")
+    print(f"scitag      {info['scitag']:>5}")
+    if info["flow_label"] is None:
+        print(f"flow label      -  (experiment above {EXPERIMENT_MAX} does not fit 9 bits)")
+    else:
+        print(f"flow label  {info['flow_label']:#07x}  (entropy bits 0; mask {FLOW_LABEL_MASK:#07x})")
+
+
+def cmd_tag_encode(a: argparse.Namespace) -> int:
+    from .registry import RegistryError
+
+    try:
+        exp, act = _registry().resolve(a.experiment, a.activity)
+        encode_flow_label(exp, act)  # range checks with their messages
+    except (RegistryError, TagError) as e:
+        raise UsageError(str(e)) from None
+    _print_tag(tag_info(exp, act), a.json)
+    return 0
+
+
+def cmd_tag_decode(a: argparse.Namespace) -> int:
+    try:
+        if a.scitag is not None:
+            exp, act = decode_scitag(parse_int(a.scitag))
+        else:
+            exp, act = decode_flow_label(parse_int(a.flow_label))
+    except TagError as e:
+        raise UsageError(str(e)) from None
+    _print_tag(tag_info(exp, act), a.json)
+    return 0
+
+
+def cmd_registry(a: argparse.Namespace) -> int:
+    from .registry import Registry, RegistryError
+
+    reg = Registry.bundled()
+    if a.file:
+        try:
+            with open(a.file, "rb") as f:
+                reg = Registry.from_bytes(f.read(), a.file)
+        except (OSError, RegistryError) as err:
+            raise UsageError(str(err)) from None
+    if a.action == "list":
+        if a.json:
+            print(json.dumps([{"id": e.exp_id, "name": e.exp_name,
+                               "activities": len(e.activities)} for e in reg.experiments]))
+            return 0
+        print(f"registry {reg.origin}, modified {reg.doc.modified}")
+        for x in reg.experiments:
+            print(f"{x.exp_id:>4}  {x.exp_name:<12} {len(x.activities)} activities")
+        return 0
+    name = a.name
+    if name is None:
+        raise UsageError("registry show: expected an experiment name or id")
+    key: Any = int(name) if name.strip().isdigit() else name
+    e = reg.experiment(key)
+    if e is None:
+        raise UsageError(f"experiment {name!r} is not in the registry (ids not listed are still "
+                         "valid on the wire)")
+    if a.json:
+        print(json.dumps({"id": e.exp_id, "name": e.exp_name, "activities": [
+            {"id": x.activity_id, "name": x.activity_name} for x in e.activities]}))
+        return 0
+    print(f"{e.exp_name} (experiment {e.exp_id})")
+    for act in e.activities:
+        print(f"{act.activity_id:>4}  {act.activity_name:<28} scitag {e.exp_id << 6 | act.activity_id}")
+    return 0
+
+
+def _load_conf(path: str) -> Any:
+    from .config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_conf(a: argparse.Namespace) -> int:
+    from .config import dump
+
+    print(dump(_load_conf(a.config)), end="")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from . import logs
+    from .daemon import StartupError, run
+
+    conf = _load_conf(a.config)
+    logs.setup(a.log_level or conf.logging.level)
+    try:
+        return run(conf)
+    except StartupError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(a)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scitagd", description="SciTags flow marking daemon")
+    p.add_argument("--version", action="version", version=f"scitagd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tag = sub.add_parser("tag", help="encode and decode tags").add_subparsers(dest="tag_cmd",
+                                                                             required=True)
+    enc = tag.add_parser("encode", help="experiment and activity (ids or names) to wire forms")
+    enc.add_argument("experiment")
+    enc.add_argument("activity")
+    enc.add_argument("--json", action="store_true")
+    enc.set_defaults(func=cmd_tag_encode)
+    dec = tag.add_parser("decode", help="a scitag or a flow label to experiment and activity")
+    g = dec.add_mutually_exclusive_group(required=True)
+    g.add_argument("--scitag", metavar="N")
+    g.add_argument("--flow-label", metavar="N")
+    dec.add_argument("--json", action="store_true")
+    dec.set_defaults(func=cmd_tag_decode)
+
+    reg = sub.add_parser("registry", help="experiments and activities")
+    reg.add_argument("action", choices=["list", "show"])
+    reg.add_argument("name", nargs="?")
+    reg.add_argument("--file", help="a registry JSON file instead of the bundled snapshot")
+    reg.add_argument("--json", action="store_true")
+    reg.set_defaults(func=cmd_registry)
+
+    conf = sub.add_parser("conf", help="print the effective configuration")
+    conf.add_argument("--config", required=True)
+    conf.set_defaults(func=cmd_conf)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True)
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
+    demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        return int(a.func(a))
+    except UsageError as e:
+        print(f"scitagd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

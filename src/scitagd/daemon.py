@@ -1,0 +1,228 @@
+"""Wires sources -> flow table -> sinks in one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Coroutine, Iterator, List, Set, Tuple, TypeVar
+
+from .components import Sink, SinkRunner, Source
+from .config import Config
+from .events import END, START, FlowEvent, FlowTable
+from .registry import RegistryHolder
+from .stats import Stats
+
+log = logging.getLogger("scitagd.daemon")
+T = TypeVar("T")
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class LocalAddresses:
+    """This host's addresses, refreshed in the background (interfaces come and go)."""
+
+    def __init__(self) -> None:
+        self.addrs: Set[str] = {"127.0.0.1", "::1"}
+
+    def refresh(self) -> None:
+        try:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                found = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
+        except Exception as e:  # netlink unavailable (containers without it): keep what we had
+            log.warning("local addresses not refreshed error=%r", str(e))
+            return
+        found.discard(None)
+        self.addrs = {str(ipaddress.ip_address(a)) for a in found} | {"127.0.0.1", "::1"}
+
+    def __contains__(self, ip: str) -> bool:
+        return ip in self.addrs or ip.startswith("127.")
+
+
+class Daemon:
+    def __init__(self, conf: Config) -> None:
+        self.conf = conf
+        self.stats = Stats()
+        self.table = FlowTable(conf.flow_table)
+        self.registry = RegistryHolder(conf.registry)
+        self.local = LocalAddresses()
+        self.own_ports: Set[int] = set()
+        self.sources: List[Source] = []
+        self.sinks: List[Sink] = []
+        self._runners: List[SinkRunner] = []
+        self._stop = asyncio.Event()
+        self._tasks: List[asyncio.Task[Any]] = []
+        self._log_flows = conf.logging.flow_events
+        self.started_at = time.time()
+        self._build()
+
+    def _build(self) -> None:
+        c = self.conf
+        unsupported = []
+        if c.plugins.perfsonar is not None:
+            unsupported.append("plugins.perfsonar")
+        if c.plugins.iperf3 is not None:
+            unsupported.append("plugins.iperf3")
+        if c.backends.marker is not None:
+            unsupported.append("backends.marker")
+        if c.enrichers is not None:
+            unsupported.append("enrichers")
+        if unsupported:
+            raise StartupError(", ".join(unsupported) + ": configured but not available in this "
+                               "version of scitagd; remove the section(s) to run without them")
+        # Imports here keep `scitagd tag ...` from paying for aiohttp.
+        if c.plugins.api is not None:
+            from .sources.api import ApiSource
+
+            self.sources.append(ApiSource(self, c.plugins.api))
+        if c.plugins.namedPipe is not None:
+            from .sources.namedpipe import NamedPipeSource
+
+            self.sources.append(NamedPipeSource(self, c.plugins.namedPipe))
+        if c.plugins.firefly is not None:
+            from .sources.firefly import FireflySource
+
+            self.sources.append(FireflySource(self, c.plugins.firefly))
+        if c.backends.firefly is not None:
+            from .sinks.firefly import FireflySink
+
+            self.sinks.append(FireflySink(self, c.backends.firefly))
+        if c.backends.prometheus is not None:
+            from .sinks.prometheus import PrometheusSink
+
+            self.sinks.append(PrometheusSink(self, c.backends.prometheus))
+        if not self.sources:
+            log.warning("no plugins configured: nothing will report flows")
+
+    # --- the hot path -------------------------------------------------------------------
+
+    def submit(self, ev: FlowEvent) -> None:
+        """Called by sources for every valid event."""
+        self.stats.events[(ev.source, ev.state)] += 1
+        out = self.table.apply(ev)
+        if out is None:
+            return
+        if self._log_flows and out.state != "ongoing":
+            log.info("flow %s source=%s %s app=%r", out.state, out.source, out.log_fields(),
+                     out.application)
+        for r in self._runners:
+            r.put(out)
+
+    # --- helpers for components ---------------------------------------------------------
+
+    def is_local(self, ip: str) -> bool:
+        return ip in self.local
+
+    def sink_names(self) -> List[str]:
+        return [r.sink.name for r in self._runners]
+
+    def queue_lengths(self) -> Iterator[Tuple[str, int]]:
+        return ((r.sink.name, len(r.queue)) for r in self._runners)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.local.refresh)
+        for sink in self.sinks:
+            await sink.start()
+            if type(sink).consume is not Sink.consume or type(sink).handle is not Sink.handle:
+                runner = SinkRunner(sink, self)
+                runner.start()
+                self._runners.append(runner)
+        for src in self.sources:
+            try:
+                await src.start()
+            except OSError as e:
+                raise StartupError(f"plugins.{src.name}: cannot start: {e}") from None
+        self._tasks.append(loop.create_task(self.registry.run_refresher(), name="registry"))
+        self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        if self.conf.pid_path:
+            with open(self.conf.pid_path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        log.info("started pid=%d loop=%s sources=%s sinks=%s registry=%s", os.getpid(),
+                 type(loop).__module__.split(".")[0], ",".join(s.name for s in self.sources) or "none",
+                 ",".join(s.name for s in self.sinks) or "none", self.registry.current.origin)
+
+    async def _housekeeping(self) -> None:
+        period = min(5.0, max(0.05, self.conf.flow_table.expire_after / 10))
+        last_addr = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            for ev in self.table.expire():
+                log.warning("flow expired without an end expire_after=%gs %s",
+                            self.conf.flow_table.expire_after, ev.log_fields())
+                for r in self._runners:
+                    r.put(ev)
+            if time.monotonic() - last_addr > 30:
+                last_addr = time.monotonic()
+                await loop.run_in_executor(None, self.local.refresh)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        t0 = time.monotonic()
+        log.info("stopping active_flows=%d", len(self.table))
+        for src in self.sources:
+            await _bounded(src.stop(), 0.5, f"plugins.{src.name}")
+        for r in self._runners:
+            await r.drain(0.5)
+        for t in self._tasks:
+            t.cancel()
+        for r in self._runners:
+            await r.stop()
+        for sink in self.sinks:
+            await _bounded(sink.stop(), 0.5, f"backends.{sink.name}")
+        if self.conf.pid_path:
+            try:
+                os.unlink(self.conf.pid_path)
+            except OSError:
+                pass
+        log.info("stopped in %.3fs", time.monotonic() - t0)
+
+
+async def _bounded(coro: Any, timeout: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        log.warning("component did not stop in time component=%s timeout=%gs", what, timeout)
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where installed (p99 at 32,000 fireflies/s: 2.0 -> 0.55 ms)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    uvloop.install()
+    return asyncio.run(main)
+
+
+def run(conf: Config) -> int:
+    daemon = Daemon(conf)
+    run_async(daemon.run_until_stopped())
+    return 0
+
+
+__all__ = ["END", "START", "Daemon", "StartupError", "run"]

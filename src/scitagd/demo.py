@@ -1,0 +1,185 @@
+"""`scitagd demo`: the daemon for real, on loopback, with every source and sink it has.
+
+It starts `scitagd run` as a child process, reports flows through the REST API, the named pipe
+and a firefly, shows the fireflies the transfer's peer and a collector receive, the metrics,
+then stops the daemon with SIGTERM. Nothing leaves the machine: peers are 127.0.0.x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, List, Tuple
+
+from .firefly import parse
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def post(url: str, body: dict[str, Any]) -> Tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def drain(sock: socket.socket, want: int, timeout: float = 3.0) -> List[bytes]:
+    out: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            out.append(sock.recv(65535))
+        except socket.timeout:
+            break
+    return out
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    keep = bool(args and getattr(args, "keep", False))
+    tmp = Path(tempfile.mkdtemp(prefix="scitagd-demo-"))
+    api_port, prom_port = free_port(), free_port()
+    ff_port = free_port(socket.SOCK_DGRAM)
+    peer_host = "127.0.0.2"
+    peer_port = free_port(socket.SOCK_DGRAM, peer_host)
+    coll_port = free_port(socket.SOCK_DGRAM)
+    pipe = tmp / "np"
+    conf = tmp / "scitagd.yaml"
+    conf.write_text(f"""\
+plugins:
+  api: {{bindPort: {api_port}}}
+  namedPipe: {{pipePath: {pipe}}}
+  firefly: {{bindAddress: 127.0.0.1, bindPort: {ff_port}}}
+backends:
+  firefly:
+    destinationPort: {peer_port}
+    collectors: ["127.0.0.1:{coll_port}"]
+  prometheus: {{port: {prom_port}}}
+""")
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((peer_host, peer_port))
+    coll = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    coll.bind(("127.0.0.1", coll_port))
+
+    _say(f"config {conf}")
+    print(conf.read_text(), end="")
+    log_path = tmp / "scitagd.log"
+    logf = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "scitagd", "run", "--config", str(conf)],
+                            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{api_port}/healthz")
+        base = f"http://127.0.0.1:{api_port}/api/v1/flows"
+
+        _say("REST API: an ATLAS 'Data Brokering' transfer starts (names resolved by the registry)")
+        flow = {"state": "start", "protocol": "tcp", "src-ip": "127.0.0.1", "src-port": 1094,
+                "dst-ip": peer_host, "dst-port": 51000, "experiment": "atlas",
+                "activity": "Data Brokering", "application": "demo"}
+        status, body = post(base, flow)
+        print(f"POST {base} -> {status} {json.dumps(body)}")
+        status, body = post(base, {**flow, "src-port": "x"})
+        print(f"a bad request  -> {status} {json.dumps(body)}")
+
+        _say("named pipe: StoRM-style lines, one of them garbage")
+        with open(pipe, "w") as f:
+            f.write(f"start tcp 127.0.0.1 8443 {peer_host} 51001 3 14\n")
+            f.write("start tcp not-an-address 8443\n")
+            f.write(f"start udp 127.0.0.1 8443 {peer_host} 51002 5 10\n")
+        print(f"wrote 3 lines to {pipe}")
+
+        _say("firefly listener: an XRootD-style firefly for a CMS transfer")
+        ff = (f'<134>1 - xrootd.local xrootd - firefly-json - {{"version":1,"flow-lifecycle":'
+              f'{{"state":"start","start-time":"2026-01-01T00:00:00+00:00"}},"flow-id":'
+              f'{{"afi":"ipv4","src-ip":"127.0.0.1","dst-ip":"{peer_host}","protocol":"tcp",'
+              f'"src-port":1094,"dst-port":51003}},"context":{{"experiment-id":3,'
+              f'"activity-id":1,"application":"xrootd"}}}}')
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(ff.encode(), ("127.0.0.1", ff_port))
+        print(f"sent one datagram to 127.0.0.1:{ff_port}")
+
+        _say("the peer's view: fireflies received at " f"{peer_host}:{peer_port}")
+        got = drain(peer, 4)
+        for d in got:
+            r = parse(d)
+            f_ = r.firefly
+            print(f"  {f_.flow_lifecycle.state:<5} exp={f_.context.experiment_id} "
+                  f"act={f_.context.activity_id} {f_.flow_id.protocol} "
+                  f"{f_.flow_id.src_ip}:{f_.flow_id.src_port} -> "
+                  f"{f_.flow_id.dst_ip}:{f_.flow_id.dst_port} from host={r.hostname} app={r.app_name}")
+        print(f"collector received {len(drain(coll, 4))} copies")
+        print("one datagram as sent:\n  " + got[0].decode() if got else "  (none!)")
+
+        _say("active flows (GET /api/v1/flows)")
+        with urllib.request.urlopen(base) as r:
+            for fl in json.loads(r.read())["flows"]:
+                print(f"  {fl['protocol']} {fl['src-ip']}:{fl['src-port']} -> "
+                      f"{fl['dst-ip']}:{fl['dst-port']}  {fl['experiment']}/{fl['activity']} "
+                      f"scitag={fl['scitag']} via {fl['source']}")
+
+        _say("the transfers end")
+        post(base, {**flow, "state": "end"})
+        with open(pipe, "w") as f:
+            f.write(f"end tcp 127.0.0.1 8443 {peer_host} 51001 3 14\n")
+        ends = drain(peer, 2)
+        print(f"peer received {len(ends)} end fireflies")
+
+        _say(f"metrics (http://127.0.0.1:{prom_port}/metrics, excerpt)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/metrics") as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("scitagd_") and not line.rstrip().endswith(" 0.0"):
+                    print("  " + line)
+        if keep:
+            print(f"\ndaemon left running, pid {proc.pid}; config {conf}")
+            return 0
+    finally:
+        if not keep:
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            _say(f"SIGTERM: daemon exited with status {rc} in {time.monotonic() - t0:.2f}s")
+        logf.close()
+        peer.close()
+        coll.close()
+    _say(f"the daemon's log ({log_path})")
+    print(log_path.read_text(), end="")
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Enrichers: per-flow TCP statistics for ongoing fireflies and metrics."""

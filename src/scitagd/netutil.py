@@ -1,0 +1,66 @@
+"""Address helpers shared by config sections and sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from typing import Tuple
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.?)+$")
+
+
+def check_port(key: str, port: int, allow_zero: bool = False) -> None:
+    lo = 0 if allow_zero else 1
+    if not lo <= port <= 65535:
+        raise ValueError(f"{key} {port}: expected a port {lo}..65535")
+
+
+def check_bind_address(key: str, addr: str) -> None:
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(f"{key} {addr!r}: expected an IPv4 or IPv6 address") from None
+
+
+def check_host(key: str, host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"{key} {host!r}: expected a hostname or an IP address")
+
+
+def parse_hostport(key: str, text: str, default_port: int | None = None) -> Tuple[str, int]:
+    """'host:port', '[v6]:port', a bare IPv4/hostname or bracketed v6 with a default port."""
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text)
+    if m:
+        host, port_s = m.group(1), m.group(2)
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{key} {text!r}: brackets are for IPv6 addresses") from None
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    elif text.count(":") > 1:
+        raise ValueError(f"{key} {text!r}: put an IPv6 address in brackets, e.g. [2001:db8::1]:10514")
+    else:
+        host, port_s = text, None
+    if port_s is None:
+        if default_port is None:
+            raise ValueError(f"{key} {text!r}: expected host:port")
+        port = default_port
+    else:
+        if not port_s.isdigit():
+            raise ValueError(f"{key} {text!r}: port {port_s!r} is not a number")
+        port = int(port_s)
+    check_port(key, port)
+    check_host(key, host)
+    return host, port
+
+
+def family_of(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
