@@ -141,7 +141,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .daemon import StartupError, run
 
     conf = _load_conf(a.config)
-    logs.setup(a.log_level or conf.logging.level)
+    logs.setup(a.log_level or conf.logging.level, conf.logging.flow_events)
     try:
         return run(conf)
     except StartupError as e:

@@ -14,6 +14,7 @@ from typing import Any, Coroutine, Iterator, List, Set, Tuple, TypeVar
 from .components import Sink, SinkRunner, Source
 from .config import Config
 from .events import END, START, FlowEvent, FlowTable
+from .logs import flow_log
 from .registry import RegistryHolder
 from .stats import Stats
 
@@ -60,7 +61,6 @@ class Daemon:
         self._runners: List[SinkRunner] = []
         self._stop = asyncio.Event()
         self._tasks: List[asyncio.Task[Any]] = []
-        self._log_flows = conf.logging.flow_events
         self.started_at = time.time()
         self._build()
 
@@ -110,9 +110,9 @@ class Daemon:
         out = self.table.apply(ev)
         if out is None:
             return
-        if self._log_flows and out.state != "ongoing":
-            log.info("flow %s source=%s %s app=%r", out.state, out.source, out.log_fields(),
-                     out.application)
+        if flow_log.enabled and out.state != "ongoing":
+            flow_log.add(f"flow {out.state} source={out.source} {out.log_fields()} "
+                         f"app={out.application!r}")
         for r in self._runners:
             r.put(out)
 
@@ -145,6 +145,7 @@ class Daemon:
                 raise StartupError(f"plugins.{src.name}: cannot start: {e}") from None
         self._tasks.append(loop.create_task(self.registry.run_refresher(), name="registry"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(loop.create_task(self._flush_flow_log(), name="flow-log"))
         if self.conf.pid_path:
             with open(self.conf.pid_path, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -166,6 +167,11 @@ class Daemon:
             if time.monotonic() - last_addr > 30:
                 last_addr = time.monotonic()
                 await loop.run_in_executor(None, self.local.refresh)
+
+    async def _flush_flow_log(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            flow_log.flush()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -197,6 +203,7 @@ class Daemon:
             except OSError:
                 pass
         log.info("stopped in %.3fs", time.monotonic() - t0)
+        flow_log.flush()
 
 
 async def _bounded(coro: Any, timeout: float, what: str) -> None:

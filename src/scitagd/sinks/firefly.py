@@ -23,7 +23,7 @@ import msgspec
 
 from ..components import Sink
 from ..events import FlowEvent
-from ..firefly import DEFAULT_PORT, build
+from ..firefly import DEFAULT_PORT, build_json, iso, syslog_header
 from ..netutil import check_host, check_port, parse_hostport
 
 log = logging.getLogger("scitagd.firefly.sink")
@@ -129,13 +129,14 @@ class FireflySink(Sink):
 
     async def consume(self, batch: List[FlowEvent]) -> None:
         now = time.time()
-        hostname = self.hostname if self.conf.prepend_syslog else None
+        now_iso = iso(now)  # one current-time for the batch: formatting it is ~0.7 us
+        header = syslog_header(now_iso, self.hostname) if self.conf.prepend_syslog else ""
         stats = self.daemon.stats
         port = self.conf.destination_port
         send_peer = self.conf.send_to_peer
         resolved = self._resolved
         for ev in batch:
-            data = build(ev, now, hostname)
+            data = (header + build_json(ev, now, None, now_iso)).encode()
             if send_peer:
                 peer = self.peer_of(ev)
                 self._send(data, socket.AF_INET6 if ":" in peer else socket.AF_INET, (peer, port),

@@ -147,7 +147,7 @@ class FireflySource(Source):
         if self._fwd:
             self._forward(data)
         try:
-            ev = to_event(parse(data).firefly, self.name)
+            ev = to_event(parse(data, header=False).firefly, self.name)
         except FireflyError as e:
             self._reject(e.reason, str(e), addr, data)
             return
