@@ -308,12 +308,21 @@ def main() -> int:
         key = f"{rate:.0f}"
         print(f"{'loss % @' + key + '/s':24}" + "".join(
             f"{median([x['loss_pct'] for x in results[k][key]]):22.2f}" for k in kinds))
+    for rate in rates:
+        key = f"{rate:.0f}"
+        print(f"{'delivered/s @' + key + '/s':24}" + "".join(
+            f"{median([x['received'] / x['sent'] * x['offered_rate'] for x in results[k][key]]):22.0f}"
+            for k in kinds))
     if a.rss_flows:
         print(f"{'RSS MB, ' + str(a.rss_flows) + ' flows':24}" + "".join(
             f"{median([v / 1024 for v in rss[k]]):22.1f}" for k in kinds))
     if len(kinds) == 2:
         s, f = (median([x["p99_ms"] for x in lat[k]]) for k in kinds)
         print(f"\np99 latency ratio flowd/scitagd at {a.latency_rate:.0f}/s: {f / s:.1f}x")
+        top = f"{rates[-1]:.0f}"
+        ds, df = (median([x["received"] / x["sent"] * x["offered_rate"] for x in results[k][top]])
+                  for k in kinds)
+        print(f"delivered-rate ratio scitagd/flowd at {top}/s offered: {ds / df:.1f}x")
     if a.json:
         a.json.write_text(json.dumps({"results": results, "rss_kb": rss}, indent=1))
     return 0

@@ -24,6 +24,7 @@ from .conftest import (
     http,
     json_body,
     metrics,
+    needs_root,
 )
 
 VALIDATOR = firefly_validator()
@@ -89,6 +90,9 @@ def test_api_flow_lifecycle_reaches_peer_and_collector(env: dict[str, Any]) -> N
                               "src-port": 1094, "dst-port": 45000}
     assert doc["context"] == {"experiment-id": 2, "activity-id": 3, "application": "xrootd/5.5"}
     assert env["coll"].recv(1) == [start]
+    m = metrics(env["prom"])
+    assert m['scitagd_active_flows{activity="Data Brokering",activity_id="3",experiment="atlas",'
+             'experiment_id="2"}'] == 1
 
     status, body = http("GET", env["api"] + "/api/v1/flows")
     assert status == 200 and body["count"] == 1
@@ -199,6 +203,35 @@ def test_named_pipe_protocol(env: dict[str, Any]) -> None:
     m = metrics(env["prom"])
     assert m['scitagd_rejected_total{reason="overlong",source="namedPipe"}'] == 1
     assert m['scitagd_rejected_total{reason="bad_activity",source="namedPipe"}'] == 1
+
+
+@needs_root
+def test_named_pipe_group(run_daemon: Callable[..., DaemonProc], tmp_path: Path) -> None:
+    import grp
+
+    group = grp.getgrnam("nogroup" if _has_group("nogroup") else "nobody")
+    pipe = tmp_path / "np"
+    run_daemon(f"plugins:\n  namedPipe: {{pipePath: {pipe}, group: {group.gr_name}, mode: '0620'}}\n")
+    st = os.stat(pipe)
+    assert st.st_gid == group.gr_gid and stat.S_IMODE(st.st_mode) == 0o620
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_named_pipe_unknown_group_is_a_clean_error(run_daemon: Callable[..., DaemonProc],
+                                                   tmp_path: Path) -> None:
+    d = run_daemon(f"plugins:\n  namedPipe: {{pipePath: {tmp_path}/np, group: no-such-group-x}}\n",
+                   wait_for=None)
+    assert d.proc.wait(10) == 2
+    assert "group 'no-such-group-x': no such group" in d.log() and "Traceback" not in d.log()
 
 
 def test_named_pipe_many_writers(env: dict[str, Any]) -> None:

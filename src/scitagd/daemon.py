@@ -141,7 +141,8 @@ class Daemon:
         for src in self.sources:
             try:
                 await src.start()
-            except OSError as e:
+            except (OSError, ValueError) as e:
+                await self._abort_start()
                 raise StartupError(f"plugins.{src.name}: cannot start: {e}") from None
         self._tasks.append(loop.create_task(self.registry.run_refresher(), name="registry"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
@@ -152,6 +153,15 @@ class Daemon:
         log.info("started pid=%d loop=%s sources=%s sinks=%s registry=%s", os.getpid(),
                  type(loop).__module__.split(".")[0], ",".join(s.name for s in self.sources) or "none",
                  ",".join(s.name for s in self.sinks) or "none", self.registry.current.origin)
+
+    async def _abort_start(self) -> None:
+        """Undo a half-done start so that a failed start leaves no FIFO or socket behind."""
+        for src in self.sources:
+            await _bounded(src.stop(), 0.5, f"plugins.{src.name}")
+        for r in self._runners:
+            await r.stop()
+        for sink in self.sinks:
+            await _bounded(sink.stop(), 0.5, f"backends.{sink.name}")
 
     async def _housekeeping(self) -> None:
         period = min(5.0, max(0.05, self.conf.flow_table.expire_after / 10))
