@@ -132,3 +132,26 @@ def test_cli_registry(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "scitagd", "registry", "list"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and "atlas" in r.stdout and "xenon" in r.stdout
+
+
+def test_cli_registry_refresh_from_config(server: _Server, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    doc = json.loads((SHARED / "spec" / "registry-api.json").read_text())
+    doc["experiments"].append({"expName": "fresh", "expId": 77, "activities": []})
+    server.body = json.dumps(doc).encode()
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"registry:\n  url: {server.url}\n  cacheFile: {tmp_path}/cache.json\n")
+    r = subprocess.run([sys.executable, "-m", "scitagd", "registry", "show", "fresh", "--config",
+                        str(conf), "--refresh"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "fresh (experiment 77)" in r.stdout
+    # Without --refresh the cache written above is what a daemon would start from.
+    server.status = 500
+    r = subprocess.run([sys.executable, "-m", "scitagd", "registry", "show", "77", "--config", str(conf)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "fresh" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "scitagd", "registry", "list", "--config", str(conf),
+                        "--refresh"], capture_output=True, text=True)
+    assert r.returncode == 2 and "could not refresh" in r.stderr

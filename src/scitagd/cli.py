@@ -87,6 +87,15 @@ def cmd_registry(a: argparse.Namespace) -> int:
     from .registry import Registry, RegistryError
 
     reg = Registry.bundled()
+    if a.config:
+        import asyncio
+
+        from .registry import RegistryHolder
+
+        holder = RegistryHolder(_load_conf(a.config).registry)
+        if a.refresh and not asyncio.run(holder.refresh()):
+            raise UsageError(f"registry: could not refresh from {holder.conf.url}; see the warning above")
+        reg = holder.current
     if a.file:
         try:
             with open(a.file, "rb") as f:
@@ -177,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
     reg.add_argument("action", choices=["list", "show"])
     reg.add_argument("name", nargs="?")
     reg.add_argument("--file", help="a registry JSON file instead of the bundled snapshot")
+    reg.add_argument("--config", help="use the registry a daemon with this config uses (its cache)")
+    reg.add_argument("--refresh", action="store_true", help="with --config: fetch registry.url now")
     reg.add_argument("--json", action="store_true")
     reg.set_defaults(func=cmd_registry)
 
