@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-pkgs=(python3 python3-venv iproute2)
+pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
-    pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang llvm libbpf-dev)
+    pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang llvm libbpf-dev ethtool)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

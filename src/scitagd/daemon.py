@@ -17,6 +17,7 @@ from .events import END, START, FlowEvent, FlowTable
 from .logs import flow_log
 from .registry import RegistryHolder
 from .stats import Stats
+from .tags import TagError, check_activity, check_experiment
 
 log = logging.getLogger("scitagd.daemon")
 T = TypeVar("T")
@@ -67,12 +68,11 @@ class Daemon:
     def _build(self) -> None:
         c = self.conf
         unsupported = []
-        if c.plugins.perfsonar is not None:
-            unsupported.append("plugins.perfsonar")
+        marker = c.backends.marker
+        if c.plugins.perfsonar is not None and not (marker is not None and marker.match_all):
+            unsupported.append("plugins.perfsonar (without backends.marker.matchAll)")
         if c.plugins.iperf3 is not None:
             unsupported.append("plugins.iperf3")
-        if c.backends.marker is not None:
-            unsupported.append("backends.marker")
         if c.enrichers is not None:
             unsupported.append("enrichers")
         if unsupported:
@@ -95,12 +95,43 @@ class Daemon:
             from .sinks.firefly import FireflySink
 
             self.sinks.append(FireflySink(self, c.backends.firefly))
+        if marker is not None:
+            from .sinks.marker import MarkerSink
+
+            self.sinks.append(MarkerSink(self, marker, self._match_all()))
         if c.backends.prometheus is not None:
             from .sinks.prometheus import PrometheusSink
 
-            self.sinks.append(PrometheusSink(self, c.backends.prometheus))
+            prom = PrometheusSink(self, c.backends.prometheus)
+            for sink in self.sinks:
+                if hasattr(sink, "metrics"):
+                    from .sinks.marker import MarkerMetrics
+
+                    prom.add_collector(MarkerMetrics(sink))  # type: ignore[arg-type]
+            self.sinks.append(prom)
         if not self.sources:
             log.warning("no plugins configured: nothing will report flows")
+
+    def _match_all(self) -> Tuple[int, int] | None:
+        """matchAll's tag: backends.marker.matchExperiment/Activity, else flowd-go's perfsonar ids."""
+        m = self.conf.backends.marker
+        if m is None or not m.match_all:
+            return None
+        exp, act = m.match_experiment, m.match_activity
+        ps = self.conf.plugins.perfsonar
+        if exp is None and ps is not None:
+            exp = ps.experimentID
+        if act is None and ps is not None:
+            act = ps.activityID
+        if exp is None or act is None:
+            raise StartupError("backends.marker.matchAll: set matchExperiment and matchActivity (or "
+                               "plugins.perfsonar experimentID/activityID)")
+        try:
+            check_experiment(exp)
+            check_activity(act)
+        except TagError as e:
+            raise StartupError(f"backends.marker.matchAll: {e}") from None
+        return exp, act
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -133,7 +164,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.local.refresh)
         for sink in self.sinks:
-            await sink.start()
+            try:
+                await sink.start()
+            except (OSError, RuntimeError) as e:
+                await self._abort_start()
+                raise StartupError(f"backends.{sink.name}: cannot start: {e}") from None
             if type(sink).consume is not Sink.consume or type(sink).handle is not Sink.handle:
                 runner = SinkRunner(sink, self)
                 runner.start()

@@ -227,6 +227,16 @@ class FlowTable:
             start_time=started.start_time,
         )
 
+    def restore(self, ev: FlowEvent) -> bool:
+        """Insert a flow known from before a restart, without it counting as a new start."""
+        key = ev.key
+        if key in self._flows or len(self._flows) >= self.conf.max_flows:
+            return False
+        self._flows[key] = ev
+        tag = (ev.experiment, ev.activity)
+        self.active_by_tag[tag] = self.active_by_tag.get(tag, 0) + 1
+        return True
+
     def _dec(self, ev: FlowEvent) -> None:
         tag = (ev.experiment, ev.activity)
         n = self.active_by_tag.get(tag, 0) - 1

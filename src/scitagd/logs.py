@@ -90,3 +90,4 @@ def setup(level: str = "info", flow_events: bool = True) -> None:
     root.addHandler(h)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)

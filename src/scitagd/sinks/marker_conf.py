@@ -7,6 +7,10 @@
   markingStrategy     label | hopByHop | destination | hopByHopDestination (default label)
   matchAll            mark every IPv6 flow with matchExperiment/matchActivity (default false)
   debugMode           accepted
+  matchExperiment, matchActivity   extension: the tag for matchAll (else plugins.perfsonar's ids)
+  mapSize             extension: flow map capacity, an LRU (default 262144; each flow takes two)
+  checkInterval       extension: seconds between checks that every interface has our filter (2)
+  pinPath             extension: bpffs directory for the pinned maps (default /sys/fs/bpf/scitagd)
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     match_experiment: Optional[int] = None
     match_activity: Optional[int] = None
     debug_mode: bool = False
+    map_size: int = 262144
+    check_interval: float = 2.0
+    pin_path: str = "/sys/fs/bpf/scitagd"
 
     def __post_init__(self) -> None:
         folded = {s.lower(): s for s in STRATEGIES}
@@ -36,6 +43,12 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"markingStrategy {self.marking_strategy!r}: expected one of "
                              + ", ".join(STRATEGIES))
         self.marking_strategy = s
+        if not 1024 <= self.map_size <= 1 << 24:
+            raise ValueError(f"mapSize {self.map_size}: expected 1024..16777216")
+        if not 0.1 <= self.check_interval <= 300:
+            raise ValueError(f"checkInterval {self.check_interval}: expected 0.1..300 seconds")
+        if not self.pin_path.startswith("/sys/fs/bpf/") or ".." in self.pin_path:
+            raise ValueError(f"pinPath {self.pin_path!r}: expected a directory under /sys/fs/bpf/")
         for name in self.target_interfaces:
             if not name or len(name) > 15 or "/" in name or " " in name:
                 raise ValueError(f"targetInterfaces {name!r}: expected an interface name "

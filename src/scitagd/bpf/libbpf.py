@@ -1,0 +1,179 @@
+"""The few libbpf calls scitagd needs, through ctypes over the system libbpf.so.1 (>= 1.0).
+
+libbpf 1.x returns -errno from int functions and NULL with errno set from pointer functions;
+both become LibbpfError with the errno name, so callers can say what failed and why.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import platform
+from typing import Optional
+
+log = logging.getLogger("scitagd.libbpf")
+
+MIN_VERSION = (1, 0)
+BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_TC_F_REPLACE = 1
+BPF_ANY, BPF_NOEXIST = 0, 1
+
+
+class LibbpfError(OSError):
+    pass
+
+
+class LibbpfMissing(RuntimeError):
+    pass
+
+
+class TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32),
+                ("priority", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info up to run_cnt (include/uapi/linux/bpf.h)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64),
+    ]
+
+
+_lib: Optional[ctypes.CDLL] = None
+_print_cb = None
+# libbpf's recent messages: a failed load quotes them (the verifier's reasons are in there).
+recent: "collections.deque[str]" = collections.deque(maxlen=40)
+
+
+def lib() -> ctypes.CDLL:
+    """Load libbpf once; a missing or too old library is a clear error naming the package."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        L = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        try:
+            L = ctypes.CDLL("libbpf.so.1", use_errno=True)
+        except OSError as e:
+            raise LibbpfMissing(
+                "libbpf.so.1 not found: install libbpf >= 1.0 (Debian/Ubuntu: apt-get install libbpf1; "
+                f"RHEL/AlmaLinux: dnf install libbpf) ({e})") from None
+    try:
+        major, minor = L.libbpf_major_version(), L.libbpf_minor_version()
+    except AttributeError:
+        raise LibbpfMissing("libbpf is older than 1.0: install libbpf >= 1.0") from None
+    if (major, minor) < MIN_VERSION:
+        raise LibbpfMissing(f"libbpf {major}.{minor} is too old: install libbpf >= 1.0")
+    P, I, U32, U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
+    for fname, res, args in [
+        ("bpf_object__open_file", P, [ctypes.c_char_p, P]),
+        ("bpf_object__find_map_by_name", P, [P, ctypes.c_char_p]),
+        ("bpf_object__find_program_by_name", P, [P, ctypes.c_char_p]),
+        ("bpf_object__load", I, [P]),
+        ("bpf_object__close", None, [P]),
+        ("bpf_map__set_max_entries", I, [P, U32]),
+        ("bpf_map__set_pin_path", I, [P, ctypes.c_char_p]),
+        ("bpf_map__fd", I, [P]),
+        ("bpf_program__fd", I, [P]),
+        ("bpf_map_update_elem", I, [I, P, P, U64]),
+        ("bpf_map_lookup_elem", I, [I, P, P]),
+        ("bpf_map_delete_elem", I, [I, P]),
+        ("bpf_map_get_next_key", I, [I, P, P]),
+        ("bpf_obj_get", I, [ctypes.c_char_p]),
+        ("bpf_obj_get_info_by_fd", I, [I, P, ctypes.POINTER(U32)]),
+        ("bpf_prog_get_fd_by_id", I, [U32]),
+        ("bpf_tc_hook_create", I, [ctypes.POINTER(TcHook)]),
+        ("bpf_tc_hook_destroy", I, [ctypes.POINTER(TcHook)]),
+        ("bpf_tc_attach", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("bpf_tc_detach", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("bpf_tc_query", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("libbpf_num_possible_cpus", I, []),
+    ]:
+        f = getattr(L, fname)
+        f.restype = res
+        f.argtypes = args
+    _route_prints(L)
+    _lib = L
+    return L
+
+
+def _route_prints(L: ctypes.CDLL) -> None:
+    """libbpf's own messages (verifier log included) go to our log, one line each."""
+    global _print_cb
+    if platform.machine() != "x86_64":
+        return  # va_list is passed as a pointer only on x86_64's ABI; elsewhere libbpf prints itself
+    libc = ctypes.CDLL(None)
+    libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+    def cb(level: int, fmt: bytes, ap: int) -> int:
+        buf = ctypes.create_string_buffer(4096)
+        libc.vsnprintf(buf, 4096, fmt, ap)
+        text = buf.value.decode(errors="replace").rstrip()
+        if text:
+            recent.append(text)
+            log.debug("libbpf: %s", text.replace("\n", " | "))
+        return 0
+
+    _print_cb = CB(cb)
+    L.libbpf_set_print.restype = ctypes.c_void_p
+    L.libbpf_set_print.argtypes = [CB]
+    L.libbpf_set_print(_print_cb)
+
+
+def check(rc: int, what: str) -> int:
+    if rc < 0:
+        code = -rc
+        raise LibbpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
+    return rc
+
+
+def check_ptr(ptr: Optional[int], what: str) -> int:
+    if not ptr:
+        code = ctypes.get_errno() or errno.EINVAL
+        raise LibbpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
+    return ptr
+
+
+def tc_hook(ifindex: int, point: int = BPF_TC_EGRESS) -> TcHook:
+    return TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=point, parent=0)
+
+
+def tc_opts(handle: int, priority: int, prog_fd: int = 0, flags: int = 0) -> TcOpts:
+    return TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, flags=flags, prog_id=0,
+                  handle=handle, priority=priority)
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "prog info")
+    return info

@@ -1,0 +1,270 @@
+"""`backends.marker`: every packet of a tagged IPv6 flow leaves the host carrying its tag.
+
+Start -> two map entries (the flow seen leaving in either direction: the data of a GET, the
+ACKs of a PUT), end -> both removed. The kernel side is bpf/marker.bpf.c; config keys are in
+marker_conf.py. Interfaces are checked every `checkInterval` seconds: new ones, and ones
+whose filter was removed by someone else, get it (back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..components import Sink
+from ..events import END, START, FlowEvent, make_event
+from ..tags import encode_flow_label, random_entropy
+from .marker_conf import MarkerConfig
+
+log = logging.getLogger("scitagd.marker")
+
+
+def global_ipv6_interfaces() -> List[str]:
+    """Interfaces with a global-scope IPv6 address (/proc/net/if_inet6, scope 00)."""
+    out = []
+    try:
+        for line in open("/proc/net/if_inet6"):
+            parts = line.split()
+            if len(parts) >= 6 and parts[3] == "00" and parts[5] not in out:
+                out.append(parts[5])
+    except OSError:
+        pass
+    return out
+
+
+class MarkerSink(Sink):
+    name = "marker"
+
+    def __init__(self, daemon: Any, conf: MarkerConfig, match: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__(daemon)
+        self.conf = conf
+        self.match = match
+        self.km: Any = None
+        self.maps: Any = None
+        self.attached: Dict[str, Any] = {}  # ifname -> Attachment
+        self.state: Dict[str, Dict[str, object]] = {}
+        self.entries = 0
+        self.evictions = 0
+        self.not_markable: Dict[str, int] = {}
+        self.errors = 0
+        self._task: Optional[asyncio.Task[None]] = None
+        self._prog_ids: set[int] = set()
+        self.state_path = Path("/run/scitagd/scitagd-state.json")
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._load)
+        restored = await loop.run_in_executor(None, self._restore)
+        for ev in restored:
+            self.daemon.table.restore(ev)
+        if restored:
+            log.info("flows restored from the pinned map flows=%d", len(restored))
+        await loop.run_in_executor(None, self.check_interfaces)
+        self._task = loop.create_task(self._watch(), name="marker-interfaces")
+
+    def _load(self) -> None:
+        from ..bpf import loader
+
+        self.km = loader.KernelMarker(max_flows=self.conf.map_size, pin_dir=Path(self.conf.pin_path))
+        self.state_path = loader.state_file(self.km.pin_dir)
+        self.km.load()
+        match = None
+        if self.match:
+            exp, act = self.match
+            match = (exp, act, encode_flow_label(exp, act, 0))
+        self.km.configure(self.conf.marking_strategy, match)
+        self.maps = self.km.maps()
+        self._prog_ids = self.km.current_prog_ids()
+        self.state = loader.read_state(self.state_path)
+        log.info("loaded strategy=%s match_all=%s map_size=%d pins=%s", self.conf.marking_strategy,
+                 bool(match), self.conf.map_size, self.km.pin_dir)
+
+    def _restore(self) -> List[FlowEvent]:
+        """Flows a previous instance (killed, or restarted) left in the pinned map."""
+        from ..bpf import loader
+
+        out = []
+        n = 0
+        for raw_key, raw_tag in self.maps.flows():
+            n += 1
+            _label, exp, act, flags = loader.TAG.unpack(raw_tag)
+            if not flags & 1:
+                continue
+            proto, src, sport, dst, dport = loader.unpack_key(raw_key)
+            try:
+                out.append(make_event(START, proto, src, sport, dst, dport, exp, act, "", "restored"))
+            except ValueError:
+                continue
+        self.entries = n
+        return out
+
+    def wanted_interfaces(self) -> List[str]:
+        names = list(self.conf.target_interfaces)
+        if self.conf.discover_interfaces:
+            names += [n for n in global_ipv6_interfaces() if n not in names]
+        return names
+
+    def check_interfaces(self) -> None:
+        """Attach where our filter is missing (new interface, or a filter someone removed)."""
+        from ..bpf import loader
+
+        present = {name for _, name in socket.if_nameindex()}
+        changed = False
+        for name in self.wanted_interfaces():
+            if name not in present:
+                if self.attached.pop(name, None) is not None:
+                    log.warning("interface gone interface=%s", name)
+                continue
+            try:
+                ifindex = socket.if_nametoindex(name)
+                current = loader.query(ifindex)
+                if current is not None and current in self._prog_ids:
+                    continue
+                prev = self.state.get(name, {})
+                owns = bool(prev.get("owns_qdisc")) and prev.get("ifindex") == ifindex
+                att = self.km.attach(name, owns_qdisc=owns)
+            except OSError as e:
+                self.errors += 1
+                log.warning("cannot attach interface=%s error=%r", name, str(e))
+                continue
+            verb = "re-attached" if name in self.attached else "attached"
+            self.attached[name] = att
+            self.state[name] = {"ifindex": att.ifindex, "owns_qdisc": att.owns_qdisc}
+            changed = True
+            log.info("%s interface=%s ifindex=%d program=%s prog_id=%d", verb, name, att.ifindex,
+                     att.program, att.prog_id)
+        if changed:
+            loader.write_state(self.state, self.state_path)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.conf.check_interval)
+            try:
+                await loop.run_in_executor(None, self.check_interfaces)
+            except Exception:
+                log.exception("interface check failed")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, self._detach_all)
+
+    def _detach_all(self) -> None:
+        from ..bpf import loader
+
+        for name, att in list(self.attached.items()):
+            try:
+                loader.detach(att.ifindex)
+                log.info("detached interface=%s", name)
+                if self.conf.remove_qdisc and att.owns_qdisc:
+                    others = loader.other_filters(att.ifindex)
+                    if others == 0:
+                        loader.remove_qdisc(att.ifindex)
+                        log.info("clsact qdisc removed interface=%s", name)
+                    else:
+                        log.info("clsact qdisc kept: other filters on it interface=%s filters=%d",
+                                 name, others)
+                self.state.pop(name, None)
+            except OSError as e:
+                log.warning("detach failed interface=%s error=%r", name, str(e))
+        self.attached.clear()
+        loader.write_state(self.state, self.state_path)
+        if self.maps:
+            self.maps.close()
+        if self.km:
+            self.km.close()
+
+    # --- events --------------------------------------------------------------------------
+
+    def handle(self, ev: FlowEvent) -> None:
+        if ev.state != START and ev.state != END:
+            return
+        if ":" not in ev.src_ip:
+            self.not_markable["ipv4"] = self.not_markable.get("ipv4", 0) + 1
+            return
+        if self.match:
+            return  # matchAll marks every flow in the kernel; nothing per flow to do
+        from ..bpf.loader import TAG, flow_key
+
+        fwd = flow_key(ev.protocol, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)
+        rev = flow_key(ev.protocol, ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)
+        if ev.state == START:
+            label = encode_flow_label(ev.experiment, ev.activity, random_entropy())
+            self.maps.put_flow(fwd, TAG.pack(label, ev.experiment, ev.activity, 1))
+            self.maps.put_flow(rev, TAG.pack(label, ev.experiment, ev.activity, 0))
+            self.entries += 2
+        else:
+            for key in (fwd, rev):
+                if self.maps.delete_flow(key):
+                    self.entries -= 1
+                else:
+                    # Gone before its end: the LRU made room for newer flows.
+                    self.evictions += 1
+
+    # --- metrics -------------------------------------------------------------------------
+
+    def metrics(self) -> Iterator[Metric]:
+        if self.maps is None:
+            return
+        reg = self.daemon.registry.current
+        names: Dict[int, str] = {}
+        pk = CounterMetricFamily("scitagd_marked_packets", "Packets marked in the kernel",
+                                 labels=["interface", "experiment", "activity", "experiment_id",
+                                         "activity_id"])
+        by = CounterMetricFamily("scitagd_marked_bytes", "Bytes of marked packets (GSO packets "
+                                 "count once with all their payload)",
+                                 labels=["interface", "experiment", "activity", "experiment_id",
+                                         "activity_id"])
+        for (ifindex, exp, act), (p, b) in self.maps.marked().items():
+            if ifindex not in names:
+                try:
+                    names[ifindex] = socket.if_indextoname(ifindex)
+                except OSError:
+                    names[ifindex] = str(ifindex)
+            labels = [names[ifindex], reg.experiment_name(exp) or str(exp),
+                      reg.activity_name(exp, act) or str(act), str(exp), str(act)]
+            pk.add_metric(labels, p)
+            by.add_metric(labels, b)
+        yield pk
+        yield by
+        um = CounterMetricFamily("scitagd_unmarked_packets", "Packets of tagged flows the kernel "
+                                 "left unmarked, by reason", labels=["reason"])
+        for reason, n in self.maps.unmarked().items():
+            um.add_metric([reason], n)
+        yield um
+        nm = CounterMetricFamily("scitagd_marker_not_markable", "Flows the marker cannot mark",
+                                 labels=["reason"])
+        for reason, n in self.not_markable.items():
+            nm.add_metric([reason], n)
+        yield nm
+        yield GaugeMetricFamily("scitagd_marker_map_entries", "Flow map entries (two per flow)",
+                                value=self.entries)
+        yield GaugeMetricFamily("scitagd_marker_map_capacity", "Flow map size (LRU)",
+                                value=self.conf.map_size)
+        yield CounterMetricFamily("scitagd_marker_evictions", "Map entries gone before their flow "
+                                  "ended (LRU evictions)", value=self.evictions)
+        at = GaugeMetricFamily("scitagd_marker_attached", "Interfaces with the marker attached",
+                               labels=["interface", "program"])
+        for name, att in self.attached.items():
+            at.add_metric([name, att.program], 1)
+        yield at
+
+
+class MarkerMetrics:
+    """Adapter: prometheus_client wants an object with collect()."""
+
+    def __init__(self, sink: MarkerSink) -> None:
+        self.sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        return self.sink.metrics()
+
+
