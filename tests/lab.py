@@ -43,9 +43,11 @@ class Lab:
 
     # --- processes -----------------------------------------------------------------------
 
-    def start(self, ns: NetNS, args: List[str], out: Optional[Path] = None) -> subprocess.Popen[bytes]:
+    def start(self, ns: NetNS, args: List[str], out: Optional[Path] = None,
+              netonly: bool = False) -> subprocess.Popen[bytes]:
         stdout: Any = open(out, "wb") if out else subprocess.PIPE
-        p = subprocess.Popen(ns.cmd(*args), stdout=stdout, stderr=subprocess.STDOUT)
+        cmd = ns.netonly(*args) if netonly else ns.cmd(*args)
+        p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT)
         self.procs.append(p)
         return p
 
@@ -114,7 +116,7 @@ backends:
 """)
         self.started = time.monotonic()
         self.proc = lab.start(lab.a, [sys.executable, "-m", "scitagd", "run", "--config",
-                                      str(self.conf)], out=self.log)
+                                      str(self.conf)], out=self.log, netonly=True)
         self.wait_log("scitagd.daemon started")
 
     def text(self) -> str:

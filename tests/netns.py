@@ -31,6 +31,11 @@ class NetNS:
     def cmd(self, *cmd: str) -> List[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
 
+    def netonly(self, *cmd: str) -> List[str]:
+        """Enter only the network namespace: `ip netns exec` also remounts /sys, which hides
+        the host's bpffs (and with it pinned maps) from the command."""
+        return ["nsenter", f"--net=/run/netns/{self.name}", *cmd]
+
     def exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh(*self.cmd(*cmd), check=check)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import signal
 import socket
@@ -201,6 +200,41 @@ def udp_recv(addr: str, port: int, count: int, timeout: float) -> None:
     print(json.dumps({"datagrams": got}), flush=True)
 
 
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def vlan_frame(vid: int, src: str, dst: str, sport: int, dport: int, payload: bytes,
+               tclass: int = 0) -> bytes:
+    """Ethernet + 802.1Q + IPv6 + UDP with a correct checksum, as a VLAN device without
+    offload puts it on the wire."""
+    s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    ulen = 8 + len(payload)
+    pseudo = s6 + d6 + struct.pack("!I3xB", ulen, 17)
+    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
+    c = _csum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+    ip6 = struct.pack("!IHBB", (6 << 28) | (tclass << 20), ulen, 17, 64) + s6 + d6
+    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01"
+    return eth + struct.pack("!HHH", 0x8100, vid, 0x86DD) + ip6 + udp
+
+
+def inject_vlan(iface: str, vid: int, src: str, dst: str, sport: int, dport: int, sizes: List[int],
+                tclass: int) -> None:
+    """Send hand-built 802.1Q frames through iface's egress path (tc runs on them)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    for i, size in enumerate(sizes):
+        payload = f"vlan:{i}:".encode().ljust(size, b"v")
+        s.send(vlan_frame(vid, src, dst, sport, dport, payload, tclass))
+    print(json.dumps({"sent": len(sizes)}), flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -229,6 +263,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ur.add_argument("port", type=int)
     ur.add_argument("count", type=int)
     ur.add_argument("--timeout", type=float, default=10)
+    iv = sub.add_parser("inject-vlan")
+    iv.add_argument("iface")
+    iv.add_argument("vid", type=int)
+    iv.add_argument("src")
+    iv.add_argument("dst")
+    iv.add_argument("sport", type=int)
+    iv.add_argument("dport", type=int)
+    iv.add_argument("sizes", help="comma-separated UDP payload sizes")
+    iv.add_argument("--tclass", type=int, default=0)
     a = ap.parse_args(argv)
     if a.cmd == "capture":
         capture(a.iface, a.file)
@@ -236,6 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         tcp_server(a.addr, a.port)
     elif a.cmd == "tcp-client":
         tcp_client(a.addr, a.port, a.sport, a.nbytes, a.tclass, a.seed)
+    elif a.cmd == "inject-vlan":
+        inject_vlan(a.iface, a.vid, a.src, a.dst, a.sport, a.dport,
+                    [int(x) for x in a.sizes.split(",")], a.tclass)
     elif a.cmd == "udp-recv":
         udp_recv(a.addr, a.port, a.count, a.timeout)
     elif a.cmd == "udp-send":

@@ -149,3 +149,195 @@ def test_extension_headers_on_the_wire(lab: Lab, strategy: str, gso: str) -> Non
     if gso == "on":
         assert payload_marked > 0.9 * payload_all, (payload_marked, payload_all)
     assert len(marked) >= 3  # at least the handshake and the small segments
+
+
+def test_put_direction_marks_the_acks(lab: Lab) -> None:
+    """A flow whose data comes in (B supplies it): the ACKs this host sends carry the tag."""
+    d = lab.daemon("markingStrategy: label")
+    d.wait_log("attached interface=a0")
+    cap = lab.capture()
+    # B is the supplier (src): B:5003 -> A:40003. Data flows B -> A; A only sends ACKs.
+    d.send(f"start tcp {B_ADDR} 5003 {A_ADDR} 40003 2 15")
+    d.wait_log("flow start")
+    srv = lab.start(lab.a, [sys.executable, NETTOOLS, "tcp-server", A_ADDR, "40003"])
+    assert srv.stdout is not None and b"listening" in srv.stdout.readline()
+    # tcp-server binds A's address; the client in B connects from its fixed port 5003.
+    sent = lab.tool(lab.b, "tcp-client", A_ADDR, "40003", "5003", str(2 * MB))
+    assert lab.result(srv) == sent
+    acks = sent_by_a(cap.stop(), 6, 40003)
+    assert len(acks) >= 10
+    assert {decode_flow_label(p.label) for p in acks} == {(2, 15)}
+
+
+@pytest.mark.parametrize("txvlan", ["on", "off"])
+@pytest.mark.parametrize("strategy", ["label", "destination", "hopByHopDestination"])
+def test_vlan_tagged_frames(lab: Lab, strategy: str, txvlan: str) -> None:
+    """802.1Q frames through the marker. This kernel is built without CONFIG_VLAN_8021Q, so no
+    VLAN sub-interface can exist here: the test sends the tagged frames such an interface
+    would emit (no offload: the tag in the frame) straight into a0's egress path, where tc
+    runs, and captures them in B."""
+    if txvlan == "off":
+        lab.a.exec("ethtool", "-K", "a0", "txvlan", "off")  # the tag we push back goes in-band
+    d = lab.daemon(f"markingStrategy: {strategy}")
+    d.wait_log("attached interface=a0")
+    cap = lab.capture("b0")
+    d.send(f"start udp {A_ADDR} 42000 {B_ADDR} 7000 5 10")
+    d.wait_log("flow start")
+    time.sleep(0.1)
+    n_ext = {"label": 0, "destination": 1, "hopByHopDestination": 2}[strategy]
+    # Small datagrams, and full-size ones (1452 B payload: 1500 B IPv6 packets) that an
+    # extension header would push over the MTU.
+    sizes = [100, 600, 1200, 1452, 1452 - 8 * n_ext]
+    lab.tool(lab.a, "inject-vlan", "a0", "100", A_ADDR, B_ADDR, "42000", "7000",
+             ",".join(map(str, sizes)), "--tclass", str(0xB8))
+    pkts = [p for p in cap.stop() if p.sport == 42000]
+    assert len(pkts) == len(sizes)
+    assert {p.vlan for p in pkts} == {100}, "the VLAN tag was lost"
+    assert {p.tclass for p in pkts} == {0xB8}
+    for p, size in zip(pkts, sizes):
+        assert p.l4_payload.startswith(b"vlan:")
+        if strategy == "label":
+            assert decode_flow_label(p.label) == (5, 10)
+        elif size + 8 + 40 + 8 * n_ext > 1500:
+            assert p.exts == [], "a packet over the MTU must leave unmarked"
+        else:
+            types = [0, 60] if n_ext == 2 else [60]
+            assert [e[0] for e in p.exts] == types and all(e[2:] == (0x1E, 5, 10) for e in p.exts)
+            assert len(p.l4_payload) == size
+    m = d.metrics()
+    assert m['scitagd_unmarked_packets_total{reason="vlan"}'] == 0
+    assert m['scitagd_unmarked_packets_total{reason="mtu"}'] == (0 if strategy == "label" else 1)
+
+
+
+
+def _egress_filters(lab: Lab, dev: str = "a0") -> str:
+    return lab.a.exec("tc", "filter", "show", "dev", dev, "egress").stdout
+
+
+def _has_clsact(lab: Lab, dev: str = "a0") -> bool:
+    return "clsact" in lab.a.exec("tc", "qdisc", "show", "dev", dev).stdout
+
+
+def _udp_marked(lab: Lab, d_sport: int, tag: tuple[int, int]) -> List[Packet]:
+    cap = lab.capture()
+    lab.tool(lab.a, "udp-send", B_ADDR, "6000", str(d_sport), "20", "x")
+    pkts = sent_by_a(cap.stop(), 17, d_sport)
+    assert len(pkts) == 20
+    return [p for p in pkts if decode_flow_label(p.label) == tag]
+
+
+def test_kill_9_and_restart(lab: Lab) -> None:
+    # Another tool's filter on a clsact it created: scitagd must leave both alone.
+    lab.a.exec("tc", "qdisc", "add", "dev", "a0", "clsact")
+    lab.a.exec("tc", "filter", "add", "dev", "a0", "egress", "prio", "10", "protocol", "ipv6", "u32",
+               "match", "u32", "0", "0", "flowid", "1:1")
+    d = lab.daemon("markingStrategy: label")
+    d.wait_log("attached interface=a0")
+    d.send(f"start udp {A_ADDR} 43000 {B_ADDR} 6000 2 16")
+    d.wait_log("flow start")
+    time.sleep(0.1)
+    assert len(_udp_marked(lab, 43000, (2, 16))) == 20
+    assert d.stop(9) == -9
+    # The filter and the pinned map outlive the process: marking goes on meanwhile.
+    assert "scitagd_eth" in _egress_filters(lab)
+    assert len(_udp_marked(lab, 43000, (2, 16))) == 20
+
+    d2 = lab.daemon("markingStrategy: label")
+    text = d2.wait_log("attached interface=a0")
+    assert "flows restored from the pinned map flows=1" in text
+    assert "error" not in text.lower() and "Traceback" not in text
+    assert len(_udp_marked(lab, 43000, (2, 16))) == 20
+    # The restored flow ends normally: its end is known, and marking stops.
+    d2.send(f"end udp {A_ADDR} 43000 {B_ADDR} 6000 2 16")
+    d2.wait_log("flow end source=namedPipe")
+    time.sleep(0.1)
+    assert _udp_marked(lab, 43000, (2, 16)) == []
+    assert "end for unknown flow" not in d2.text()
+    # A new flow after the restart.
+    d2.send(f"start udp {A_ADDR} 43001 {B_ADDR} 6000 3 4")
+    d2.wait_log("src=[fd5c:17::1]:43001")
+    time.sleep(0.1)
+    assert len(_udp_marked(lab, 43001, (3, 4))) == 20
+    assert d2.stop() == 0
+    filters = _egress_filters(lab)
+    assert "scitagd" not in filters and "u32" in filters, filters
+    assert _has_clsact(lab)
+
+
+def test_own_qdisc_removed_only_when_empty(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label")
+    d.wait_log("attached interface=a0")
+    assert "clsact qdisc created interface=a0" in d.text()
+    assert d.stop() == 0
+    assert not _has_clsact(lab), "the clsact qdisc scitagd created should go with it"
+    # Again, but another tool adds a filter to scitagd's qdisc meanwhile: the qdisc stays.
+    d = lab.daemon("markingStrategy: label")
+    d.wait_log("attached interface=a0")
+    lab.a.exec("tc", "filter", "add", "dev", "a0", "egress", "prio", "10", "protocol", "ipv6", "u32",
+               "match", "u32", "0", "0", "flowid", "1:1")
+    assert d.stop() == 0
+    assert "clsact qdisc kept: other filters on it" in d.text()
+    assert _has_clsact(lab) and "u32" in _egress_filters(lab)
+
+
+def test_interfaces_that_appear_or_lose_the_filter(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label", interfaces="[a0, a1]")
+    d.wait_log("attached interface=a0")
+    t0 = time.monotonic()
+    sh_args = ["ip", "link", "add", "a1", "netns", lab.a.name, "type", "veth", "peer", "name", "b1",
+               "netns", lab.b.name]
+    subprocess.run(sh_args, check=True)
+    lab.a.exec("ip", "link", "set", "a1", "up")
+    d.wait_log("attached interface=a1", timeout=5)
+    assert time.monotonic() - t0 < 3
+    # Someone deletes our filter: it is back within seconds.
+    lab.a.exec("tc", "filter", "del", "dev", "a0", "egress", "pref", "1", "handle",
+               str(0x5C1A), "bpf")
+    assert "scitagd" not in _egress_filters(lab)
+    t0 = time.monotonic()
+    d.wait_log("re-attached interface=a0", timeout=5)
+    assert time.monotonic() - t0 < 3
+    assert "scitagd_eth" in _egress_filters(lab)
+
+
+def test_match_all(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label, matchAll: true, matchExperiment: 1, matchActivity: 2")
+    d.wait_log("attached interface=a0")
+    cap = lab.capture()
+    for sport in (44001, 44002, 44003, 44004, 44005, 44006):
+        lab.tool(lab.a, "udp-send", B_ADDR, "6000", str(sport), "5", "m")
+    pkts = [p for p in cap.stop() if p.src == A_ADDR and p.proto == 17]
+    assert len(pkts) == 30
+    assert {decode_flow_label(p.label) for p in pkts} == {(1, 2)}
+    per_flow = {}
+    for p in pkts:
+        per_flow.setdefault(p.sport, set()).add(gather_entropy(p.label))
+    assert all(len(v) == 1 for v in per_flow.values())
+    assert len({next(iter(v)) for v in per_flow.values()}) > 1
+
+
+def test_marker_cli_status_and_clean(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: destination")
+    d.wait_log("attached interface=a0")
+    d.send(f"start udp {A_ADDR} 45000 {B_ADDR} 6000 2 16")
+    d.wait_log("flow start")
+    lab.tool(lab.a, "udp-send", B_ADDR, "6000", "45000", "10", "s")
+    r = subprocess.run(lab.a.netonly(sys.executable, "-m", "scitagd", "marker", "status", "--pin-path",
+                                     lab.pin, "--json"), capture_output=True, text=True, check=True)
+    st = __import__("json").loads(r.stdout)
+    assert st["strategy"] == "destination" and st["map_entries"] == 2
+    assert [i["interface"] for i in st["interfaces"]] == ["a0"]
+    assert st["interfaces"][0]["program"] == "scitagd_eth" and st["interfaces"][0]["prog_id"] > 0
+    assert any(c["experiment_id"] == 2 and c["activity_id"] == 16 and c["packets"] >= 10
+               for c in st["marked"])
+    text = subprocess.run(lab.a.netonly(sys.executable, "-m", "scitagd", "marker", "status", "--pin-path",
+                                        lab.pin), capture_output=True, text=True, check=True).stdout
+    assert "a0" in text and "destination" in text
+    d.stop(9)
+    r = subprocess.run(lab.a.netonly(sys.executable, "-m", "scitagd", "marker", "clean", "--pin-path",
+                                     lab.pin), capture_output=True, text=True, check=True)
+    assert "a0" in r.stdout
+    assert "scitagd" not in _egress_filters(lab)
+    assert not Path(lab.pin).exists()
+    assert not _has_clsact(lab)

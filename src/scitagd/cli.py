@@ -157,6 +157,18 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_marker(a: argparse.Namespace) -> int:
+    from .bpf.libbpf import LibbpfError, LibbpfMissing
+    from .markercli import MarkerCliError, clean, status
+
+    try:
+        if a.action == "status":
+            return status(a.pin_path, a.json, a.tc_priority)
+        return clean(a.pin_path, a.tc_priority)
+    except (MarkerCliError, LibbpfMissing, LibbpfError, PermissionError) as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -199,6 +211,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
+
+    mk = sub.add_parser("marker", help="the eBPF marker: what is attached, counters; clean up")
+    mk.add_argument("action", choices=["status", "clean"])
+    mk.add_argument("--pin-path", default="/sys/fs/bpf/scitagd", help="backends.marker.pinPath")
+    mk.add_argument("--tc-priority", type=int, default=1, help="backends.marker.tcPriority")
+    mk.add_argument("--json", action="store_true")
+    mk.set_defaults(func=cmd_marker)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")

@@ -68,7 +68,7 @@ class ProgInfo(ctypes.Structure):
 _lib: Optional[ctypes.CDLL] = None
 _print_cb = None
 # libbpf's recent messages: a failed load quotes them (the verifier's reasons are in there).
-recent: "collections.deque[str]" = collections.deque(maxlen=40)
+recent: collections.deque[str] = collections.deque(maxlen=40)
 
 
 def lib() -> ctypes.CDLL:
@@ -92,30 +92,30 @@ def lib() -> ctypes.CDLL:
         raise LibbpfMissing("libbpf is older than 1.0: install libbpf >= 1.0") from None
     if (major, minor) < MIN_VERSION:
         raise LibbpfMissing(f"libbpf {major}.{minor} is too old: install libbpf >= 1.0")
-    P, I, U32, U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
+    P, INT, U32, U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
     for fname, res, args in [
         ("bpf_object__open_file", P, [ctypes.c_char_p, P]),
         ("bpf_object__find_map_by_name", P, [P, ctypes.c_char_p]),
         ("bpf_object__find_program_by_name", P, [P, ctypes.c_char_p]),
-        ("bpf_object__load", I, [P]),
+        ("bpf_object__load", INT, [P]),
         ("bpf_object__close", None, [P]),
-        ("bpf_map__set_max_entries", I, [P, U32]),
-        ("bpf_map__set_pin_path", I, [P, ctypes.c_char_p]),
-        ("bpf_map__fd", I, [P]),
-        ("bpf_program__fd", I, [P]),
-        ("bpf_map_update_elem", I, [I, P, P, U64]),
-        ("bpf_map_lookup_elem", I, [I, P, P]),
-        ("bpf_map_delete_elem", I, [I, P]),
-        ("bpf_map_get_next_key", I, [I, P, P]),
-        ("bpf_obj_get", I, [ctypes.c_char_p]),
-        ("bpf_obj_get_info_by_fd", I, [I, P, ctypes.POINTER(U32)]),
-        ("bpf_prog_get_fd_by_id", I, [U32]),
-        ("bpf_tc_hook_create", I, [ctypes.POINTER(TcHook)]),
-        ("bpf_tc_hook_destroy", I, [ctypes.POINTER(TcHook)]),
-        ("bpf_tc_attach", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
-        ("bpf_tc_detach", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
-        ("bpf_tc_query", I, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
-        ("libbpf_num_possible_cpus", I, []),
+        ("bpf_map__set_max_entries", INT, [P, U32]),
+        ("bpf_map__set_pin_path", INT, [P, ctypes.c_char_p]),
+        ("bpf_map__fd", INT, [P]),
+        ("bpf_program__fd", INT, [P]),
+        ("bpf_map_update_elem", INT, [INT, P, P, U64]),
+        ("bpf_map_lookup_elem", INT, [INT, P, P]),
+        ("bpf_map_delete_elem", INT, [INT, P]),
+        ("bpf_map_get_next_key", INT, [INT, P, P]),
+        ("bpf_obj_get", INT, [ctypes.c_char_p]),
+        ("bpf_obj_get_info_by_fd", INT, [INT, P, ctypes.POINTER(U32)]),
+        ("bpf_prog_get_fd_by_id", INT, [U32]),
+        ("bpf_tc_hook_create", INT, [ctypes.POINTER(TcHook)]),
+        ("bpf_tc_hook_destroy", INT, [ctypes.POINTER(TcHook)]),
+        ("bpf_tc_attach", INT, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("bpf_tc_detach", INT, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("bpf_tc_query", INT, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
+        ("libbpf_num_possible_cpus", INT, []),
     ]:
         f = getattr(L, fname)
         f.restype = res

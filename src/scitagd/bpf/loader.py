@@ -26,9 +26,11 @@ log = logging.getLogger("scitagd.marker")
 PIN_DIR = Path("/sys/fs/bpf/scitagd")
 STATE_DIR = Path("/run/scitagd")
 # Our filter on clsact egress: a fixed handle and priority so that a restart REPLACEs it
-# and `marker clean` finds exactly it, never another tool's filter.
+# and `marker clean` finds exactly it, never another tool's filter. Priority 1 runs it before
+# other filters (which might end the chain); it passes packets on (TC_ACT_UNSPEC) so that
+# theirs still run after it. backends.marker.tcPriority changes the priority.
 TC_HANDLE = 0x5C1A
-TC_PRIORITY = 0x5C1A
+TC_PRIORITY = 1
 MAPS = ("flows", "config", "marked", "unmarked")
 STRATEGY_IDS = {"label": 0, "hopByHop": 1, "destination": 2, "hopByHopDestination": 3}
 UNMARKED_REASONS = ("mtu", "no_room", "store_failed", "vlan")
@@ -63,7 +65,13 @@ def ensure_bpffs(path: Path = PIN_DIR) -> None:
 
 
 def link_type(ifname: str) -> int:
-    return int(Path(f"/sys/class/net/{ifname}/type").read_text())
+    """ARPHRD_* of an interface, from SIOCGIFHWADDR: /sys/class/net shows the namespace that
+    mounted sysfs, which need not be ours."""
+    import fcntl
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("16s16x", ifname.encode()[:15]))
+    return int(struct.unpack_from("=H", ifr, 16)[0])
 
 
 def program_for(ifname: str) -> str:
@@ -177,7 +185,7 @@ class KernelMarker:
 
     # --- tc -----------------------------------------------------------------------------
 
-    def attach(self, ifname: str, owns_qdisc: bool = False) -> Attachment:
+    def attach(self, ifname: str, owns_qdisc: bool = False, priority: int = TC_PRIORITY) -> Attachment:
         ifindex = socket.if_nametoindex(ifname)
         program = program_for(ifname)
         hook = lb.tc_hook(ifindex)
@@ -187,7 +195,7 @@ class KernelMarker:
             log.info("clsact qdisc created interface=%s", ifname)
         elif rc != -errno.EEXIST:
             lb.check(rc, f"clsact qdisc on {ifname}")
-        opts = lb.tc_opts(TC_HANDLE, TC_PRIORITY, self.progs[program], lb.BPF_TC_F_REPLACE)
+        opts = lb.tc_opts(TC_HANDLE, priority, self.progs[program], lb.BPF_TC_F_REPLACE)
         lb.check(self.L.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
                  f"attach to {ifname} egress")
         return Attachment(ifname, ifindex, program, opts.prog_id, owns_qdisc)
@@ -199,11 +207,11 @@ class KernelMarker:
         return ids
 
 
-def query(ifindex: int) -> Optional[int]:
+def query(ifindex: int, priority: int = TC_PRIORITY) -> Optional[int]:
     """The program id of our filter on this interface's egress, or None."""
     L = lb.lib()
     hook = lb.tc_hook(ifindex)
-    opts = lb.tc_opts(TC_HANDLE, TC_PRIORITY)
+    opts = lb.tc_opts(TC_HANDLE, priority)
     rc = L.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
     if rc == -errno.ENOENT or rc == -errno.EINVAL or rc == -errno.ENODEV:
         return None
@@ -222,9 +230,9 @@ def prog_name(prog_id: int) -> str:
         os.close(fd)
 
 
-def detach(ifindex: int) -> bool:
+def detach(ifindex: int, priority: int = TC_PRIORITY) -> bool:
     """Remove our filter (by handle and priority, and only if it runs one of our programs)."""
-    prog_id = query(ifindex)
+    prog_id = query(ifindex, priority)
     if prog_id is None:
         return False
     if not prog_name(prog_id).startswith("scitagd_"):
@@ -233,12 +241,12 @@ def detach(ifindex: int) -> bool:
         return False
     L = lb.lib()
     hook = lb.tc_hook(ifindex)
-    opts = lb.tc_opts(TC_HANDLE, TC_PRIORITY)
+    opts = lb.tc_opts(TC_HANDLE, priority)
     lb.check(L.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)), f"detach ifindex {ifindex}")
     return True
 
 
-def other_filters(ifindex: int) -> int:
+def other_filters(ifindex: int, priority: int = TC_PRIORITY) -> int:
     """How many tc filters other than ours sit on this interface's clsact (both directions)."""
     from pyroute2 import IPRoute
 
@@ -253,7 +261,7 @@ def other_filters(ifindex: int) -> int:
                 if m.get_attr("TCA_KIND") is None:
                     continue
                 prio = (m["info"] >> 16) & 0xFFFF
-                if m["handle"] == TC_HANDLE and prio == TC_PRIORITY:
+                if m["handle"] == TC_HANDLE and prio == priority:
                     continue
                 if m["handle"] == 0:
                     continue  # the per-priority chain header that the kernel reports as well

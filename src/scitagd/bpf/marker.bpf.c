@@ -9,8 +9,9 @@
  * Only __sk_buff and packet bytes are touched, so no CO-RE and no vmlinux.h are needed and
  * one object serves kernels 5.14 (AlmaLinux 9) to 6.x.
  *
- * Whatever goes wrong, the packet leaves: every path returns TC_ACT_OK, unmarked packets
- * are counted by reason.
+ * Whatever goes wrong, the packet leaves: every path returns PASS, unmarked packets are
+ * counted by reason. PASS is TC_ACT_UNSPEC, not TC_ACT_OK: in direct-action mode OK would end
+ * the clsact filter chain, and the filters other tools put after ours would never run.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -30,6 +31,7 @@
 #define SCITAG_OPT_TYPE 0x1E
 #define SCITAG_OPT_LEN 3
 #define EXT_HLEN 8
+#define PASS TC_ACT_UNSPEC
 
 /* markingStrategy, set by the loader in the config map */
 enum strategy { STRAT_LABEL = 0, STRAT_HBH = 1, STRAT_DEST = 2, STRAT_HBH_DEST = 3 };
@@ -220,18 +222,18 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 	__u32 zero = 0;
 
 	if (bpf_skb_load_bytes(skb, l3, ip6, IPV6_HLEN))
-		return TC_ACT_OK;
+		return PASS;
 	if ((ip6[0] >> 4) != 6)
-		return TC_ACT_OK;
+		return PASS;
 	__u8 nexthdr = ip6[6];
 	if (nexthdr != NEXTHDR_TCP && nexthdr != NEXTHDR_UDP)
-		return TC_ACT_OK; /* no extension headers walked: ours are added, never parsed */
+		return PASS; /* no extension headers walked: ours are added, never parsed */
 	if (bpf_skb_load_bytes(skb, l3 + IPV6_HLEN, ports, 4))
-		return TC_ACT_OK;
+		return PASS;
 
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
-		return TC_ACT_OK;
+		return PASS;
 
 	struct flow_tag tag;
 	if (cfg->match_all) {
@@ -248,7 +250,7 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 		key.proto = nexthdr;
 		struct flow_tag *t = bpf_map_lookup_elem(&flows, &key);
 		if (!t)
-			return TC_ACT_OK;
+			return PASS;
 		tag = *t;
 	}
 
@@ -257,7 +259,7 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 			count_unmarked(R_STORE);
 		else
 			count_marked(skb, tag.exp, tag.act);
-		return TC_ACT_OK;
+		return PASS;
 	}
 
 	/* Extension headers. An in-band VLAN tag sits between the Ethernet and IPv6 headers,
@@ -267,18 +269,18 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 		__u16 tci;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &tci, 2) || bpf_skb_vlan_pop(skb)) {
 			count_unmarked(R_VLAN);
-			return TC_ACT_OK;
+			return PASS;
 		}
 		l3 = ETH_HLEN;
 		if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0)
 			count_marked(skb, tag.exp, tag.act);
 		if (bpf_skb_vlan_push(skb, bpf_htons(vlan_proto), bpf_ntohs(tci)))
 			count_unmarked(R_VLAN);
-		return TC_ACT_OK;
+		return PASS;
 	}
 	if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0)
 		count_marked(skb, tag.exp, tag.act);
-	return TC_ACT_OK;
+	return PASS;
 }
 
 /* Devices with an Ethernet header, optionally one in-band 802.1Q/802.1ad tag. */
@@ -288,17 +290,17 @@ int scitagd_eth(struct __sk_buff *skb)
 	__u16 proto;
 
 	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
-		return TC_ACT_OK;
+		return PASS;
 	if (proto == bpf_htons(ETH_P_IPV6))
 		return mark(skb, ETH_HLEN, 0);
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		__u16 inner;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 2, &inner, 2))
-			return TC_ACT_OK;
+			return PASS;
 		if (inner == bpf_htons(ETH_P_IPV6))
 			return mark(skb, ETH_HLEN + VLAN_HLEN, bpf_ntohs(proto));
 	}
-	return TC_ACT_OK;
+	return PASS;
 }
 
 /* L3 devices (tun, wireguard, ip6 tunnels): the packet starts with the IPv6 header. */
@@ -306,7 +308,7 @@ SEC("tc")
 int scitagd_l3(struct __sk_buff *skb)
 {
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;
+		return PASS;
 	return mark(skb, 0, 0);
 }
 

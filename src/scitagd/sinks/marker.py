@@ -124,19 +124,20 @@ class MarkerSink(Sink):
                 continue
             try:
                 ifindex = socket.if_nametoindex(name)
-                current = loader.query(ifindex)
+                current = loader.query(ifindex, self.conf.tc_priority)
                 if current is not None and current in self._prog_ids:
                     continue
                 prev = self.state.get(name, {})
                 owns = bool(prev.get("owns_qdisc")) and prev.get("ifindex") == ifindex
-                att = self.km.attach(name, owns_qdisc=owns)
+                att = self.km.attach(name, owns_qdisc=owns, priority=self.conf.tc_priority)
             except OSError as e:
                 self.errors += 1
                 log.warning("cannot attach interface=%s error=%r", name, str(e))
                 continue
             verb = "re-attached" if name in self.attached else "attached"
             self.attached[name] = att
-            self.state[name] = {"ifindex": att.ifindex, "owns_qdisc": att.owns_qdisc}
+            self.state[name] = {"ifindex": att.ifindex, "owns_qdisc": att.owns_qdisc,
+                                "priority": self.conf.tc_priority}
             changed = True
             log.info("%s interface=%s ifindex=%d program=%s prog_id=%d", verb, name, att.ifindex,
                      att.program, att.prog_id)
@@ -162,10 +163,10 @@ class MarkerSink(Sink):
 
         for name, att in list(self.attached.items()):
             try:
-                loader.detach(att.ifindex)
+                loader.detach(att.ifindex, self.conf.tc_priority)
                 log.info("detached interface=%s", name)
                 if self.conf.remove_qdisc and att.owns_qdisc:
-                    others = loader.other_filters(att.ifindex)
+                    others = loader.other_filters(att.ifindex, self.conf.tc_priority)
                     if others == 0:
                         loader.remove_qdisc(att.ifindex)
                         log.info("clsact qdisc removed interface=%s", name)

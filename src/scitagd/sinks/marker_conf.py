@@ -11,6 +11,8 @@
   mapSize             extension: flow map capacity, an LRU (default 262144; each flow takes two)
   checkInterval       extension: seconds between checks that every interface has our filter (2)
   pinPath             extension: bpffs directory for the pinned maps (default /sys/fs/bpf/scitagd)
+  tcPriority          extension: priority of our clsact egress filter (default 1: before others;
+                      it passes every packet on to the filters after it)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     map_size: int = 262144
     check_interval: float = 2.0
     pin_path: str = "/sys/fs/bpf/scitagd"
+    tc_priority: int = 1
 
     def __post_init__(self) -> None:
         folded = {s.lower(): s for s in STRATEGIES}
@@ -47,6 +50,8 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"mapSize {self.map_size}: expected 1024..16777216")
         if not 0.1 <= self.check_interval <= 300:
             raise ValueError(f"checkInterval {self.check_interval}: expected 0.1..300 seconds")
+        if not 1 <= self.tc_priority <= 0xFFFF:
+            raise ValueError(f"tcPriority {self.tc_priority}: expected 1..65535")
         if not self.pin_path.startswith("/sys/fs/bpf/") or ".." in self.pin_path:
             raise ValueError(f"pinPath {self.pin_path!r}: expected a directory under /sys/fs/bpf/")
         for name in self.target_interfaces:
