@@ -12,11 +12,11 @@ from typing import Iterator, List
 
 import pytest
 
+from scitagd.labtools import Packet
 from scitagd.tags import decode_flow_label, gather_entropy
 
 from .conftest import IS_ROOT
-from .lab import A_ADDR, B_ADDR, NETTOOLS, Lab
-from .nettools import Packet
+from .lab import A_ADDR, B_ADDR, TOOLS, Lab
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces, eBPF, raw sockets)")
 
@@ -45,7 +45,7 @@ def test_flow_label_on_the_wire(lab: Lab) -> None:
     d.send(*(f"start tcp {A_ADDR} {sp} {B_ADDR} {sp - 35000} {e} {a}" for sp, (e, a) in tags.items()))
     d.wait_log("flow start", count=len(tags))
     time.sleep(0.1)
-    clients = {sp: lab.start(lab.a, [sys.executable, NETTOOLS, "tcp-client", B_ADDR, str(sp - 35000),
+    clients = {sp: lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, str(sp - 35000),
                                      str(sp), str(3 * MB), "--tclass", str(0xB8), "--seed", str(sp)])
                for sp in [*tags, 40009]}
     for sp, c in clients.items():
@@ -159,7 +159,7 @@ def test_put_direction_marks_the_acks(lab: Lab) -> None:
     # B is the supplier (src): B:5003 -> A:40003. Data flows B -> A; A only sends ACKs.
     d.send(f"start tcp {B_ADDR} 5003 {A_ADDR} 40003 2 15")
     d.wait_log("flow start")
-    srv = lab.start(lab.a, [sys.executable, NETTOOLS, "tcp-server", A_ADDR, "40003"])
+    srv = lab.start(lab.a, [*TOOLS, "tcp-server", A_ADDR, "40003"])
     assert srv.stdout is not None and b"listening" in srv.stdout.readline()
     # tcp-server binds A's address; the client in B connects from its fixed port 5003.
     sent = lab.tool(lab.b, "tcp-client", A_ADDR, "40003", "5003", str(2 * MB))
@@ -341,3 +341,50 @@ def test_marker_cli_status_and_clean(lab: Lab) -> None:
     assert "scitagd" not in _egress_filters(lab)
     assert not Path(lab.pin).exists()
     assert not _has_clsact(lab)
+
+
+@pytest.mark.skipif(not (shutil.which("xrootd") and shutil.which("xrdcp")),
+                    reason="xrootd-server/xrootd-client not installed")
+def test_xrootd_get_over_ipv6_is_marked_and_announced(lab: Lab) -> None:
+    """The seed use case: XRootD in A tells scitagd about a GET by firefly; the data leaving A
+    carries the tag; the client's host (B) receives scitagd's fireflies."""
+    import json as _json
+
+    from .test_xrootd import start_xrootd
+
+    base = Path(__import__("tempfile").mkdtemp(prefix="scitagd-xrd-"))
+    base.chmod(0o755)
+    try:
+        xport, ff = 21094, 29514
+        d = lab.daemon("markingStrategy: label",
+                       backends="  firefly: {destinationPort: 10514}",
+                       plugins=f"  firefly: {{bindAddress: 127.0.0.1, bindPort: {ff}}}")
+        d.wait_log("attached interface=a0")
+        rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "2", "--timeout", "20"])
+        assert rcv.stdout is not None and b"listening" in rcv.stdout.readline()
+        xrd = start_xrootd(base, xport, f"127.0.0.1:{ff}", prefix=lab.a.cmd(), host=A_ADDR)
+        lab.procs.append(xrd)
+        cap = lab.capture()
+        out = base / "copy"
+        r = subprocess.run(lab.b.cmd("xrdcp", "-f", "-s",
+                                     f"root://[{A_ADDR}]:{xport}//data/file1?scitag.flow=206", str(out)),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert out.stat().st_size == 3 * MB
+        pkts = [p for p in cap.stop() if p.src == A_ADDR and p.sport == xport]
+        data = [p for p in pkts if len(p.l4_payload) > 0]
+        assert sum(len(p.l4_payload) for p in data) >= 3 * MB
+        first = next(i for i, p in enumerate(data) if decode_flow_label(p.label) == (3, 14))
+        after = data[first:]
+        assert all(decode_flow_label(p.label) == (3, 14) for p in after)
+        marked_bytes = sum(len(p.l4_payload) for p in after)
+        assert marked_bytes >= 3 * MB, f"only {marked_bytes} bytes of the file were marked"
+        fireflies = lab.result(rcv, timeout=30)["datagrams"]
+        assert len(fireflies) == 2, d.text()
+        docs = [_json.loads(f[f.index("{"):]) for f in fireflies]
+        assert all(" scitagd - firefly-json - " in f for f in fireflies)
+        assert [x["flow-lifecycle"]["state"] for x in docs] == ["start", "end"]
+        assert all((x["context"]["experiment-id"], x["context"]["activity-id"]) == (3, 14) for x in docs)
+        assert all(x["flow-id"]["src-ip"] == A_ADDR and x["flow-id"]["dst-ip"] == B_ADDR for x in docs)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

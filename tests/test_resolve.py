@@ -11,8 +11,9 @@ from typing import Iterator
 
 import pytest
 
+from scitagd.netlab import NetNS
+
 from .conftest import needs_root
-from .netns import NetNS
 
 RECEIVER = r"""
 import json, socket, sys, time

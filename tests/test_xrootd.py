@@ -6,10 +6,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
@@ -33,7 +34,9 @@ def xrootd_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def start_xrootd(base: Path, port: int, ffdest: str) -> subprocess.Popen[bytes]:
+def start_xrootd(base: Path, port: int, ffdest: str, prefix: Sequence[str] = (),
+                 host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """xrootd serving base/data/file1 (3 MiB); `prefix` runs it elsewhere (ip netns exec NS)."""
     data = base / "data"
     data.mkdir()
     (data / "file1").write_bytes(os.urandom(3 << 20))
@@ -56,16 +59,16 @@ xrootd.pmark ffdest {ffdest}
     if os.geteuid() == 0:
         cmd[1:1] = ["-R", "nobody"]  # xrootd refuses to run as root
     with open(base / "xrootd.out", "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*prefix, *cmd], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
+    probe = [*prefix, sys.executable, "-c",
+             f"import socket; socket.create_connection(({host!r}, {port}), timeout=0.5).close()"]
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if subprocess.run(probe, capture_output=True).returncode == 0:
             return proc
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
     proc.kill()
     logs = "\n".join(p.read_text(errors="replace") for p in base.rglob("*log*") if p.is_file())
     raise AssertionError(f"xrootd did not start:\n{logs}")

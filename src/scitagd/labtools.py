@@ -1,4 +1,4 @@
-"""Small network tools run inside test namespaces (`ip netns exec NS python tests/nettools.py ...`)
+"""Small network tools for namespace labs (tests, demo, benchmarks): `python -m scitagd.labtools ...`
 and the parser for what `capture` records. Standard library only.
 
   capture IFACE FILE            AF_PACKET capture of IPv6 frames (with VLAN auxdata) until SIGTERM
@@ -191,7 +191,7 @@ def udp_recv(addr: str, port: int, count: int, timeout: float) -> None:
     s.bind((addr, port))
     print(json.dumps({"listening": port}), flush=True)
     s.settimeout(timeout)
-    got = []
+    got: List[str] = []
     try:
         while len(got) < count:
             got.append(s.recv(65535).decode(errors="replace"))
