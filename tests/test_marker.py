@@ -388,3 +388,44 @@ def test_xrootd_get_over_ipv6_is_marked_and_announced(lab: Lab) -> None:
         assert all(x["flow-id"]["src-ip"] == A_ADDR and x["flow-id"]["dst-ip"] == B_ADDR for x in docs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("strategy", ["label", "destination"])
+def test_l3_device_without_ethernet_header(lab: Lab, strategy: str) -> None:
+    """A tun device: packets start with the IPv6 header (scitagd_l3), the header goes right
+    after it. A tun0 that appears after the start gets the marker within seconds."""
+    d = lab.daemon(f"markingStrategy: {strategy}", interfaces="[tun0]")
+    reader = lab.start(lab.a, [*TOOLS, "tun-read", "tun0", "3"])
+    assert reader.stdout is not None and b"ready" in reader.stdout.readline()
+    lab.a.exec("ip", "link", "set", "tun0", "up")
+    lab.a.exec("ip", "addr", "add", "fd5c:77::1/64", "dev", "tun0", "nodad")
+    d.wait_log("attached interface=tun0 ifindex", timeout=5)
+    assert "program=scitagd_l3" in d.text()
+    d.send("start udp fd5c:77::1 46000 fd5c:77::2 7000 7 1")
+    d.wait_log("flow start")
+    time.sleep(0.1)
+    # 100 B, a 1,400 B and a full-size (1452 B payload = 1500 B packet) datagram
+    for size, tag in ((100, "a"), (1400, "b"), (1452, "c")):
+        subprocess.run(lab.a.cmd(sys.executable, "-c", (
+            "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.bind(('::',46000));"
+            f"s.sendto(b'{tag}'*{size},('fd5c:77::2',7000))")), check=True)
+    from scitagd.labtools import parse_ipv6
+
+    raw = lab.result(reader, timeout=20)["packets"]
+    pkts = [parse_ipv6(bytes.fromhex(h)) for h in raw]
+    assert len(pkts) == 3 and all(p is not None and p.sport == 46000 for p in pkts)
+    for p, size in zip(pkts, (100, 1400, 1452)):
+        assert p is not None and len(p.l4_payload) == size, "payload moved or cut"
+        if strategy == "label":
+            assert decode_flow_label(p.label) == (7, 1)
+        elif size == 1452:
+            assert p.exts == []  # 1,508 B would not fit the MTU: left unmarked, counted
+        else:
+            assert p.exts == [(60, 0, 0x1E, 7, 1)]
+
+
+def test_discover_interfaces(lab: Lab) -> None:
+    """discoverInterfaces: every interface with a global IPv6 address (a0 here, not lo)."""
+    d = lab.daemon("markingStrategy: label, discoverInterfaces: true", interfaces="[]")
+    d.wait_log("attached interface=a0")
+    assert "attached interface=lo" not in d.text()

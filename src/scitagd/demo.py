@@ -239,7 +239,7 @@ backends:
         d = lab.start(lab.a, [sys.executable, "-m", "scitagd", "run", "--config", str(conf)],
                       out=log_path, netonly=True)
         deadline = time.monotonic() + 15
-        while "attached interface=a0" not in log_path.read_text():
+        while "scitagd.daemon started" not in log_path.read_text():
             if d.poll() is not None or time.monotonic() > deadline:
                 print(log_path.read_text())
                 return 1

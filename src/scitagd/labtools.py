@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import signal
 import socket
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
@@ -101,7 +103,11 @@ def parse_frame(frame: bytes, vlan: Optional[int]) -> Optional[Packet]:
         off = 16
     if etype != 0x86DD:
         return None
-    ip = off + 2
+    return parse_ipv6(frame, off + 2, vlan)
+
+
+def parse_ipv6(frame: bytes, ip: int = 0, vlan: Optional[int] = None) -> Optional[Packet]:
+    """An IPv6 packet starting at `ip` (0 for what an L3 device such as tun carries)."""
     if len(frame) < ip + 40:
         return None
     vtc, plen, nh = struct.unpack_from("!IHB", frame, ip)
@@ -235,6 +241,29 @@ def inject_vlan(iface: str, vid: int, src: str, dst: str, sport: int, dport: int
     print(json.dumps({"sent": len(sizes)}), flush=True)
 
 
+IFF_TUN, IFF_NO_PI, TUNSETIFF = 0x0001, 0x1000, 0x400454CA
+
+
+def tun_read(name: str, count: int, timeout: float) -> None:
+    """Create tun device `name`, print ready, then print the first `count` IPv6 packets the
+    stack sends out of it (hex), as JSON."""
+    import fcntl
+    import select
+
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    print(json.dumps({"ready": name}), flush=True)
+    got: List[str] = []
+    end = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            pkt = os.read(fd, 65535)
+            if pkt and pkt[0] >> 4 == 6 and pkt[6] in (0, 6, 17, 60):
+                got.append(pkt.hex())
+    print(json.dumps({"packets": got}), flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -272,6 +301,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     iv.add_argument("dport", type=int)
     iv.add_argument("sizes", help="comma-separated UDP payload sizes")
     iv.add_argument("--tclass", type=int, default=0)
+    tr = sub.add_parser("tun-read")
+    tr.add_argument("name")
+    tr.add_argument("count", type=int)
+    tr.add_argument("--timeout", type=float, default=15)
     a = ap.parse_args(argv)
     if a.cmd == "capture":
         capture(a.iface, a.file)
@@ -282,6 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif a.cmd == "inject-vlan":
         inject_vlan(a.iface, a.vid, a.src, a.dst, a.sport, a.dport,
                     [int(x) for x in a.sizes.split(",")], a.tclass)
+    elif a.cmd == "tun-read":
+        tun_read(a.name, a.count, a.timeout)
     elif a.cmd == "udp-recv":
         udp_recv(a.addr, a.port, a.count, a.timeout)
     elif a.cmd == "udp-send":
