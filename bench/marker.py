@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from scitagd.netlab import A_ADDR, B_ADDR, TOOLS, Lab
+from scitagd.netlab import A_ADDR, B_ADDR, Lab
 from scitagd.tags import decode_flow_label
 
 DAEMON_CPU, LOAD_CPU = 1, 0
