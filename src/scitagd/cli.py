@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import __version__
@@ -169,6 +170,37 @@ def cmd_marker(a: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_collector(a: argparse.Namespace) -> int:
+    from .collector.config import CollectorConfig
+    from .config import load_text
+
+    conf = _load_conf(a.config) if a.config else load_text("")
+    cconf = conf.collector or CollectorConfig()
+    if getattr(a, "import_files", False):
+        import json as _json
+
+        from .collector.importer import import_files, print_summary
+
+        files = a.files
+        if not files:
+            raise UsageError("collector import: expected one or more files")
+        for f in files:
+            if not Path(f).is_file():
+                raise UsageError(f"collector import: {f}: no such file")
+        s = import_files(cconf, files, progress=not a.quiet)
+        if a.json:
+            print(_json.dumps(s))
+        else:
+            print_summary(s)
+        return 0
+    from . import logs
+    from .collector.service import run as run_collector
+    from .registry import RegistryHolder
+
+    logs.setup(conf.logging.level, False)
+    return run_collector(cconf, RegistryHolder(conf.registry))
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -218,6 +250,18 @@ def parser() -> argparse.ArgumentParser:
     mk.add_argument("--tc-priority", type=int, default=1, help="backends.marker.tcPriority")
     mk.add_argument("--json", action="store_true")
     mk.set_defaults(func=cmd_marker)
+
+    col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "
+                         "loads archives")
+    col.add_argument("--config", help="YAML with a collector: section")
+    col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False)
+    colsub = col.add_subparsers(dest="collector_cmd")
+    imp = colsub.add_parser("import", help="load syslog archives of fireflies (.gz or plain)")
+    imp.add_argument("files", nargs="+")
+    imp.add_argument("--config", help="YAML with a collector: section")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_collector, import_files=True)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")

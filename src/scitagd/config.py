@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, get_args
 import msgspec
 import yaml
 
+from .collector.config import CollectorConfig
 from .enrich.conf import EnrichersConfig
 from .events import FlowTableConfig
 from .logs import LogConfig
@@ -66,6 +67,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
     flow_table: FlowTableConfig = msgspec.field(default_factory=FlowTableConfig)
     logging: LogConfig = msgspec.field(default_factory=LogConfig)
+    collector: Optional[CollectorConfig] = None
 
 
 class ConfigError(ValueError):
@@ -73,7 +75,7 @@ class ConfigError(ValueError):
 
 
 # Sections whose mere presence enables a component: `api:` with no value means {}.
-_ENABLING = {"plugins": True, "backends": True, "enrichers": True}
+_ENABLING = {"plugins": True, "backends": True, "enrichers": True, "collector": True}
 
 
 def _fill_empty(data: Any, path: str = "") -> Any:

@@ -1,0 +1,304 @@
+"""HTTP side of the collector: the dashboard (static files bundled, no CDN), a JSON query API
+and /metrics. Parameters: `from`/`to` (epoch seconds, or `-6h`-style offsets from now),
+`experiment`/`activity` (ids or registry names), `host`, `limit`, `step`, `by`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..registry import RegistryError
+
+if TYPE_CHECKING:
+    from .service import Collector
+
+log = logging.getLogger("scitagd.collector.web")
+STATIC = resources.files("scitagd.collector").joinpath("static")
+_OFFSET = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class BadParam(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+
+
+def _time(q: Any, name: str, default: float) -> float:
+    v = q.get(name)
+    if v is None or v == "":
+        return default
+    m = _OFFSET.match(v)
+    if m:
+        return time.time() - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(v)
+    except ValueError:
+        raise BadParam(name, f"{v!r}: expected epoch seconds or an offset like -6h") from None
+
+
+def _int(q: Any, name: str, default: int, lo: int, hi: int) -> int:
+    v = q.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise BadParam(name, f"{v!r}: expected a whole number") from None
+    if not lo <= n <= hi:
+        raise BadParam(name, f"{n}: expected {lo}..{hi}")
+    return n
+
+
+class Web:
+    def __init__(self, c: Collector) -> None:
+        self.c = c
+        self.runner: Optional[web.AppRunner] = None
+        self.prom = CollectorRegistry(auto_describe=False)
+        self.prom.register(_Metrics(c))
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/static/{name}", self.static)
+        r.add_get("/api/v1/flows", self.flows)
+        r.add_get("/api/v1/active", self.active)
+        r.add_get("/api/v1/timeseries", self.timeseries)
+        r.add_get("/api/v1/totals", self.totals)
+        r.add_get("/api/v1/top", self.top)
+        r.add_get("/api/v1/registry", self.registry)
+        r.add_get("/api/v1/extent", self.extent)
+        r.add_get("/api/v1/rejected", self.rejected)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/healthz", self.healthz)
+        return app
+
+    async def start(self) -> None:
+        h = self.c.conf.http
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, h.bind_address, h.port, reuse_address=True).start()
+        log.info("dashboard http://%s:%d/", h.bind_address if ":" not in h.bind_address
+                 else f"[{h.bind_address}]", h.port)
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except BadParam as e:
+            return web.json_response({"error": str(e), "param": e.name}, status=400)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _tags(self, q: Any) -> Tuple[Optional[int], Optional[int]]:
+        reg = self.c.registry.current
+        exp = act = None
+        e, a = q.get("experiment"), q.get("activity")
+        try:
+            if e not in (None, ""):
+                exp = reg.resolve(e, 0)[0]
+            if a not in (None, ""):
+                if exp is None:
+                    if not str(a).isdigit():
+                        raise BadParam("activity", "a name needs an experiment")
+                    act = int(a)
+                else:
+                    act = reg.resolve(exp, a)[1]
+        except RegistryError as err:
+            raise BadParam("experiment" if "experiment" in str(err) else "activity", str(err)) from None
+        return exp, act
+
+    def _range(self, q: Any) -> Tuple[float, float]:
+        now = time.time()
+        start = _time(q, "from", now - 86400)
+        end = _time(q, "to", now)
+        if end <= start:
+            raise BadParam("to", "must be after from")
+        return start, end
+
+    def _names(self, d: Dict[str, Any]) -> Dict[str, Any]:
+        reg = self.c.registry.current
+        if "exp" in d:
+            d["experiment"] = reg.experiment_name(d["exp"]) or str(d["exp"])
+            if "act" in d:
+                d["activity"] = reg.activity_name(d["exp"], d["act"]) or str(d["act"])
+        return d
+
+    # --- handlers ------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=STATIC.joinpath("index.html").read_text(), content_type="text/html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        types = {".js": "application/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        ext = name[name.rfind("."):] if "." in name else ""
+        if ext not in types or "/" in name or name.startswith("."):
+            raise web.HTTPNotFound()
+        f = STATIC.joinpath(name)
+        if not f.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=f.read_bytes(), content_type=types[ext],
+                            headers={"Cache-Control": "max-age=300"})
+
+    async def flows(self, request: web.Request) -> web.Response:
+        q = request.query
+        start, end = self._range(q)
+        exp, act = self._tags(q)
+        state = q.get("state") or None
+        if state not in (None, "active", "ended", "expired"):
+            raise BadParam("state", f"{state!r}: expected active, ended or expired")
+        limit = _int(q, "limit", 100, 1, 10000)
+        host = q.get("host") or None
+        rows = await self.c.query(self.c.store.flows, start, end, exp, act, host, state, limit)
+        for r in rows:
+            self._names(r)
+            dur = (r["end"] - r["start"]) if r["end"] else None
+            r["duration"] = dur
+            r["throughput_bps"] = ((r["sent"] + r["received"]) * 8 / dur) if dur else None
+        return web.json_response({"flows": rows, "count": len(rows)})
+
+    async def active(self, request: web.Request) -> web.Response:
+        limit = _int(request.query, "limit", 200, 1, 100000)
+        out = []
+        for f in sorted(self.c.acct.active.values(), key=lambda f: -f.start)[:limit]:
+            out.append(self._names({"proto": f.proto, "src": f.src, "sport": f.sport, "dst": f.dst,
+                                    "dport": f.dport, "start": f.start, "exp": f.exp, "act": f.act,
+                                    "app": f.app, "reporter": f.reporter, "sent": f.sent,
+                                    "received": f.received}))
+        return web.json_response({"flows": out, "count": len(self.c.acct.active)})
+
+    async def timeseries(self, request: web.Request) -> web.Response:
+        q = request.query
+        start, end = self._range(q)
+        exp, act = self._tags(q)
+        auto = max(60, int((end - start) / 120) // 60 * 60)
+        step = _int(q, "step", auto, 60, 86400 * 31)
+        measure = q.get("measure", "bytes")
+        if measure not in ("bytes", "flows"):
+            raise BadParam("measure", f"{measure!r}: expected bytes or flows")
+        rows = await self.c.query(self.c.store.timeseries, start, end, step, exp, act, q.get("host") or None,
+                                  measure)
+        reg = self.c.registry.current
+        series: Dict[int, Dict[int, int]] = {}
+        for b, k, n in rows:
+            series.setdefault(k, {})[b] = n
+        keyname = "activity" if exp is not None else "experiment"
+        out = []
+        for k, pts in sorted(series.items(), key=lambda kv: -sum(kv[1].values())):
+            name = (reg.activity_name(exp, k) if exp is not None else reg.experiment_name(k)) or str(k)
+            out.append({"id": k, "name": name, "points": sorted(pts.items())})
+        return web.json_response({"from": start, "to": end, "step": step, "by": keyname, "measure": measure,
+                                  "series": out})
+
+    async def totals(self, request: web.Request) -> web.Response:
+        q = request.query
+        by = q.get("by", "experiment")
+        if by not in ("experiment", "activity", "pair"):
+            raise BadParam("by", f"{by!r}: expected experiment, activity or pair")
+        start, end = self._range(q)
+        exp, act = self._tags(q)
+        limit = _int(q, "limit", 50, 1, 10000)
+        rows = await self.c.query(self.c.store.totals, by, start, end, exp, act, q.get("host") or None, limit)
+        return web.json_response({"by": by, "totals": [self._names(r) for r in rows]})
+
+    async def top(self, request: web.Request) -> web.Response:
+        q = request.query
+        start, end = self._range(q)
+        exp, act = self._tags(q)
+        n = _int(q, "n", 10, 1, 1000)
+        rows = await self.c.query(self.c.store.totals, "pair", start, end, exp, act, q.get("host") or None, n)
+        return web.json_response({"top": rows})
+
+    async def registry(self, request: web.Request) -> web.Response:
+        reg = self.c.registry.current
+        return web.json_response({"experiments": [
+            {"id": e.exp_id, "name": e.exp_name,
+             "activities": [{"id": a.activity_id, "name": a.activity_name} for a in e.activities]}
+            for e in reg.experiments]})
+
+    async def extent(self, request: web.Request) -> web.Response:
+        lo, hi = await self.c.query(self.c.store.extent)
+        return web.json_response({"from": lo, "to": hi})
+
+    async def rejected(self, request: web.Request) -> web.Response:
+        return web.json_response({"counts": dict(self.c.rejected), "samples": list(self.c.samples)})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.prom)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "active_flows": len(self.c.acct.active)})
+
+
+class _Metrics:
+    def __init__(self, c: Collector) -> None:
+        self.c = c
+
+    def collect(self) -> Iterator[Metric]:
+        c, a = self.c, self.c.acct
+        reg = c.registry.current
+        labels = ["experiment", "activity", "experiment_id", "activity_id"]
+
+        def lv(tag: Tuple[int, int]) -> list:
+            e, x = tag
+            return [reg.experiment_name(e) or str(e), reg.activity_name(e, x) or str(x), str(e), str(x)]
+
+        for name, doc, data in (("flows_started", "Flows started", a.started),
+                                ("flows_ended", "Flows ended", a.ended),
+                                ("bytes", "Bytes of accounted flows (both directions)", a.bytes)):
+            m = CounterMetricFamily(f"scitagd_collector_{name}", doc, labels=labels)
+            for tag, n in list(data.items()):
+                m.add_metric(lv(tag), n)
+            yield m
+        g = GaugeMetricFamily("scitagd_collector_active_flows", "Flows started and not ended", labels=labels)
+        for tag, n in list(a.active_by_tag.items()):
+            g.add_metric(lv(tag), n)
+        yield g
+        g = GaugeMetricFamily("scitagd_collector_throughput_bits_per_second",
+                              "Bits per second accounted over the last minute", labels=labels)
+        for tag, bps in a.throughput().items():
+            g.add_metric(lv(tag), bps)
+        yield g
+        m = CounterMetricFamily("scitagd_collector_datagrams", "Messages received", labels=["transport"])
+        for t, n in list(c.datagrams.items()):
+            m.add_metric([t], n)
+        yield m
+        m = CounterMetricFamily("scitagd_collector_rejected", "Messages rejected", labels=["reason"])
+        for r, n in list(c.rejected.items()):
+            m.add_metric([r], n)
+        yield m
+        m = CounterMetricFamily("scitagd_collector_fireflies", "Fireflies accounted, by state or outcome",
+                                labels=["outcome"])
+        for s, n in list(a.states.items()):
+            m.add_metric([s], n)
+        m.add_metric(["duplicate"], a.duplicates)
+        m.add_metric(["local_only"], a.local_only)
+        yield m
+        yield CounterMetricFamily("scitagd_collector_store_rows", "Flow rows written", value=c.store_rows)
+        yield CounterMetricFamily("scitagd_collector_store_errors", "Failed store flushes", value=c.store_errors)
+        yield GaugeMetricFamily("scitagd_collector_store_flows", "Flows in the store (updated every 30 s)",
+                                value=c.flows_in_store)
+        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Rows waiting for the next flush",
+                                value=len(a.rows))
+        m = CounterMetricFamily("scitagd_collector_relayed", "Datagrams relayed", labels=["destination"])
+        for d, n in list(c.relay_sent.items()):
+            m.add_metric([d], n)
+        yield m
+        yield CounterMetricFamily("scitagd_collector_relay_loops", "Datagrams not relayed again (loop)",
+                                  value=c.relay_loops)
