@@ -40,7 +40,9 @@ def build(out_dir: Path) -> list[Path]:
     for src in SOURCES:
         obj = out_dir / src.replace(".c", ".o")
         # Run in the source directory with a relative name: the path lands in BTF line info.
+        # Paths of the checkout must not land in the object (BTF line info keeps file names).
         subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
+                        f"-fdebug-prefix-map={HERE}=.", "-fdebug-compilation-dir=.",
                         f"-I{_arch_include()}", "-c", src, "-o", str(obj)], cwd=HERE, check=True)
         subprocess.run([strip, "-g", str(obj)], check=True)
         built.append(obj)
