@@ -51,6 +51,7 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True)
         acct.restore(row)
     summary: Dict[str, Any] = {"files": [], "lines": 0, "imported": 0, "rejected": Counter(),
                                "samples": []}
+    tags: Counter[str] = Counter()  # experiment/activity/state -> fireflies
     try:
         for name in files:
             path = Path(name)
@@ -75,6 +76,8 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True)
                                                        "error": str(e)})
                         continue
                     acct.ingest(rec, "import")
+                    ctx = rec.firefly.context
+                    tags[f"{ctx.experiment_id}/{ctx.activity_id}/{rec.firefly.flow_lifecycle.state}"] += 1
                     ok += 1
                     if len(acct.rows) >= 20000:
                         store.write(*acct.take())
@@ -93,6 +96,7 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True)
     summary["flows_ended"] = sum(acct.ended.values())
     summary["flows_active"] = len(acct.active)
     summary["rejected"] = dict(summary["rejected"])
+    summary["fireflies"] = dict(tags)
     return summary
 
 

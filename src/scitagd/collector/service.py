@@ -235,7 +235,8 @@ class Collector:
             await self.web.stop()
         await asyncio.get_running_loop().run_in_executor(self._db, self.store.close)
         self._db.shutdown(wait=True)
-        log.info("stopped; store flushed and closed")
+        log.info("stopped; store flushed and closed flows_started=%d flows_ended=%d rows_written=%d",
+                 sum(self.acct.started.values()), sum(self.acct.ended.values()), self.store_rows)
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()

@@ -62,10 +62,29 @@ function fillExperiments() {
   }
 }
 
+// Ids seen in the data but not in the registry (ids changed over the years): still selectable.
+const seen = new Map(); // experiment id -> Set of activity ids
+
+function noteSeen(totals) {
+  const sel = $("experiment");
+  for (const r of totals) {
+    if (!seen.has(r.exp)) seen.set(r.exp, new Set());
+    seen.get(r.exp).add(r.act);
+    if (![...sel.options].some((o) => o.value === String(r.exp))) {
+      const o = document.createElement("option");
+      o.value = r.exp; o.textContent = r.experiment + (r.experiment === String(r.exp) ? " (not in registry)" : "");
+      sel.appendChild(o);
+    }
+  }
+}
+
 function fillActivities() {
   const sel = $("activity");
   sel.innerHTML = '<option value="">all</option>';
-  const e = registry.experiments.find((x) => String(x.id) === $("experiment").value);
+  const id = $("experiment").value;
+  const known = registry.experiments.find((x) => String(x.id) === id);
+  const e = known || (id && seen.has(Number(id))
+    ? { activities: [...seen.get(Number(id))].map((a) => ({ id: a, name: String(a) })) } : null);
   sel.disabled = !e;
   if (!e) return;
   for (const a of e.activities) {
@@ -158,6 +177,7 @@ async function refresh() {
       tq.set("measure", "flows");
       ts = await api("/api/v1/timeseries", tq); // fireflies without usage: count flows instead
     }
+    noteSeen(totals.totals);
     drawChart(ts);
     rows("totals", totals.totals, (r) => [{ v: r.experiment + " / " + r.activity }, { v: r.flows, n: 1 },
       { v: fmtBytes(r.bytes), n: 1 }]);
