@@ -178,6 +178,8 @@ def test_every_producer_is_accounted(collector: Callable[..., CollectorProc]) ->
     m = c.metrics()
     assert m['scitagd_collector_fireflies_total{outcome="duplicate"}'] == 1
     assert m['scitagd_collector_bytes_total{activity="default",activity_id="1",experiment="default",experiment_id="1"}'] == 20992483 + 289
+    ts = c.api("/api/v1/timeseries?from=1773000000&to=1774000000&host=2001:db8::10")
+    assert [(x["name"], sum(v for _, v in x["points"])) for x in ts["series"]] == [("atlas", 1048576)]
     totals = c.api("/api/v1/totals?from=0&by=experiment")["totals"]
     atlas = next(t for t in totals if t["experiment"] == "atlas")
     assert atlas["bytes"] == 20992346 + 345 + 524801863 + 2278 + 1048576
@@ -349,8 +351,8 @@ scrape_configs:
                           f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
-        q = ('http://127.0.0.1:%d/api/v1/query?query=' % port
-             + 'scitagd_collector_bytes_total%7Bexperiment%3D%22atlas%22%7D')
+        q = (f"http://127.0.0.1:{port}/api/v1/query?query="
+             + "scitagd_collector_bytes_total%7Bexperiment%3D%22atlas%22%7D")
         value = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and value is None:

@@ -67,13 +67,65 @@ def _say(text: str) -> None:
 
 
 def main(args: argparse.Namespace | None = None) -> int:
-    rc = loopback_demo(args)
-    if rc == 0 and not (args and getattr(args, "keep", False)):
-        rc = marking_demo()
+    col = DemoCollector()
+    try:
+        rc = loopback_demo(args, col.udp)
+        if rc == 0 and not (args and getattr(args, "keep", False)):
+            rc = marking_demo(col.udp)
+        if rc == 0:
+            rc = col.show()
+    finally:
+        col.stop()
     return rc
 
 
-def loopback_demo(args: argparse.Namespace | None = None) -> int:
+class DemoCollector:
+    """Part 3's collector, started first so that both other parts report to it."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="scitagd-demo-collector-"))
+        self.udp = free_port(socket.SOCK_DGRAM)
+        self.http = free_port()
+        conf = self.tmp / "collector.yaml"
+        conf.write_text(f"""\
+collector:
+  udp: {{bindAddresses: ["::"], port: {self.udp}}}
+  store: {{path: {self.tmp}/collector.sqlite}}
+  http: {{bindAddress: 127.0.0.1, port: {self.http}}}
+""")
+        self.log = self.tmp / "collector.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "scitagd", "collector", "--config", str(conf)],
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{self.http}/healthz")
+
+    def show(self) -> int:
+        url = f"http://127.0.0.1:{self.http}/"
+        _say("part 3: the collector received every firefly of parts 1 and 2")
+        time.sleep(0.5)
+        with urllib.request.urlopen(url + "api/v1/totals?from=-1h&by=activity") as r:
+            for t in json.loads(r.read())["totals"]:
+                print(f"  {t['experiment']}/{t['activity']}: {t['flows']} flows, {t['bytes']} bytes")
+        with urllib.request.urlopen(url + "api/v1/flows?from=-1h&limit=20") as r:
+            flows = json.loads(r.read())["flows"]
+        print(f"  {len(flows)} flows stored, e.g.:")
+        for f in flows[:4]:
+            print(f"    {f['experiment']}/{f['activity']} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
+                  f"{f['state']}, reported by {f['reporter']}")
+        print(f"\ndashboard: {url}?range=3600")
+        if sys.stdin is not None and sys.stdin.isatty():
+            input("press Enter to stop the collector and end the demo ")
+        return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def loopback_demo(args: argparse.Namespace | None = None, collector_port: int = 0) -> int:
     """Part 1: every source and sink of the daemon, on loopback."""
     keep = bool(args and getattr(args, "keep", False))
     tmp = Path(tempfile.mkdtemp(prefix="scitagd-demo-"))
@@ -92,7 +144,7 @@ plugins:
 backends:
   firefly:
     destinationPort: {peer_port}
-    collectors: ["127.0.0.1:{coll_port}"]
+    collectors: ["127.0.0.1:{coll_port}", "127.0.0.1:{collector_port}"]
   prometheus: {{port: {prom_port}}}
 """)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -199,7 +251,7 @@ DEMO_FLOWS = [  # (experiment, activity) by name, MiB, client port
 ]
 
 
-def marking_demo() -> int:
+def marking_demo(collector_port: int = 0) -> int:
     """Part 2: two hosts (network namespaces joined by veth); scitagd marks real transfers in
     the kernel and a raw capture on the receiving host shows the bits."""
     import os
@@ -224,6 +276,13 @@ def marking_demo() -> int:
     lab = Lab(tmp)
     try:
         print(f"host A = namespace {lab.a.name} ({A_ADDR}, a0), host B = {lab.b.name} ({B_ADDR}, b0)")
+        # A third link, this host <-> A, so that A's scitagd reaches the collector of part 3.
+        subprocess.run(["ip", "link", "add", "sctd-c0", "type", "veth", "peer", "name", "c1", "netns",
+                        lab.a.name], check=True)
+        subprocess.run(["ip", "addr", "add", "fd5c:18::1/64", "dev", "sctd-c0", "nodad"], check=True)
+        subprocess.run(["ip", "link", "set", "sctd-c0", "up"], check=True)
+        lab.a.exec("ip", "addr", "add", "fd5c:18::2/64", "dev", "c1", "nodad")
+        lab.a.exec("ip", "link", "set", "c1", "up")
         pipe = tmp / "np"
         conf = tmp / "scitagd.yaml"
         conf.write_text(f"""\
@@ -231,7 +290,7 @@ plugins:
   namedPipe: {{pipePath: {pipe}}}
 backends:
   marker: {{targetInterfaces: [a0], markingStrategy: label, pinPath: {lab.pin}}}
-  firefly: {{destinationPort: 10514}}
+  firefly: {{destinationPort: 10514, collectors: ["[fd5c:18::1]:{collector_port}"]}}
   prometheus: {{bindAddress: 127.0.0.1, port: 9464}}
 """)
         print(conf.read_text(), end="")

@@ -64,3 +64,23 @@ def parse_hostport(key: str, text: str, default_port: int | None = None) -> Tupl
 
 def family_of(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def udp_listener(addr: str, port: int, receive_buffer: int) -> socket.socket:
+    """A non-blocking UDP socket bound to addr:port; "::" also takes IPv4 (dual stack)."""
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6 and addr == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        except OSError:
+            pass  # capped by net.core.rmem_max: the default still works
+        sock.bind((addr, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -14,7 +14,7 @@ from collections import OrderedDict, defaultdict
 from typing import Any, DefaultDict, Dict, List, Optional, Tuple
 
 from ..firefly import Received, ts
-from .store import HOUR, MINUTE, FlowRow, spread
+from .store import MINUTE, PAIR_BUCKET, FlowRow, spread
 
 FlowKey = Tuple[str, str, int, str, int, float]
 Tag = Tuple[int, int]
@@ -137,10 +137,10 @@ class Accountant:
             return
         if point:
             minutes = {int(until // MINUTE) * MINUTE: delta}
-            hours = {int(until // HOUR) * HOUR: delta}
+            hours = {int(until // PAIR_BUCKET) * PAIR_BUCKET: delta}
         else:
             minutes = spread(flow.attributed_until, until, delta, MINUTE)
-            hours = spread(flow.attributed_until, until, delta, HOUR)
+            hours = spread(flow.attributed_until, until, delta, PAIR_BUCKET)
         for b, n in minutes.items():
             self._traffic((b, flow.exp, flow.act), n, 0)
         for b, n in hours.items():
@@ -158,7 +158,7 @@ class Accountant:
 
     def _finish(self, key: FlowKey, flow: Flow, end: float, state: str, was_active: bool) -> None:
         self._attribute(flow, max(end, flow.start))
-        hk = (int(flow.start // HOUR) * HOUR, flow.src, flow.dst, flow.exp, flow.act)
+        hk = (int(flow.start // PAIR_BUCKET) * PAIR_BUCKET, flow.src, flow.dst, flow.exp, flow.act)
         cur = self.pairs.get(hk)
         if cur is None:
             self.pairs[hk] = [0, 1]

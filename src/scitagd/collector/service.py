@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, DefaultDict, Deque, Dict, List, Tuple
 
 from ..firefly import FireflyError, parse
-from ..netutil import parse_hostport
+from ..netutil import parse_hostport, udp_listener
 from ..registry import RegistryHolder
 from .account import Accountant
 from .config import CollectorConfig
@@ -107,17 +107,7 @@ class Collector:
         loop = asyncio.get_running_loop()
         c = self.conf
         for addr in c.udp.bind_addresses:
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            sock = socket.socket(fam, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if fam == socket.AF_INET6 and addr == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, c.udp.receive_buffer)
-            except OSError:
-                pass
-            sock.bind((addr, c.udp.port))
-            sock.setblocking(False)
+            sock = udp_listener(addr, c.udp.port, c.udp.receive_buffer)
             tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
             self._transports.append(tr)
             log.info("listening udp address=%s port=%d", addr, c.udp.port)

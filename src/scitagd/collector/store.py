@@ -2,8 +2,9 @@
 scale-out backend (ClickHouse, OpenSearch) can be added beside SQLiteStore without touching it.
 
 SQLite: one file, WAL, writes batched in one transaction per flush, and two pre-aggregated
-tables (bytes per minute per experiment/activity; per hour per host pair) so that the
-dashboard's queries read thousands of rows, not the million flows under them.
+tables (bytes and flows per minute per experiment/activity; per day per host pair) so that the
+dashboard's queries read thousands of rows, not the million flows under them. A time series for
+one host comes from its flows (indexed by address), their bytes counted at their end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
-MINUTE, HOUR = 60, 3600
+MINUTE, DAY = 60, 86400
+PAIR_BUCKET = DAY  # host pairs per day: the top-talker query reads days, not hours
 
 FlowRow = Tuple[Any, ...]  # see FLOW_COLUMNS
 FLOW_COLUMNS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "act", "app",
@@ -52,6 +54,7 @@ CREATE INDEX IF NOT EXISTS flows_end ON flows (end);
 CREATE INDEX IF NOT EXISTS flows_tag ON flows (exp, act, start);
 CREATE INDEX IF NOT EXISTS flows_src ON flows (src, start);
 CREATE INDEX IF NOT EXISTS flows_dst ON flows (dst, start);
+CREATE INDEX IF NOT EXISTS flows_reporter ON flows (reporter, start);
 CREATE INDEX IF NOT EXISTS flows_state ON flows (state) WHERE state = 'active';
 CREATE TABLE IF NOT EXISTS traffic (
   bucket INTEGER NOT NULL, exp INTEGER NOT NULL, act INTEGER NOT NULL, bytes INTEGER NOT NULL,
@@ -106,6 +109,17 @@ def spread(start: float, end: float, nbytes: int, width: int) -> Dict[int, int]:
     last = max(out)
     out[last] += nbytes - given  # rounding: the total is exact
     return out
+
+
+def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:
+    sql, args = "", []
+    if exp is not None:
+        sql += " AND exp = ?"
+        args.append(exp)
+    if act is not None:
+        sql += " AND act = ?"
+        args.append(act)
+    return sql, args
 
 
 class SQLiteStore:
@@ -174,36 +188,25 @@ class SQLiteStore:
         `exp` is given."""
         col = "flows" if measure == "flows" else "bytes"
         key = "act" if exp is not None else "exp"
+        tag_sql, tag_args = _tag_filter(exp, act)
         args: List[Any]
         if host:
-            step = max(step, HOUR)
-            table, extra, args = "pairs", " AND (src = ? OR dst = ?)", [host, host]
+            hcol = "1" if measure == "flows" else "sent + received"
+            q = (f"SELECT (CAST(COALESCE(end, start) AS INTEGER) / ?) * ?, {key}, SUM({hcol}) FROM flows "
+                 f"WHERE (src = ? OR dst = ? OR reporter = ?) AND COALESCE(end, start) >= ? "
+                 f"AND COALESCE(end, start) < ?{tag_sql} GROUP BY 1, 2 HAVING SUM({hcol}) > 0 ORDER BY 1")
+            args = [step, step, host, host, host, start, end, *tag_args]
         else:
-            table, extra, args = "traffic", "", []
-        if exp is not None:
-            extra += " AND exp = ?"
-            args.append(exp)
-        if act is not None:
-            extra += " AND act = ?"
-            args.append(act)
-        q = (f"SELECT (bucket / ?) * ?, {key}, SUM({col}) FROM {table} "
-             f"WHERE bucket >= ? AND bucket < ?{extra} GROUP BY 1, 2 HAVING SUM({col}) > 0 ORDER BY 1")
-        width = HOUR if table == "pairs" else MINUTE
-        lo = int(start // width) * width
+            q = (f"SELECT (bucket / ?) * ?, {key}, SUM({col}) FROM traffic "
+                 f"WHERE bucket >= ? AND bucket < ?{tag_sql} GROUP BY 1, 2 HAVING SUM({col}) > 0 ORDER BY 1")
+            args = [step, step, int(start // MINUTE) * MINUTE, end, *tag_args]
         with self._lock:
-            return [(int(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(q, [step, step, lo, end, *args])]
+            return [(int(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(q, args)]
 
     def totals(self, by: str, start: float, end: float, exp: Optional[int] = None,
                act: Optional[int] = None, host: Optional[str] = None,
                limit: int = 50) -> List[Dict[str, Any]]:
-        args: List[Any] = []
-        extra = ""
-        if exp is not None:
-            extra += " AND exp = ?"
-            args.append(exp)
-        if act is not None:
-            extra += " AND act = ?"
-            args.append(act)
+        extra, args = _tag_filter(exp, act)
         if by == "pair" or host:
             if host:
                 extra += " AND (src = ? OR dst = ?)"
@@ -212,7 +215,7 @@ class SQLiteStore:
             nbytes = len(cols.split(",")) + 1  # the SUM(bytes) column, by position
             q = (f"SELECT {cols}, SUM(bytes), SUM(flows) FROM pairs WHERE bucket >= ? AND bucket < ?"
                  f"{extra} GROUP BY {cols} ORDER BY {nbytes} DESC LIMIT ?")
-            lo = int(start // HOUR) * HOUR
+            lo = int(start // PAIR_BUCKET) * PAIR_BUCKET
         else:
             cols = {"experiment": "exp", "activity": "exp, act"}[by]
             q = (f"SELECT {cols}, SUM(bytes), SUM(flows) FROM traffic WHERE bucket >= ? AND bucket < ?{extra} "

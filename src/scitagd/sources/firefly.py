@@ -23,7 +23,7 @@ import msgspec
 
 from ..components import Source
 from ..firefly import FireflyError, parse, to_event
-from ..netutil import check_bind_address, check_host, check_port
+from ..netutil import check_bind_address, check_host, check_port, udp_listener
 
 log = logging.getLogger("scitagd.firefly.source")
 
@@ -97,17 +97,7 @@ class FireflySource(Source):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for addr in self.conf.addresses():
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            sock = socket.socket(fam, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if fam == socket.AF_INET6 and addr == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.conf.receive_buffer)
-            except OSError:
-                pass
-            sock.bind((addr, self.conf.bind_port))
-            sock.setblocking(False)
+            sock = udp_listener(addr, self.conf.bind_port, self.conf.receive_buffer)
             tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
             self._transports.append(tr)
             log.info("listening address=%s port=%d", addr, self.conf.bind_port)
