@@ -142,6 +142,8 @@ def test_import_unl_archive(tmp_path: Path) -> None:
         ended = con.execute("SELECT COUNT(*) FROM flows WHERE state = 'ended'").fetchone()[0]
         assert ended == len(ends)
         per_tag = dict(((e, a), n) for e, a, n in con.execute("SELECT exp, act, SUM(flows) FROM traffic GROUP BY 1, 2"))
+        hourly = dict(((e, a), n) for e, a, n in con.execute("SELECT exp, act, SUM(flows) FROM traffic_hour GROUP BY 1, 2"))
+        assert hourly == per_tag  # the roll-up long ranges read agrees with the minutes
     starts_by_tag: Counter[tuple[int, int]] = Counter()
     for k, v in indep.items():
         e, a, st = k.split("/")

@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
-MINUTE, DAY = 60, 86400
+MINUTE, HOUR, DAY = 60, 3600, 86400
+LONG_RANGE = 2 * DAY  # longer ranges read the hourly roll-up: 60x fewer rows
 PAIR_BUCKET = DAY  # host pairs per day: the top-talker query reads days, not hours
 
 FlowRow = Tuple[Any, ...]  # see FLOW_COLUMNS
@@ -61,6 +62,11 @@ CREATE TABLE IF NOT EXISTS traffic (
   flows INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (bucket, exp, act)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS traffic_hour (
+  bucket INTEGER NOT NULL, exp INTEGER NOT NULL, act INTEGER NOT NULL, bytes INTEGER NOT NULL,
+  flows INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (bucket, exp, act)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pairs (
   bucket INTEGER NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, exp INTEGER NOT NULL,
   act INTEGER NOT NULL, bytes INTEGER NOT NULL, flows INTEGER NOT NULL,
@@ -83,6 +89,7 @@ INSERT INTO traffic (bucket, exp, act, bytes, flows) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (bucket, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes,
   flows = flows + excluded.flows
 """
+UPSERT_TRAFFIC_HOUR = UPSERT_TRAFFIC.replace("traffic", "traffic_hour")
 UPSERT_PAIR = """
 INSERT INTO pairs (bucket, src, dst, exp, act, bytes, flows) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (bucket, src, dst, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes,
@@ -146,6 +153,12 @@ class SQLiteStore:
                     db.executemany(UPSERT_FLOW, flows)
                 if traffic:
                     db.executemany(UPSERT_TRAFFIC, [(*k, v[0], v[1]) for k, v in traffic.items()])
+                    hourly: Dict[Tuple[int, int, int], List[int]] = {}
+                    for (b, e, a), (nb, nf) in traffic.items():
+                        cur = hourly.setdefault((b // HOUR * HOUR, e, a), [0, 0])
+                        cur[0] += nb
+                        cur[1] += nf
+                    db.executemany(UPSERT_TRAFFIC_HOUR, [(*k, v[0], v[1]) for k, v in hourly.items()])
                 if pairs:
                     db.executemany(UPSERT_PAIR, [(*k, v[0], v[1]) for k, v in pairs.items()])
                 db.execute("COMMIT")
@@ -197,9 +210,11 @@ class SQLiteStore:
                  f"AND COALESCE(end, start) < ?{tag_sql} GROUP BY 1, 2 HAVING SUM({hcol}) > 0 ORDER BY 1")
             args = [step, step, host, host, host, start, end, *tag_args]
         else:
-            q = (f"SELECT (bucket / ?) * ?, {key}, SUM({col}) FROM traffic "
+            table, width = ("traffic_hour", HOUR) if end - start > LONG_RANGE and step % HOUR == 0 \
+                else ("traffic", MINUTE)
+            q = (f"SELECT (bucket / ?) * ?, {key}, SUM({col}) FROM {table} "
                  f"WHERE bucket >= ? AND bucket < ?{tag_sql} GROUP BY 1, 2 HAVING SUM({col}) > 0 ORDER BY 1")
-            args = [step, step, int(start // MINUTE) * MINUTE, end, *tag_args]
+            args = [step, step, int(start // width) * width, end, *tag_args]
         with self._lock:
             return [(int(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(q, args)]
 
@@ -218,9 +233,10 @@ class SQLiteStore:
             lo = int(start // PAIR_BUCKET) * PAIR_BUCKET
         else:
             cols = {"experiment": "exp", "activity": "exp, act"}[by]
-            q = (f"SELECT {cols}, SUM(bytes), SUM(flows) FROM traffic WHERE bucket >= ? AND bucket < ?{extra} "
+            table, width = ("traffic_hour", HOUR) if end - start > LONG_RANGE else ("traffic", MINUTE)
+            q = (f"SELECT {cols}, SUM(bytes), SUM(flows) FROM {table} WHERE bucket >= ? AND bucket < ?{extra} "
                  f"GROUP BY {cols} ORDER BY {len(cols.split(','))+1} DESC, {len(cols.split(','))+2} DESC LIMIT ?")
-            lo = int(start // MINUTE) * MINUTE
+            lo = int(start // width) * width
         with self._lock:
             rows = self.db.execute(q, [lo, end, *args, limit]).fetchall()
         names = {"pair": ["src", "dst"], "experiment": ["exp"], "activity": ["exp", "act"]}[by]
@@ -249,6 +265,7 @@ class SQLiteStore:
             db.execute("BEGIN")
             n = db.execute("DELETE FROM flows WHERE end IS NOT NULL AND end < ?", (before,)).rowcount
             db.execute("DELETE FROM traffic WHERE bucket < ?", (int(before),))
+            db.execute("DELETE FROM traffic_hour WHERE bucket < ?", (int(before) // HOUR * HOUR,))
             db.execute("DELETE FROM pairs WHERE bucket < ?", (int(before),))
             db.execute("COMMIT")
         return int(n)

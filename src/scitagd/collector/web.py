@@ -186,7 +186,9 @@ class Web:
         q = request.query
         start, end = self._range(q)
         exp, act = self._tags(q)
-        auto = max(60, int((end - start) / 120) // 60 * 60)
+        span = end - start
+        # about 120 points; whole hours beyond two days, where the hourly roll-up answers
+        auto = max(60, int(span / 120) // 60 * 60) if span <= 2 * 86400 else max(3600, int(span / 120) // 3600 * 3600)
         step = _int(q, "step", auto, 60, 86400 * 31)
         measure = q.get("measure", "bytes")
         if measure not in ("bytes", "flows"):
