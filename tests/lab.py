@@ -16,14 +16,15 @@ __all__ = ["A_ADDR", "B_ADDR", "TOOLS", "Capture", "Lab", "NetNS"]
 
 class Lab(BaseLab):
     def daemon(self, marker: str, backends: str = "", plugins: str = "",
-               interfaces: str = "[a0]") -> Daemon:
+               interfaces: str = "[a0]", top: str = "") -> Daemon:
         """scitagd in A with the named pipe, the marker and metrics; more sections as YAML lines
         indented under `backends:` / `plugins:`."""
-        return Daemon(self, marker, backends, plugins, interfaces)
+        return Daemon(self, marker, backends, plugins, interfaces, top)
 
 
 class Daemon:
-    def __init__(self, lab: BaseLab, marker: str, backends: str, plugins: str, interfaces: str) -> None:
+    def __init__(self, lab: BaseLab, marker: str, backends: str, plugins: str, interfaces: str,
+                 top: str = "") -> None:
         self.lab = lab
         self.pipe = lab.tmp / f"np-{len(lab.procs)}"
         self.log = lab.tmp / f"scitagd-{len(lab.procs)}.log"
@@ -36,6 +37,7 @@ backends:
   marker: {{targetInterfaces: {interfaces}, pinPath: {lab.pin}, checkInterval: 0.5, {marker}}}
   prometheus: {{bindAddress: 127.0.0.1, port: 9464}}
 {backends}
+{top}
 """)
         self.started = time.monotonic()
         self.proc = lab.start(lab.a, [sys.executable, "-m", "scitagd", "run", "--config",

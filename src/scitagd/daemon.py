@@ -73,8 +73,8 @@ class Daemon:
             unsupported.append("plugins.perfsonar (without backends.marker.matchAll)")
         if c.plugins.iperf3 is not None:
             unsupported.append("plugins.iperf3")
-        if c.enrichers is not None:
-            unsupported.append("enrichers")
+        if c.enrichers is not None and c.enrichers.skops is not None:
+            unsupported.append("enrichers.skops")
         if unsupported:
             raise StartupError(", ".join(unsupported) + ": configured but not available in this "
                                "version of scitagd; remove the section(s) to run without them")
@@ -95,6 +95,12 @@ class Daemon:
             from .sinks.firefly import FireflySink
 
             self.sinks.append(FireflySink(self, c.backends.firefly))
+        self.enricher: Any = None
+        if c.enrichers is not None and c.enrichers.netlink is not None:
+            from .enrich.netlink import NetlinkEnricher
+
+            mode = c.backends.firefly.enrichment_mode if c.backends.firefly is not None else "lean"
+            self.enricher = NetlinkEnricher(self, c.enrichers, mode)
         if marker is not None:
             from .sinks.marker import MarkerSink
 
@@ -103,6 +109,10 @@ class Daemon:
             from .sinks.prometheus import PrometheusSink
 
             prom = PrometheusSink(self, c.backends.prometheus)
+            if self.enricher is not None:
+                from .enrich.netlink import FlowMetrics
+
+                prom.add_collector(FlowMetrics(self.enricher))
             for sink in self.sinks:
                 if hasattr(sink, "metrics"):
                     from .sinks.marker import MarkerMetrics
@@ -141,11 +151,26 @@ class Daemon:
         out = self.table.apply(ev)
         if out is None:
             return
+        if out.state == END and self.enricher is not None and out.protocol == "tcp":
+            # The end waits for one last sample (~0.4 ms, off the loop) to carry the final usage.
+            self.enricher.ending.add(out.key)
+            asyncio.get_running_loop().create_task(self._end_with_usage(out))
+            return
+        self._dispatch(out)
+
+    def _dispatch(self, out: FlowEvent) -> None:
         if flow_log.enabled and out.state != "ongoing":
             flow_log.add(f"flow {out.state} source={out.source} {out.log_fields()} "
                          f"app={out.application!r}")
         for r in self._runners:
             r.put(out)
+
+    async def _end_with_usage(self, ev: FlowEvent) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.enricher.sample, [ev], False)
+        except OSError as e:
+            log.warning("final sample failed error=%r %s", str(e), ev.log_fields())
+        self._dispatch(self.enricher.final(ev))
 
     # --- helpers for components ---------------------------------------------------------
 
@@ -173,6 +198,8 @@ class Daemon:
                 runner = SinkRunner(sink, self)
                 runner.start()
                 self._runners.append(runner)
+        if self.enricher is not None:
+            await self.enricher.start()
         for src in self.sources:
             try:
                 await src.start()
@@ -238,6 +265,8 @@ class Daemon:
             await r.drain(0.5)
         for t in self._tasks:
             t.cancel()
+        if self.enricher is not None:
+            await self.enricher.stop()
         for r in self._runners:
             await r.stop()
         for sink in self.sinks:

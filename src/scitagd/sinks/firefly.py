@@ -135,7 +135,10 @@ class FireflySink(Sink):
         port = self.conf.destination_port
         send_peer = self.conf.send_to_peer
         resolved = self._resolved
+        enrich = self.conf.enrich
         for ev in batch:
+            if ev.state == "ongoing" and not enrich:
+                continue  # ongoing fireflies only with backends.firefly.enrich: true
             data = (header + build_json(ev, now, None, now_iso)).encode()
             if send_peer:
                 peer = self.peer_of(ev)

@@ -1,0 +1,208 @@
+"""`enrichers.netlink`: tcp_info of every active TCP flow, every `enrichers.period` ms.
+
+One sock_diag dump per address family and period, filtered in the kernel to the watched flows'
+ports (sockdiag.py), run in a worker thread. Each sample becomes an `ongoing` FlowEvent (usage
+and netlink fields) for the sinks; the last one gives the `end` event its final usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import msgspec
+
+from ..events import END, ONGOING, FlowEvent, FlowKey, Usage
+from .conf import EnrichersConfig
+from .sockdiag import Sample, SockDiag
+
+log = logging.getLogger("scitagd.enrich.netlink")
+
+# field -> (tcp_info name, scale): rtt-like values in ms as flowd-go reports them
+LEAN = {"rtt": ("rtt", 1e-3), "rttvar": ("rttvar", 1e-3), "min_rtt": ("min_rtt", 1e-3),
+        "cwnd": ("snd_cwnd", 1), "mss": ("snd_mss", 1), "pmtu": ("pmtu", 1),
+        "retransmits": ("total_retrans", 1), "delivery_rate": ("delivery_rate", 1)}
+FULL = {**LEAN, "ssthresh": ("snd_ssthresh", 1), "rcv_mss": ("rcv_mss", 1), "unacked": ("unacked", 1),
+        "lost": ("lost", 1), "bytes_sent": ("bytes_sent", 1), "bytes_acked": ("bytes_acked", 1),
+        "bytes_received": ("bytes_received", 1), "bytes_retrans": ("bytes_retrans", 1),
+        "pacing_rate": ("pacing_rate", 1), "busy_time": ("busy_time", 1e-3),
+        "rwnd_limited": ("rwnd_limited", 1e-3), "sndbuf_limited": ("sndbuf_limited", 1e-3),
+        "segs_out": ("segs_out", 1), "segs_in": ("segs_in", 1), "snd_wnd": ("snd_wnd", 1)}
+# python flowd's names (pyroute2's ss2 refinement), under "tcp_info"
+COMPATIBLE = {"rtt": ("rtt", 1e-3), "rttvar": ("rttvar", 1e-3), "minrtt": ("min_rtt", 1e-3),
+              "cwnd": ("snd_cwnd", 1), "ssthresh": ("snd_ssthresh", 1), "mss": ("snd_mss", 1),
+              "pmtu": ("pmtu", 1), "retrans": ("total_retrans", 1), "bytes_acked": ("bytes_acked", 1),
+              "bytes_received": ("bytes_received", 1), "delivery_rate": ("delivery_rate", 1),
+              "pacing_rate": ("pacing_rate", 1)}
+
+
+def netlink_fields(s: Sample, mode: str) -> Dict[str, Any]:
+    table = {"lean": LEAN, "full": FULL, "compatible": COMPATIBLE}[mode]
+    out: Dict[str, Any] = {}
+    for name, (src, scale) in table.items():
+        if src in s.info:
+            v = s.info[src]
+            out[name] = round(v * scale, 3) if scale != 1 else v
+    if mode != "lean" and s.cong:
+        out["cong_alg"] = s.cong
+    return {"tcp_info": out} if mode == "compatible" else out
+
+
+class NetlinkEnricher:
+    def __init__(self, daemon: Any, conf: EnrichersConfig, mode: str = "lean") -> None:
+        self.daemon = daemon
+        self.period = conf.period / 1000.0
+        self.mode = mode
+        self.diag: Optional[SockDiag] = None
+        self.last: Dict[FlowKey, Tuple[Sample, bool]] = {}  # flow -> (last sample, local is src)
+        self.samples = 0
+        self.queries = 0
+        self.query_seconds = 0.0
+        self._task: Optional[asyncio.Task[None]] = None
+        self.ending: set = set()  # flows whose end waits for a last sample: keep their state
+
+    async def start(self) -> None:
+        self.diag = SockDiag()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="enrich-netlink")
+        log.info("sampling period_ms=%d mode=%s", int(self.period * 1000), self.mode)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.diag:
+            self.diag.close()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.period)
+            flows = [ev for ev in self.daemon.table if ev.protocol == "tcp"]
+            try:
+                found = await loop.run_in_executor(None, self.sample, flows)
+            except OSError as e:
+                log.warning("sock_diag query failed error=%r", str(e))
+                continue
+            now = time.time()
+            for ev, s, local_is_src in found:
+                self.daemon.submit(self.ongoing(ev, s, local_is_src, now))
+
+    def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Tuple[FlowEvent, Sample, bool]]:
+        """Blocking: one filtered dump per family; returns matched (flow, sample, local is src).
+        With `forget`, state of flows no longer in `flows` (ended, expired) is dropped."""
+        assert self.diag is not None
+        t0 = time.perf_counter()
+        by_family: Dict[int, List[FlowEvent]] = {}
+        for ev in flows:
+            by_family.setdefault(socket.AF_INET6 if ":" in ev.src_ip else socket.AF_INET, []).append(ev)
+        out = []
+        live = set()
+        for fam, evs in by_family.items():
+            pairs = set()
+            for ev in evs:  # either end may be this host's
+                pairs.add((ev.src_port, ev.dst_port))
+                pairs.add((ev.dst_port, ev.src_port))
+            index = {}
+            for ev in evs:
+                index[(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)] = (ev, True)
+                index[(ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)] = (ev, False)
+            for s in self.diag.query(fam, pairs):
+                hit = index.get((s.local[0], s.local[1], s.remote[0], s.remote[1]))
+                if hit is None:
+                    continue
+                ev, local_is_src = hit
+                out.append((ev, s, local_is_src))
+                self.last[ev.key] = (s, local_is_src)
+                live.add(ev.key)
+            self.queries += 1
+        if forget:  # nothing watched outlives its flow
+            current = {ev.key for ev in flows} | self.ending
+            for k in [k for k in self.last if k not in current]:
+                del self.last[k]
+        self.samples += len(out)
+        self.query_seconds += time.perf_counter() - t0
+        return out
+
+    def usage(self, s: Sample) -> Usage:
+        # From this host's point of view, as fireflies report it.
+        return Usage(received=int(s.info.get("bytes_received", 0)), sent=int(s.info.get("bytes_acked", 0)))
+
+    def ongoing(self, ev: FlowEvent, s: Sample, local_is_src: bool, now: float) -> FlowEvent:
+        return msgspec.structs.replace(ev, state=ONGOING, usage=self.usage(s), source="netlink",
+                                       netlink=netlink_fields(s, self.mode), end_time=None)
+
+    def final(self, ev: FlowEvent) -> FlowEvent:
+        """The end event with the last usage seen, unless the producer sent its own."""
+        if ev.state != END:
+            return ev
+        self.ending.discard(ev.key)
+        last = self.last.pop(ev.key, None)
+        if last is None or ev.usage is not None:
+            return ev
+        s, _ = last
+        return msgspec.structs.replace(ev, usage=self.usage(s), netlink=netlink_fields(s, self.mode))
+
+
+# flowd-go's per-flow metric names (backends/prometheus there), so existing dashboards work:
+# name -> (tcp_info field, help)
+FLOW_METRICS = {
+    "flow_tcp_rtt": ("rtt", "Round-trip time [us]"),
+    "flow_tcp_rtt_var": ("rttvar", "Round-trip time variance [us]"),
+    "flow_tcp_minrtt": ("min_rtt", "Minimum round-trip time [us]"),
+    "flow_tcp_rto": ("rto", "Retransmit timeout [us]"),
+    "flow_tcp_ato": ("ato", "Delayed ACK timeout [us]"), "flow_tcp_pmtu": ("pmtu", "Path MTU [B]"),
+    "flow_tcp_mss": ("snd_mss", "Sender's MSS [B]"), "flow_tcp_rcvmss": ("rcv_mss", "Receiver's MSS [B]"),
+    "flow_tcp_advmss": ("advmss", "Advertised MSS [B]"), "flow_tcp_cwnd": ("snd_cwnd", "Congestion window [segments]"),
+    "flow_tcp_ssthresh": ("snd_ssthresh", "Slow start threshold [segments]"),
+    "flow_tcp_retrans": ("total_retrans", "Retransmitted segments"),
+    "flow_tcp_bytes_sent_total": ("bytes_sent", "Bytes sent"),
+    "flow_tcp_bytes_acked_total": ("bytes_acked", "Bytes acked"),
+    "flow_tcp_bytes_received_total": ("bytes_received", "Bytes received"),
+    "flow_tcp_segs_out_total": ("segs_out", "Segments sent"),
+    "flow_tcp_segs_in_total": ("segs_in", "Segments received"),
+    "flow_tcp_data_segs_out_total": ("data_segs_out", "Data segments sent"),
+    "flow_tcp_data_segs_in_total": ("data_segs_in", "Data segments received"),
+    "flow_tcp_lastsnd": ("last_data_sent", "Now - last data sent [ms]"),
+    "flow_tcp_lastrcv": ("last_data_recv", "Now - last data received [ms]"),
+    "flow_tcp_lastack": ("last_ack_recv", "Now - last ACK received [ms]"),
+    "flow_tcp_pacing_rate": ("pacing_rate", "Pacing rate [B/s]"),
+    "flow_tcp_delivery_rate": ("delivery_rate", "Delivery rate [B/s]"),
+    "flow_tcp_delivered": ("delivered", "Data segments delivered"), "flow_tcp_busy": ("busy_time", "Busy time [us]"),
+    "flow_tcp_rwnd_limited": ("rwnd_limited", "Time limited by the receive window [us]"),
+    "flow_tcp_rcv_space": ("rcv_space", "Receive queue space"),
+    "flow_tcp_rcv_ssthresh": ("rcv_ssthresh", "Current window clamp"),
+    "flow_tcp_rcv_snd_wnd": ("snd_wnd", "Peer's advertised receive window [B]"),
+}
+
+
+class FlowMetrics:
+    """Per-flow gauges read from the last samples at scrape time: a flow's series are gone as
+    soon as the flow is (no stale series to delete)."""
+
+    def __init__(self, enricher: NetlinkEnricher) -> None:
+        self.e = enricher
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["act", "exp", "src", "dst", "flow", "flavour"]
+        table = self.e.daemon.table
+        rows = []
+        for key, (s, _local) in list(self.e.last.items()):
+            ev = table.get(key)
+            if ev is None:
+                continue
+            rows.append(([str(ev.activity), str(ev.experiment), ev.src_ip, ev.dst_ip,
+                          f"<{ev.src_port}:{ev.dst_port}>", "netlink"], s))
+        for name, (field, doc) in FLOW_METRICS.items():
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            for lv, s in rows:
+                if field in s.info:
+                    g.add_metric(lv, s.info[field])
+            yield g
+        ca = GaugeMetricFamily("flow_tcp_rcv_ca_info", "Congestion control algorithm", labels=[*labels, "alg"])
+        for lv, s in rows:
+            ca.add_metric([*lv, s.cong or ""], 1)
+        yield ca

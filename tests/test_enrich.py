@@ -1,0 +1,103 @@
+"""Netlink enrichment for real: an iperf3 transfer between two namespaces, sampled through
+sock_diag with in-kernel filtering; ongoing fireflies reach the peer; per-flow metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from scitagd.enrich.sockdiag import SockDiag, bytecode
+
+from .conftest import IS_ROOT
+from .lab import A_ADDR, B_ADDR, TOOLS, Lab
+
+
+def test_kernel_filter_returns_only_watched_sockets() -> None:
+    ls = socket.socket(socket.AF_INET6)
+    ls.bind(("::1", 0))
+    ls.listen(300)
+    port = ls.getsockname()[1]
+    clients = [socket.create_connection(("::1", port)) for _ in range(200)]
+    servers = [ls.accept()[0] for _ in range(200)]
+    try:
+        clients[10].sendall(b"x" * 123456)
+        got = 0
+        while got < 123456:
+            got += len(servers[10].recv(65536))
+        d = SockDiag()
+        watched = [(clients[10].getsockname()[1], port), (port, clients[20].getsockname()[1]),
+                   (clients[30].getsockname()[1], port)]
+        res = d.query(socket.AF_INET6, watched)
+        assert sorted((s.local[1], s.remote[1]) for s in res) == sorted(watched)
+        sent = next(s for s in res if s.local[1] == clients[10].getsockname()[1])
+        assert sent.info["bytes_acked"] == 123456 + 1  # the SYN counts one
+        assert sent.info["rtt"] > 0 and sent.cong
+        assert d.query(socket.AF_INET6, [(1, 2)]) == []
+        d.close()
+    finally:
+        for s in clients + servers + [ls]:
+            s.close()
+
+
+def test_bytecode_layout() -> None:
+    bc = bytecode([(10, 20), (30, 40)])
+    assert len(bc) == 40  # per pair: S_EQ(8) D_EQ(8) JMP(4)
+    assert bc[0] == 11 and bc[8] == 12 and bc[16] == 1
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    if not IS_ROOT:
+        pytest.skip("needs root (network namespaces)")
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
+def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label",
+                   backends="  firefly: {destinationPort: 10514, enrich: true, enrichmentMode: full}",
+                   top="enrichers:\n  period: 500\n  netlink: {}")
+    rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "40", "--timeout", "8"])
+    assert rcv.stdout is not None and b"listening" in rcv.stdout.readline()
+    srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
+    time.sleep(0.3)
+    d.send(f"start tcp {A_ADDR} 40200 {B_ADDR} 5201 2 16")
+    d.wait_log("src=[fd5c:17::1]:40200")
+    r = subprocess.run(lab.a.cmd("iperf3", "-c", B_ADDR, "-p", "5201", "--cport", "40200", "-t", "3", "-b", "200M",
+                                 "-J"), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = d.metrics()
+    d.send(f"end tcp {A_ADDR} 40200 {B_ADDR} 5201 2 16")
+    srv.wait(10)
+    got = lab.result(rcv, timeout=20)["datagrams"]
+    docs = [json.loads(g[g.index("{"):]) for g in got]
+    states = [x["flow-lifecycle"]["state"] for x in docs]
+    assert states[0] == "start" and states[-1] == "end" and states.count("ongoing") >= 4, states
+    ongoing = [x for x in docs if x["flow-lifecycle"]["state"] == "ongoing"]
+    times = [time.mktime(time.strptime(x["flow-lifecycle"]["current-time"][:19], "%Y-%m-%dT%H:%M:%S"))
+             + float("0." + x["flow-lifecycle"]["current-time"][20:26]) for x in ongoing]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(0.4 <= g <= 0.6 for g in gaps), gaps  # period 500 ms, within 20 %
+    sent = [x["usage"]["sent"] for x in ongoing]
+    assert sent == sorted(sent) and sent[-1] > 10_000_000
+    assert all("rtt" in x["netlink"] and "cong_alg" in x["netlink"] for x in ongoing)
+    iperf_bytes = json.loads(r.stdout)["end"]["sum_sent"]["bytes"]
+    assert sent[-1] <= docs[-1]["usage"]["sent"] <= iperf_bytes + 1
+    print(f"end usage {docs[-1]['usage']['sent']} of iperf3's {iperf_bytes} bytes")
+    assert sent[-1] <= iperf_bytes + 1
+    # per-flow metrics with flowd-go's names while the flow was active, gone after its end
+    key = [k for k in m if k.startswith("flow_tcp_bytes_acked_total{")]
+    assert key and 'flow="<40200:5201>"' in key[0] and m[key[0]] > 0
+    time.sleep(0.7)
+    assert not any(k.startswith("flow_tcp_rtt{") for k in d.metrics())
