@@ -40,6 +40,13 @@ def test_kernel_filter_returns_only_watched_sockets() -> None:
         assert sent.info["bytes_acked"] == 123456 + 1  # the SYN counts one
         assert sent.info["rtt"] > 0 and sent.cong
         assert d.query(socket.AF_INET6, [(1, 2)]) == []
+        # exact lookups (what the enricher uses): a missing socket is skipped, not an error
+        looked = d.lookup(socket.AF_INET6, [("::1", clients[10].getsockname()[1], "::1", port),
+                                            ("::1", port, "::1", clients[10].getsockname()[1]),
+                                            ("::1", 1, "::1", 2)])
+        assert sorted((s.local[1], s.remote[1]) for s in looked) == sorted(
+            [(clients[10].getsockname()[1], port), (port, clients[10].getsockname()[1])])
+        assert next(s for s in looked if s.local[1] != port).info["bytes_acked"] == 123457
         d.close()
     finally:
         for s in clients + servers + [ls]:

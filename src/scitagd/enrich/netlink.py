@@ -1,8 +1,9 @@
 """`enrichers.netlink`: tcp_info of every active TCP flow, every `enrichers.period` ms.
 
-One sock_diag dump per address family and period, filtered in the kernel to the watched flows'
-ports (sockdiag.py), run in a worker thread. Each sample becomes an `ongoing` FlowEvent (usage
-and netlink fields) for the sinks; the last one gives the `end` event its final usage.
+One batch of exact sock_diag lookups per address family and period (sockdiag.py: the kernel
+answers from its socket hash, so the cost does not grow with idle sockets), in a worker thread.
+Each sample becomes an `ongoing` FlowEvent (usage and netlink fields) for the sinks; the last
+one gives the `end` event its final usage.
 """
 
 from __future__ import annotations
@@ -100,15 +101,11 @@ class NetlinkEnricher:
         out = []
         live = set()
         for fam, evs in by_family.items():
-            pairs = set()
-            for ev in evs:  # either end may be this host's
-                pairs.add((ev.src_port, ev.dst_port))
-                pairs.add((ev.dst_port, ev.src_port))
             index = {}
-            for ev in evs:
+            for ev in evs:  # either end may be this host's: ask for both, one answers
                 index[(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)] = (ev, True)
                 index[(ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)] = (ev, False)
-            for s in self.diag.query(fam, pairs):
+            for s in self.diag.lookup(fam, index):
                 hit = index.get((s.local[0], s.local[1], s.remote[0], s.remote[1]))
                 if hit is None:
                     continue

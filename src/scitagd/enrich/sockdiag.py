@@ -1,9 +1,10 @@
-"""A small sock_diag (NETLINK_SOCK_DIAG) client that lets the kernel filter the dump.
+"""A small sock_diag (NETLINK_SOCK_DIAG) client, hand-written because pyroute2 can only dump.
 
-pyroute2 can dump every TCP socket and filter in Python; with 10,000 idle sockets on a host that
-costs the whole dump every period. Here the request carries inet_diag bytecode matching only the
-watched flows' port pairs, so the kernel returns only their sockets and the cost follows the
-number of watched flows. Addresses are checked here, on the few sockets that come back.
+pyroute2 dumps every TCP socket and the caller filters in Python: 2.7 s per period with 10,000
+idle sockets (bench/enrich.py). `lookup` sends one exact request per watched socket, all in one
+datagram, answered from the kernel's socket hash (0.38 ms for 10 flows, whatever the number of
+idle sockets); `query` is a dump filtered in the kernel by inet_diag bytecode on port pairs
+(1.2 ms at 1,000 idle sockets, 4.0 ms at 10,000: the kernel still walks every socket).
 """
 
 from __future__ import annotations
@@ -114,6 +115,41 @@ class SockDiag:
         out: List[Sample] = []
         for i in range(0, len(pairs), chunk):  # bytecode length is a u16: keep requests small
             out += self._dump(family, pairs[i:i + chunk])
+        return out
+
+    def lookup(self, family: int, tuples: Iterable[FourTuple]) -> List[Sample]:
+        """Exact lookups, one request per (local addr, local port, remote addr, remote port),
+        all in one datagram: the kernel answers each from its socket hash table, so the cost
+        follows the number of watched flows, not the number of sockets on the host (a dump,
+        even filtered, walks them all). Missing sockets answer ENOENT and are skipped."""
+        ext = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+        msgs = []
+        first = self.seq + 1
+        for la, lp, ra, rp in tuples:
+            self.seq += 1
+            src = socket.inet_pton(family, la).ljust(16, b"\0")
+            dst = socket.inet_pton(family, ra).ljust(16, b"\0")
+            body = REQ.pack(family, socket.IPPROTO_TCP, ext, ALL_BUT_LISTEN)
+            body += SOCKID.pack(lp, rp, src, dst, 0, b"\xff" * 8)
+            msgs.append(NLMSG.pack(NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, self.seq, 0) + body)
+        if not msgs:
+            return []
+        out: List[Sample] = []
+        for i in range(0, len(msgs), 64):  # keep one datagram well under the socket buffers
+            self.sock.send(b"".join(msgs[i:i + 64]))
+        pending = len(msgs)
+        while pending:
+            data = self.sock.recv(1 << 20)
+            off = 0
+            while off + NLMSG.size <= len(data):
+                length, mtype, _flags, seq, _pid = NLMSG.unpack_from(data, off)
+                if length < NLMSG.size:
+                    break
+                if first <= seq <= self.seq:
+                    pending -= 1
+                    if mtype == SOCK_DIAG_BY_FAMILY:
+                        out.append(self._sample(data[off + NLMSG.size:off + length]))
+                off += (length + 3) & ~3
         return out
 
     def _dump(self, family: int, pairs: Sequence[Tuple[int, int]]) -> List[Sample]:
