@@ -108,3 +108,34 @@ def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
     assert key and 'flow="<40200:5201>"' in key[0] and m[key[0]] > 0
     time.sleep(0.7)
     assert not any(k.startswith("flow_tcp_rtt{") for k in d.metrics())
+
+
+@pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
+def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label",
+                   backends="  firefly: {destinationPort: 10514}",
+                   plugins="  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]")
+    d.wait_log("sock_ops attached")
+    rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "4", "--timeout", "10"])
+    assert rcv.stdout is not None and b"listening" in rcv.stdout.readline()
+    cap = lab.capture()
+    srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
+    time.sleep(0.3)
+    r = subprocess.run(lab.a.cmd("iperf3", "-c", B_ADDR, "-p", "5201", "--cport", "40300", "-t", "2", "-J"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait(10)
+    pkts = [p for p in cap.stop() if p.src == A_ADDR and p.sport == 40300]
+    data = [p for p in pkts if p.l4_payload]
+    assert data, "no data packets captured"
+    from scitagd.tags import decode_flow_label
+
+    assert decode_flow_label(data[0].label) == (2, 2), "the first data packet is not marked"
+    assert {decode_flow_label(p.label) for p in pkts if p.l4_payload} == {(2, 2)}
+    docs = [json.loads(g[g.index("{"):]) for g in lab.result(rcv, timeout=20)["datagrams"]]
+    mine = [x for x in docs if x["flow-id"]["src-port"] == 40300]
+    assert [x["flow-lifecycle"]["state"] for x in mine] == ["start", "end"]
+    assert (mine[0]["context"]["experiment-id"], mine[0]["context"]["activity-id"]) == (2, 2)
+    iperf_bytes = json.loads(r.stdout)["end"]["sum_sent"]["bytes"]
+    end_sent = mine[1]["usage"]["sent"]
+    assert abs(end_sent - iperf_bytes) <= 0.01 * iperf_bytes, (end_sent, iperf_bytes)

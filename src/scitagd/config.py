@@ -24,6 +24,7 @@ from .sinks.prometheus import PrometheusConfig
 from .sources.api import ApiConfig
 from .sources.firefly import FireflySourceConfig
 from .sources.namedpipe import NamedPipeConfig
+from .sources.watcher import WatcherConfig
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,6 +51,7 @@ class Plugins(msgspec.Struct, forbid_unknown_fields=True):
     firefly: Optional[FireflySourceConfig] = None
     perfsonar: Optional[PerfsonarConfig] = None
     iperf3: Optional[Iperf3Config] = None
+    watcher: Optional[WatcherConfig] = None
 
 
 class Backends(msgspec.Struct, forbid_unknown_fields=True):

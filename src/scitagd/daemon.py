@@ -91,6 +91,10 @@ class Daemon:
             from .sources.firefly import FireflySource
 
             self.sources.append(FireflySource(self, c.plugins.firefly))
+        if c.plugins.watcher is not None:
+            from .sources.watcher import WatcherSource
+
+            self.sources.append(WatcherSource(self, c.plugins.watcher))
         if c.backends.firefly is not None:
             from .sinks.firefly import FireflySink
 

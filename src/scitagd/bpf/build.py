@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["marker.bpf.c"]
+SOURCES = ["marker.bpf.c", "watcher.bpf.c"]
 
 
 def clang_version() -> str:

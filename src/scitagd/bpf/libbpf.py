@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import platform
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger("scitagd.libbpf")
 
@@ -116,6 +116,11 @@ def lib() -> ctypes.CDLL:
         ("bpf_tc_detach", INT, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
         ("bpf_tc_query", INT, [ctypes.POINTER(TcHook), ctypes.POINTER(TcOpts)]),
         ("libbpf_num_possible_cpus", INT, []),
+        ("bpf_map__reuse_fd", INT, [P, INT]),
+        ("bpf_prog_attach", INT, [INT, INT, INT, ctypes.c_uint]),
+        ("bpf_prog_detach2", INT, [INT, INT, INT]),
+        ("ring_buffer__poll", INT, [P, INT]),
+        ("ring_buffer__free", None, [P]),
     ]:
         f = getattr(L, fname)
         f.restype = res
@@ -147,6 +152,16 @@ def _route_prints(L: ctypes.CDLL) -> None:
     L.libbpf_set_print.restype = ctypes.c_void_p
     L.libbpf_set_print.argtypes = [CB]
     L.libbpf_set_print(_print_cb)
+
+
+RingCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def ring_buffer_new(map_fd: int, cb: Any) -> int:
+    L = lib()
+    L.ring_buffer__new.restype = ctypes.c_void_p
+    L.ring_buffer__new.argtypes = [ctypes.c_int, RingCallback, ctypes.c_void_p, ctypes.c_void_p]
+    return check_ptr(L.ring_buffer__new(map_fd, cb, None, None), "ring buffer")
 
 
 def check(rc: int, what: str) -> int:

@@ -193,6 +193,8 @@ class MarkerSink(Sink):
             return
         if self.match:
             return  # matchAll marks every flow in the kernel; nothing per flow to do
+        if ev.source == "watcher":
+            return  # the watcher's kernel program wrote (and removes) these entries itself
         from ..bpf.loader import TAG, flow_key
 
         fwd = flow_key(ev.protocol, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)

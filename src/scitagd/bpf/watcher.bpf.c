@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * scitagd connection watcher: a cgroup sock_ops program that sees every TCP connection of the
+ * cgroup as it is established and closed.
+ *
+ * At ESTABLISHED it matches the port rules; a matching connection is written into the marker's
+ * flow map right here, before the first data byte is sent, so the first data packet already
+ * carries the tag. Established/closed events (with the final byte counts, read from
+ * bpf_sock_ops, which needs no CO-RE) go to user space over a ring buffer.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCP_CLOSE 7
+#define MAX_RULES 64
+
+struct flow_key { /* the marker's key: see marker.bpf.c */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct flow_tag {
+	__u32 label;
+	__u16 exp;
+	__u8 act;
+	__u8 flags;
+};
+
+struct rule {
+	__u16 lport_lo, lport_hi; /* local port range; 0..0 means any */
+	__u16 rport_lo, rport_hi; /* remote port range */
+	__u16 exp;
+	__u8 act;
+	__u8 used;
+};
+
+struct event {
+	__u8 type; /* 1 established, 2 closed */
+	__u8 family;
+	__u8 matched;
+	__u8 act;
+	__u16 exp;
+	__u16 lport;
+	__u16 rport;
+	__u16 pad;
+	__u32 label;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 srtt_us;
+	__u32 total_retrans;
+};
+
+/* The marker's map: the loader points this at the pinned one (bpf_map__reuse_fd). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_tag);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline __u32 spread_entropy(__u32 e)
+{
+	return (e & 1) | (e & 2) | ((e >> 2) & 1) << 8 | ((e >> 3) & 1) << 18 | ((e >> 4) & 1) << 19;
+}
+
+static __always_inline __u32 rev9(__u32 v)
+{
+	__u32 r = 0;
+
+	for (int i = 0; i < 9; i++)
+		r |= ((v >> i) & 1) << (8 - i);
+	return r;
+}
+
+/* The verifier allows only 4-byte loads of these context fields; clang would merge two
+ * neighbouring ones into one 8-byte load ("invalid bpf_context access"), so read them through
+ * volatile pointers, one word at a time. */
+#define CTX_U32(f) (*(volatile __u32 *)&(f))
+
+static __always_inline void addrs(struct bpf_sock_ops *skops, __u8 *l, __u8 *r)
+{
+	/* IPv4 goes into the first 4 bytes, as the marker's user space writes it */
+	if (skops->family == AF_INET6) {
+		__u32 la[4], ra[4];
+		la[0] = CTX_U32(skops->local_ip6[0]);
+		la[1] = CTX_U32(skops->local_ip6[1]);
+		la[2] = CTX_U32(skops->local_ip6[2]);
+		la[3] = CTX_U32(skops->local_ip6[3]);
+		ra[0] = CTX_U32(skops->remote_ip6[0]);
+		ra[1] = CTX_U32(skops->remote_ip6[1]);
+		ra[2] = CTX_U32(skops->remote_ip6[2]);
+		ra[3] = CTX_U32(skops->remote_ip6[3]);
+		__builtin_memcpy(l, la, 16);
+		__builtin_memcpy(r, ra, 16);
+	} else {
+		__u32 la = skops->local_ip4, ra = skops->remote_ip4;
+		__builtin_memcpy(l, &la, 4);
+		__builtin_memcpy(r, &ra, 4);
+	}
+}
+
+static __always_inline void emit(struct bpf_sock_ops *skops, __u8 type, __u8 matched, __u16 exp, __u8 act,
+				 __u32 label)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->family = skops->family;
+	e->matched = matched;
+	e->exp = exp;
+	e->act = act;
+	e->label = label;
+	e->lport = skops->local_port;
+	e->rport = bpf_ntohl(skops->remote_port) & 0xFFFF;
+	addrs(skops, e->laddr, e->raddr);
+	e->bytes_acked = skops->bytes_acked;
+	e->bytes_received = skops->bytes_received;
+	e->srtt_us = skops->srtt_us >> 3;
+	e->total_retrans = skops->total_retrans;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void keys(struct bpf_sock_ops *skops, struct flow_key *out, struct flow_key *in)
+{
+	__u16 lport = skops->local_port;
+	__u16 rport = bpf_ntohl(skops->remote_port) & 0xFFFF;
+
+	addrs(skops, out->saddr, out->daddr);
+	out->sport = lport;
+	out->dport = rport;
+	out->proto = 6;
+	__builtin_memcpy(in->saddr, out->daddr, 16);
+	__builtin_memcpy(in->daddr, out->saddr, 16);
+	in->sport = rport;
+	in->dport = lport;
+	in->proto = 6;
+}
+
+static __always_inline int established(struct bpf_sock_ops *skops)
+{
+	__u16 lport = skops->local_port;
+	__u16 rport = bpf_ntohl(skops->remote_port) & 0xFFFF;
+
+	for (__u32 i = 0; i < MAX_RULES; i++) {
+		__u32 k = i;
+		struct rule *r = bpf_map_lookup_elem(&rules, &k);
+		if (!r || !r->used)
+			break;
+		if (r->lport_hi && (lport < r->lport_lo || lport > r->lport_hi))
+			continue;
+		if (r->rport_hi && (rport < r->rport_lo || rport > r->rport_hi))
+			continue;
+		__u32 label = rev9(r->exp & 0x1FF) << 9 | (r->act & 0x3F) << 2 |
+			      spread_entropy(bpf_get_prandom_u32() & 31);
+		if (skops->family == AF_INET6) {
+			struct flow_key out = {}, in = {};
+			struct flow_tag tag = {.label = label, .exp = r->exp, .act = r->act, .flags = 1};
+			keys(skops, &out, &in);
+			bpf_map_update_elem(&flows, &out, &tag, BPF_ANY);
+			tag.flags = 0;
+			bpf_map_update_elem(&flows, &in, &tag, BPF_ANY);
+		}
+		/* a callback on every state change, to see the close */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		emit(skops, 1, 1, r->exp, r->act, label);
+		return 1;
+	}
+	return 1;
+}
+
+SEC("sockops")
+int scitagd_watch(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET6 && skops->family != AF_INET)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		return established(skops);
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == TCP_CLOSE) {
+			if (skops->family == AF_INET6) {
+				struct flow_key out = {}, in = {};
+				keys(skops, &out, &in);
+				bpf_map_delete_elem(&flows, &out);
+				bpf_map_delete_elem(&flows, &in);
+			}
+			emit(skops, 2, 1, 0, 0, 0);
+		}
+		return 1;
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,150 @@
+"""Load the watcher (watcher.bpf.c), attach it to a cgroup v2, and read its ring buffer."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
+
+from . import libbpf as lb
+
+log = logging.getLogger("scitagd.watcher")
+
+BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI = 3, 2
+RULE = struct.Struct("=HHHHHBB")
+EVENT = struct.Struct("=BBBBHHHHI16s16sQQII")
+MAX_RULES = 64
+
+
+@dataclass
+class Rule:
+    local: Tuple[int, int] = (0, 0)  # port range, (0, 0) any
+    remote: Tuple[int, int] = (0, 0)
+    experiment: int = 1
+    activity: int = 1
+
+
+@dataclass
+class Event:
+    closed: bool
+    family: int
+    local: Tuple[str, int]
+    remote: Tuple[str, int]
+    experiment: int
+    activity: int
+    label: int
+    bytes_acked: int
+    bytes_received: int
+    srtt_us: int
+    retrans: int
+
+
+def cgroup2_path(path: str) -> str:
+    """The cgroup v2 hierarchy: `path` itself, or its unified/ part on hybrid hosts."""
+    for p in (path, os.path.join(path, "unified")):
+        if os.path.exists(os.path.join(p, "cgroup.controllers")):
+            return p
+    raise OSError(errno.ENOENT, f"{path}: no cgroup v2 hierarchy here (nor at {path}/unified)")
+
+
+def parse_event(raw: bytes) -> Event:
+    (etype, fam, _m, act, exp, lport, rport, _pad, label, la, ra, acked, received, srtt,
+     retrans) = EVENT.unpack_from(raw)
+    af = socket.AF_INET6 if fam == 10 else socket.AF_INET
+    n = 16 if af == socket.AF_INET6 else 4
+    return Event(etype == 2, af, (socket.inet_ntop(af, la[:n]), lport), (socket.inet_ntop(af, ra[:n]), rport),
+                 exp, act, label, acked, received, srtt, retrans)
+
+
+class Watcher:
+    def __init__(self, cgroup: str, rules: List[Rule], flows_pin: Optional[Path]) -> None:
+        self.L = lb.lib()
+        self.cgroup = cgroup2_path(cgroup)
+        self.rules = rules
+        self.flows_pin = flows_pin
+        self.obj: Optional[int] = None
+        self.prog_fd = -1
+        self.cg_fd = -1
+        self.rb: Optional[int] = None
+        self._cb: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    def load(self) -> None:
+        L = self.L
+        path = Path(str(resources.files("scitagd.bpf").joinpath("watcher.bpf.o")))
+        obj = lb.check_ptr(L.bpf_object__open_file(str(path).encode(), None), f"open {path}")
+        try:
+            flows = lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"flows"), "map flows")
+            if self.flows_pin is not None and self.flows_pin.exists():
+                fd = lb.check(L.bpf_obj_get(str(self.flows_pin).encode()), f"open {self.flows_pin}")
+                lb.check(L.bpf_map__reuse_fd(flows, fd), "reuse the marker's flow map")
+                os.close(fd)
+            else:
+                lb.check(L.bpf_map__set_max_entries(flows, 1024), "flows size")  # nothing marks: tiny
+            lb.recent.clear()
+            rc = L.bpf_object__load(obj)
+            if rc < 0:
+                detail = " | ".join(line for line in lb.recent if line.strip())[-2000:]
+                lb.check(rc, f"load watcher ({detail})" if detail else "load watcher")
+        except Exception:
+            L.bpf_object__close(obj)
+            raise
+        self.obj = obj
+        prog = lb.check_ptr(L.bpf_object__find_program_by_name(obj, b"scitagd_watch"), "scitagd_watch")
+        self.prog_fd = lb.check(L.bpf_program__fd(prog), "prog fd")
+        rules_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"rules"), "rules")),
+                            "rules fd")
+        for i, r in enumerate(self.rules[:MAX_RULES]):
+            val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity, 1)
+            lb.check(L.bpf_map_update_elem(rules_fd, struct.pack("=I", i), val, 0), "rule")
+        self.events_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"events"),
+                                                             "events")), "events fd")
+
+    def attach(self) -> None:
+        self.cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        lb.check(self.L.bpf_prog_attach(self.prog_fd, self.cg_fd, BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI),
+                 f"attach sock_ops to {self.cgroup}")
+        log.info("sock_ops attached cgroup=%s rules=%d", self.cgroup, len(self.rules))
+
+    def run(self, on_event: Callable[[Event], None]) -> None:
+        """Poll the ring buffer in a thread; `on_event` is called there."""
+        def cb(_ctx: int, data: int, size: int) -> int:
+            try:
+                on_event(parse_event(ctypes.string_at(data, size)))
+            except Exception:
+                log.exception("watcher event not handled")
+            return 0
+
+        self._cb = lb.RingCallback(cb)
+        self.rb = lb.ring_buffer_new(self.events_fd, self._cb)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.L.ring_buffer__poll(self.rb, 100)
+
+        self._thread = threading.Thread(target=loop, name="watcher-ringbuf", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        if self.cg_fd >= 0:
+            self.L.bpf_prog_detach2(self.prog_fd, self.cg_fd, BPF_CGROUP_SOCK_OPS)
+            os.close(self.cg_fd)
+            self.cg_fd = -1
+        if self.rb:
+            self.L.ring_buffer__free(self.rb)
+            self.rb = None
+        if self.obj:
+            self.L.bpf_object__close(self.obj)
+            self.obj = None
