@@ -139,3 +139,10 @@ def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab) -> N
     iperf_bytes = json.loads(r.stdout)["end"]["sum_sent"]["bytes"]
     end_sent = mine[1]["usage"]["sent"]
     assert abs(end_sent - iperf_bytes) <= 0.01 * iperf_bytes, (end_sent, iperf_bytes)
+    # kill -9 leaves the program on the cgroup; the next start takes it off before attaching its own
+    d.stop(9)
+    d2 = lab.daemon("markingStrategy: label",
+                    plugins="  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]")
+    d2.wait_log("sock_ops attached")
+    assert "detached sock_ops programs left by an earlier scitagd" in d2.text()
+    assert d2.stop() == 0

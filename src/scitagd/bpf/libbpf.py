@@ -119,6 +119,8 @@ def lib() -> ctypes.CDLL:
         ("bpf_map__reuse_fd", INT, [P, INT]),
         ("bpf_prog_attach", INT, [INT, INT, INT, ctypes.c_uint]),
         ("bpf_prog_detach2", INT, [INT, INT, INT]),
+        ("bpf_prog_query", INT, [INT, INT, U32, ctypes.POINTER(U32), ctypes.POINTER(U32),
+                                 ctypes.POINTER(U32)]),
         ("ring_buffer__poll", INT, [P, INT]),
         ("ring_buffer__free", None, [P]),
     ]:

@@ -109,8 +109,33 @@ class Watcher:
         self.events_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"events"),
                                                              "events")), "events fd")
 
+    def _detach_leftovers(self) -> int:
+        """A cgroup keeps a sock_ops program after its loader died (kill -9): take ours off, so
+        that a restart replaces it as the marker's REPLACE does, and never touch others'."""
+        ids = (ctypes.c_uint32 * 64)()
+        cnt = ctypes.c_uint32(64)
+        flags = ctypes.c_uint32(0)
+        rc = self.L.bpf_prog_query(self.cg_fd, BPF_CGROUP_SOCK_OPS, 0, ctypes.byref(flags), ids, ctypes.byref(cnt))
+        if rc < 0:
+            return 0
+        n = 0
+        for i in range(cnt.value):
+            fd = self.L.bpf_prog_get_fd_by_id(ids[i])
+            if fd < 0:
+                continue
+            try:
+                ours = lb.prog_info(fd).name.decode(errors="replace") == "scitagd_watch"
+                if ours and self.L.bpf_prog_detach2(fd, self.cg_fd, BPF_CGROUP_SOCK_OPS) == 0:
+                    n += 1
+            finally:
+                os.close(fd)
+        if n:
+            log.info("detached sock_ops programs left by an earlier scitagd cgroup=%s programs=%d", self.cgroup, n)
+        return n
+
     def attach(self) -> None:
         self.cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        self._detach_leftovers()
         lb.check(self.L.bpf_prog_attach(self.prog_fd, self.cg_fd, BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI),
                  f"attach sock_ops to {self.cgroup}")
         log.info("sock_ops attached cgroup=%s rules=%d", self.cgroup, len(self.rules))
