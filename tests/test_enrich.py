@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -110,11 +110,14 @@ def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
     assert not any(k.startswith("flow_tcp_rtt{") for k in d.metrics())
 
 
+WATCH = "  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]"
+PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}"
+
+
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
-def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab) -> None:
-    d = lab.daemon("markingStrategy: label",
-                   backends="  firefly: {destinationPort: 10514}",
-                   plugins="  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]")
+@pytest.mark.parametrize("plugin", [WATCH, PERFSONAR], ids=["watcher-rule", "perfsonar"])
+def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plugin: str) -> None:
+    d = lab.daemon("markingStrategy: label", backends="  firefly: {destinationPort: 10514}", plugins=plugin)
     d.wait_log("sock_ops attached")
     rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "4", "--timeout", "10"])
     assert rcv.stdout is not None and b"listening" in rcv.stdout.readline()
@@ -141,8 +144,50 @@ def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab) -> N
     assert abs(end_sent - iperf_bytes) <= 0.01 * iperf_bytes, (end_sent, iperf_bytes)
     # kill -9 leaves the program on the cgroup; the next start takes it off before attaching its own
     d.stop(9)
-    d2 = lab.daemon("markingStrategy: label",
-                    plugins="  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]")
+    d2 = lab.daemon("markingStrategy: label", plugins=plugin)
     d2.wait_log("sock_ops attached")
     assert "detached sock_ops programs left by an earlier scitagd" in d2.text()
     assert d2.stop() == 0
+
+
+def test_flow_gone_without_end_does_not_leak(run_daemon: Any, tmp_path: Path) -> None:
+    from .conftest import free_port, metrics
+
+    prom = free_port()
+    pipe = tmp_path / "np"
+    run_daemon(f"""
+plugins:
+  namedPipe: {{pipePath: {pipe}}}
+backends:
+  prometheus: {{port: {prom}}}
+enrichers:
+  period: 100
+  netlink: {{}}
+flowTable: {{expireAfter: 1}}
+""")
+    ls = socket.socket(socket.AF_INET6)
+    ls.bind(("::1", 0))
+    ls.listen(1)
+    c = socket.create_connection(("::1", ls.getsockname()[1]))
+    s, _ = ls.accept()
+    c.sendall(b"y" * 5000)
+    with open(pipe, "w") as f:
+        f.write(f"start tcp ::1 {c.getsockname()[1]} ::1 {ls.getsockname()[1]} 2 16\n")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and metrics(prom).get("scitagd_enricher_watched_flows") != 1:
+        time.sleep(0.05)
+    m = metrics(prom)
+    assert m["scitagd_enricher_watched_flows"] == 1
+    assert any(k.startswith("flow_tcp_bytes_acked_total{") for k in m)
+    for x in (c, s, ls):  # the connection goes away; no end event ever comes
+        x.close()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and metrics(prom).get("scitagd_enricher_watched_flows") != 0:
+        time.sleep(0.1)
+    m = metrics(prom)
+    assert m["scitagd_enricher_watched_flows"] == 0
+    assert m['scitagd_flow_table_events_total{kind="expired"}'] == 1
+    assert not any(k.startswith("flow_tcp_") for k in m)
+    n = m["scitagd_enricher_samples"]
+    time.sleep(0.5)
+    assert metrics(prom)["scitagd_enricher_samples"] == n  # nothing is polled for it any more

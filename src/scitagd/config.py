@@ -28,8 +28,12 @@ from .sources.watcher import WatcherConfig
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """flowd-go's keys; `ports` (extension) is where perfSONAR's iperf3 tests listen. Without
+    backends.marker.matchAll, the measurement connections are found by the watcher."""
+
     activityID: int = 0
     experimentID: int = 0
+    ports: str = "5201-5210"
 
 
 class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):

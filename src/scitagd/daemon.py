@@ -69,8 +69,6 @@ class Daemon:
         c = self.conf
         unsupported = []
         marker = c.backends.marker
-        if c.plugins.perfsonar is not None and not (marker is not None and marker.match_all):
-            unsupported.append("plugins.perfsonar (without backends.marker.matchAll)")
         if c.plugins.iperf3 is not None:
             unsupported.append("plugins.iperf3")
         if c.enrichers is not None and c.enrichers.skops is not None:
@@ -91,10 +89,23 @@ class Daemon:
             from .sources.firefly import FireflySource
 
             self.sources.append(FireflySource(self, c.plugins.firefly))
-        if c.plugins.watcher is not None:
+        watcher = c.plugins.watcher
+        ps = c.plugins.perfsonar
+        if ps is not None and not (marker is not None and marker.match_all):
+            # perfSONAR through the watcher: its measurement connections, not everything
+            from .sources.watcher import WatcherConfig, WatchRule
+
+            try:
+                extra = [WatchRule(experiment=ps.experimentID, activity=ps.activityID, local_ports=ps.ports),
+                         WatchRule(experiment=ps.experimentID, activity=ps.activityID, remote_ports=ps.ports)]
+            except ValueError as e:
+                raise StartupError(f"plugins.perfsonar: {e}") from None
+            base = watcher or WatcherConfig()
+            watcher = WatcherConfig(cgroup_path=base.cgroup_path, rules=[*base.rules, *extra])
+        if watcher is not None:
             from .sources.watcher import WatcherSource
 
-            self.sources.append(WatcherSource(self, c.plugins.watcher))
+            self.sources.append(WatcherSource(self, watcher))
         if c.backends.firefly is not None:
             from .sinks.firefly import FireflySink
 

@@ -203,3 +203,6 @@ class FlowMetrics:
         for lv, s in rows:
             ca.add_metric([*lv, s.cong or ""], 1)
         yield ca
+        yield GaugeMetricFamily("scitagd_enricher_watched_flows", "Flows with enrichment state",
+                                value=len(self.e.last))
+        yield GaugeMetricFamily("scitagd_enricher_samples", "tcp_info samples taken", value=self.e.samples)

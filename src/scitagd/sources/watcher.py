@@ -94,6 +94,11 @@ class WatcherSource(Source):
         self._loop.call_soon_threadsafe(self._event, e)
 
     def _event(self, e: Any) -> None:
+        # A cgroup's sock_ops program sees sockets of every network namespace in it (containers,
+        # test namespaces): only connections with one of this namespace's addresses are ours.
+        if not self.daemon.is_local(e.local[0]):
+            self.daemon.stats.ignored[(self.name, "other_netns")] += 1
+            return
         # This host is taken as the supplier (src): what a watched service sends is its data.
         try:
             ev = make_event(END if e.closed else START, "tcp", e.local[0], e.local[1], e.remote[0], e.remote[1],
