@@ -191,3 +191,52 @@ flowTable: {{expireAfter: 1}}
     n = m["scitagd_enricher_samples"]
     time.sleep(0.5)
     assert metrics(prom)["scitagd_enricher_samples"] == n  # nothing is polled for it any more
+
+
+def test_watcher_polling_fallback(run_daemon: Any, udp_receiver: Any) -> None:
+    """mode: poll (what `auto` falls back to without eBPF): sock_diag polled with port-range
+    bytecode; new connections become flows, vanished ones end with their last byte counts."""
+    from .conftest import free_port, http
+
+    ls = socket.socket(socket.AF_INET6)
+    ls.bind(("::1", 0))
+    ls.listen(4)
+    port = ls.getsockname()[1]
+    peer = udp_receiver("::1")
+    api = free_port()
+    d = run_daemon(f"""
+plugins:
+  api: {{bindPort: {api}}}
+  watcher: {{mode: poll, pollInterval: 0.2, rules: [{{localPorts: "{port}", experiment: cms, activity: 4}}]}}
+backends:
+  firefly: {{destinationPort: {peer.port}}}
+""")
+    d.wait_log("polling sock_diag every 0.2s (mode: poll)")
+    c = socket.create_connection(("::1", port))
+    s, _ = ls.accept()
+    c.sendall(b"z" * 100_000)
+    got = 0
+    while got < 100_000:
+        got += len(s.recv(65536))
+    [start] = peer.recv(1, timeout=3)
+    doc = json.loads(start[start.index(b"{"):])
+    assert doc["flow-id"]["src-port"] == port and doc["flow-id"]["dst-port"] == c.getsockname()[1]
+    assert (doc["context"]["experiment-id"], doc["context"]["activity-id"]) == (3, 4)
+    flows = http("GET", f"http://127.0.0.1:{api}/api/v1/flows")[1]["flows"]
+    assert [f["source"] for f in flows] == ["watcherPoll"]
+    time.sleep(0.5)  # a poll sees the byte counts before the connection goes
+    c.close()
+    s.close()
+    [end] = peer.recv(1, timeout=3)
+    edoc = json.loads(end[end.index(b"{"):])
+    assert edoc["flow-lifecycle"]["state"] == "end" and edoc["usage"]["received"] == 100_000
+    ls.close()
+
+
+def test_watcher_auto_falls_back_to_polling_and_says_so(run_daemon: Any, tmp_path: Path) -> None:
+    d = run_daemon(f"""
+plugins:
+  watcher: {{cgroupPath: {tmp_path}, rules: [{{localPorts: "5201", experiment: 2, activity: 2}}]}}
+""")
+    text = d.wait_log("polling sock_diag every 1s instead")
+    assert "sock_ops unavailable" in text and "no cgroup v2 hierarchy" in text

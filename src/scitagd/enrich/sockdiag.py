@@ -21,7 +21,8 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_REQ_BYTECODE = 1
 INET_DIAG_INFO, INET_DIAG_CONG = 2, 4
-BC_JMP, BC_S_EQ, BC_D_EQ = 1, 11, 12
+BC_JMP, BC_S_GE, BC_S_LE, BC_D_GE, BC_D_LE, BC_S_EQ, BC_D_EQ = 1, 2, 3, 4, 5, 11, 12
+TCP_ESTABLISHED = 1
 TCP_LISTEN = 10
 ALL_BUT_LISTEN = 0xFFF & ~(1 << TCP_LISTEN)
 
@@ -89,6 +90,35 @@ def bytecode(pairs: Sequence[Tuple[int, int]]) -> bytes:
     return out
 
 
+def range_bytecode(rules: Sequence[Tuple[Tuple[int, int], Tuple[int, int]]]) -> bytes:
+    """Match a socket whose local port is in one rule's local range and its remote port in that
+    rule's remote range ((0, 0): any). Same layout as `bytecode`: tests of a rule in a row, a
+    JMP to the end when all pass, failures to the next rule (past the end after the last)."""
+    blocks = []
+    for local, remote in rules:
+        ops = []
+        if local != (0, 0):
+            ops += [(BC_S_GE, local[0]), (BC_S_LE, local[1])]
+        if remote != (0, 0):
+            ops += [(BC_D_GE, remote[0]), (BC_D_LE, remote[1])]
+        blocks.append(ops)
+    sizes = [8 * len(ops) + 4 for ops in blocks]
+    total = sum(sizes)
+    out = b""
+    at = 0
+    for i, ops in enumerate(blocks):
+        last = i == len(blocks) - 1
+        end_of_block = at + sizes[i]
+        for j, (code, port) in enumerate(ops):
+            here = at + 8 * j
+            fail = (total - here + 4) if last else (end_of_block - here)
+            out += OP.pack(code, 8, fail) + OP.pack(0, 0, port)
+        jmp_at = at + 8 * len(ops)
+        out += OP.pack(BC_JMP, 4, total - jmp_at)
+        at = end_of_block
+    return out
+
+
 def parse_tcp_info(raw: bytes) -> Dict[str, int]:
     out = {}
     for name, (off, fmt) in TCP_INFO.items():
@@ -152,14 +182,21 @@ class SockDiag:
                 off += (length + 3) & ~3
         return out
 
-    def _dump(self, family: int, pairs: Sequence[Tuple[int, int]]) -> List[Sample]:
-        if not pairs:
+    def established(self, family: int, rules: Sequence[Tuple[Tuple[int, int], Tuple[int, int]]]) -> List[Sample]:
+        """Established TCP sockets matching port-range rules: the watcher's fallback without eBPF."""
+        if not rules:
+            return []
+        return self._dump(family, [], range_bytecode(rules), 1 << TCP_ESTABLISHED)
+
+    def _dump(self, family: int, pairs: Sequence[Tuple[int, int]], bc: bytes = b"",
+              states: int = ALL_BUT_LISTEN) -> List[Sample]:
+        if not pairs and not bc:
             return []
         self.seq += 1
         ext = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
-        req = REQ.pack(family, socket.IPPROTO_TCP, ext, ALL_BUT_LISTEN)
+        req = REQ.pack(family, socket.IPPROTO_TCP, ext, states)
         req += SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16, 0, b"\xff" * 8)
-        bc = bytecode(pairs)
+        bc = bc or bytecode(pairs)
         attr = NLA.pack(NLA.size + len(bc), INET_DIAG_REQ_BYTECODE) + bc
         body = req + attr
         msg = NLMSG.pack(NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,

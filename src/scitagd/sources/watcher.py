@@ -5,6 +5,8 @@ A matching connection is put into the marker's map by the kernel itself, before 
 byte; its end carries the exact byte counts of the socket at close.
 
 Config keys:
+  mode         auto (eBPF, else polling), ebpf, or poll (default auto)
+  pollInterval seconds between sock_diag polls when polling (default 1)
   cgroupPath   cgroup v2 whose sockets are watched (default /sys/fs/cgroup; /unified tried too)
   rules        list of {localPorts, remotePorts, experiment, activity}: ports "5201" or
                "5201-5210" (empty: any); experiment/activity ids or registry names; first match wins
@@ -24,6 +26,7 @@ from ..components import Source
 from ..events import END, START, Usage, make_event
 
 log = logging.getLogger("scitagd.watcher")
+POLLED = "watcherPoll"  # not written into the marker's map by the kernel: the marker sink does it
 
 
 def parse_ports(key: str, v: Union[str, int, None]) -> Tuple[int, int]:
@@ -56,6 +59,14 @@ class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     cgroup_path: str = "/sys/fs/cgroup"
     rules: List[WatchRule] = msgspec.field(default_factory=list)
+    mode: str = "auto"
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "ebpf", "poll"):
+            raise ValueError(f"mode {self.mode!r}: expected auto, ebpf or poll")
+        if not 0.05 <= self.poll_interval <= 60:
+            raise ValueError(f"pollInterval {self.poll_interval}: expected 0.05..60 seconds")
 
 
 class WatcherSource(Source):
@@ -66,6 +77,9 @@ class WatcherSource(Source):
         self.conf = conf
         self.w: Any = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._poll_task: Optional[asyncio.Task[None]] = None
+        self._rules: List[Any] = []
+        self._seen: dict = {}  # (family, local, remote) -> (last sample, experiment, activity)
 
     async def start(self) -> None:
         from ..bpf.loader import PIN_DIR
@@ -77,23 +91,92 @@ class WatcherSource(Source):
             exp, act = reg.resolve(r.experiment, r.activity)
             rules.append(Rule(parse_ports("localPorts", r.local_ports), parse_ports("remotePorts", r.remote_ports),
                               exp, act))
+        self._rules = rules
         marker = self.daemon.conf.backends.marker
         pin = (PIN_DIR if marker is None else Path(marker.pin_path)) / "flows"
         self._loop = asyncio.get_running_loop()
-        self.w = Watcher(self.conf.cgroup_path, rules, pin if marker is not None else None)
-        await self._loop.run_in_executor(None, self.w.load)
-        await self._loop.run_in_executor(None, self.w.attach)
-        self.w.run(self._from_thread)
+        if self.conf.mode != "poll":
+            from ..bpf.libbpf import LibbpfMissing
+
+            w = None
+            try:
+                w = Watcher(self.conf.cgroup_path, rules, pin if marker is not None else None)
+                await self._loop.run_in_executor(None, w.load)
+                await self._loop.run_in_executor(None, w.attach)
+                self.w = w
+                w.run(self._from_thread)
+                return
+            except (OSError, LibbpfMissing) as e:
+                if w is not None:
+                    w.close()
+                if self.conf.mode == "ebpf":
+                    raise
+                log.warning("sock_ops unavailable (%s): polling sock_diag every %gs instead; discovered "
+                            "flows are marked from the next poll, not their first packet", e,
+                            self.conf.poll_interval)
+        else:
+            log.info("polling sock_diag every %gs (mode: poll)", self.conf.poll_interval)
+        self._poll_task = self._loop.create_task(self._poll(), name="watcher-poll")
 
     async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
         if self.w is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.w.close)
+
+    # --- fallback without eBPF ----------------------------------------------------------
+
+    def _match(self, lport: int, rport: int) -> Optional[Tuple[int, int]]:
+        for r in self._rules:
+            if r.local != (0, 0) and not r.local[0] <= lport <= r.local[1]:
+                continue
+            if r.remote != (0, 0) and not r.remote[0] <= rport <= r.remote[1]:
+                continue
+            return r.experiment, r.activity
+        return None
+
+    async def _poll(self) -> None:
+        import socket as _socket
+
+        from ..bpf.watchloader import Event
+        from ..enrich.sockdiag import SockDiag
+
+        diag = SockDiag()
+        loop = asyncio.get_running_loop()
+        ranges = [(r.local, r.remote) for r in self._rules]
+        try:
+            while True:
+                current: dict = {}
+                for fam in (_socket.AF_INET, _socket.AF_INET6):
+                    try:
+                        found = await loop.run_in_executor(None, diag.established, fam, ranges)
+                    except OSError as e:
+                        log.warning("sock_diag poll failed error=%r", str(e))
+                        found = []
+                    for smp in found:
+                        tag = self._match(smp.local[1], smp.remote[1])
+                        if tag is not None:
+                            current[(fam, smp.local, smp.remote)] = (smp, tag)
+                for k, (smp, tag) in current.items():
+                    if k not in self._seen:
+                        self._event(Event(False, k[0], smp.local, smp.remote, tag[0], tag[1], 0, 0, 0, 0, 0),
+                                    POLLED)
+                for k, (smp, tag) in self._seen.items():
+                    if k not in current:  # gone: its last sample is the best count we have
+                        info = smp.info
+                        self._event(Event(True, k[0], smp.local, smp.remote, tag[0], tag[1], 0,
+                                          int(info.get("bytes_acked", 0)), int(info.get("bytes_received", 0)),
+                                          int(info.get("rtt", 0)), int(info.get("total_retrans", 0))), POLLED)
+                self._seen = current
+                await asyncio.sleep(self.conf.poll_interval)
+        finally:
+            diag.close()
 
     def _from_thread(self, e: Any) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._event, e)
 
-    def _event(self, e: Any) -> None:
+    def _event(self, e: Any, source: str = "watcher") -> None:
         # A cgroup's sock_ops program sees sockets of every network namespace in it (containers,
         # test namespaces): only connections with one of this namespace's addresses are ours.
         if not self.daemon.is_local(e.local[0]):
@@ -102,7 +185,7 @@ class WatcherSource(Source):
         # This host is taken as the supplier (src): what a watched service sends is its data.
         try:
             ev = make_event(END if e.closed else START, "tcp", e.local[0], e.local[1], e.remote[0], e.remote[1],
-                            e.experiment or 1, e.activity, "", self.name,
+                            e.experiment or 1, e.activity, "", source,
                             usage=Usage(received=e.bytes_received, sent=e.bytes_acked) if e.closed else None)
         except ValueError as err:
             self.daemon.stats.reject(self.name, "bad_event")
