@@ -174,23 +174,23 @@ flowTable: {{expireAfter: 1}}
     with open(pipe, "w") as f:
         f.write(f"start tcp ::1 {c.getsockname()[1]} ::1 {ls.getsockname()[1]} 2 16\n")
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and metrics(prom).get("scitagd_enricher_watched_flows") != 1:
+    while time.monotonic() < deadline and metrics(prom).get('scitagd_enricher_watched_flows{flavour="netlink"}') != 1:
         time.sleep(0.05)
     m = metrics(prom)
-    assert m["scitagd_enricher_watched_flows"] == 1
+    assert m['scitagd_enricher_watched_flows{flavour="netlink"}'] == 1
     assert any(k.startswith("flow_tcp_bytes_acked_total{") for k in m)
     for x in (c, s, ls):  # the connection goes away; no end event ever comes
         x.close()
     deadline = time.monotonic() + 8
-    while time.monotonic() < deadline and metrics(prom).get("scitagd_enricher_watched_flows") != 0:
+    while time.monotonic() < deadline and metrics(prom).get('scitagd_enricher_watched_flows{flavour="netlink"}') != 0:
         time.sleep(0.1)
     m = metrics(prom)
-    assert m["scitagd_enricher_watched_flows"] == 0
+    assert m['scitagd_enricher_watched_flows{flavour="netlink"}'] == 0
     assert m['scitagd_flow_table_events_total{kind="expired"}'] == 1
     assert not any(k.startswith("flow_tcp_") for k in m)
-    n = m["scitagd_enricher_samples"]
+    n = m['scitagd_enricher_samples{flavour="netlink"}']
     time.sleep(0.5)
-    assert metrics(prom)["scitagd_enricher_samples"] == n  # nothing is polled for it any more
+    assert metrics(prom)['scitagd_enricher_samples{flavour="netlink"}'] == n  # nothing is polled for it any more
 
 
 def test_watcher_polling_fallback(run_daemon: Any, udp_receiver: Any) -> None:
@@ -240,3 +240,31 @@ plugins:
 """)
     text = d.wait_log("polling sock_diag every 1s instead")
     assert "sock_ops unavailable" in text and "no cgroup v2 hierarchy" in text
+
+
+@pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
+def test_netlink_and_skops_agree(lab: Lab) -> None:
+    d = lab.daemon("markingStrategy: label", backends="  firefly: {destinationPort: 10514, enrich: true}",
+                   plugins=WATCH, top="enrichers:\n  period: 200\n  netlink: {}\n  skops: {}")
+    d.wait_log("sampling on RTT callbacks")
+    srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
+    time.sleep(0.3)
+    cli = subprocess.Popen(lab.a.cmd("iperf3", "-c", B_ADDR, "-p", "5201", "--cport", "40400", "-t", "3",
+                                     "-b", "200M", "-J"), stdout=subprocess.PIPE, text=True)
+    time.sleep(1.8)
+    m = d.metrics()
+    out, _ = cli.communicate(timeout=30)
+    srv.wait(10)
+
+    def get(name: str, flavour: str) -> float:
+        keys = [k for k in m if k.startswith(name + "{") and 'flow="<40400:5201>"' in k and f'flavour="{flavour}"' in k]
+        assert keys, (name, flavour, sorted(k for k in m if k.startswith("flow_tcp_rtt")))
+        return m[keys[0]]
+
+    rtt_nl, rtt_sk = get("flow_tcp_rtt", "netlink"), get("flow_tcp_rtt", "skops")
+    assert rtt_nl > 0 and rtt_sk > 0 and 0.1 <= rtt_nl / rtt_sk <= 10, (rtt_nl, rtt_sk)  # same order
+    b_nl, b_sk = get("flow_tcp_bytes_acked_total", "netlink"), get("flow_tcp_bytes_acked_total", "skops")
+    assert b_nl > 1e6 and abs(b_nl - b_sk) <= 0.25 * b_nl, (b_nl, b_sk)  # both within a period of each other
+    assert m['scitagd_events_total{source="skops",state="ongoing"}'] >= 3
+    iperf_bytes = json.loads(out)["end"]["sum_sent"]["bytes"]
+    assert b_sk <= iperf_bytes + 1

@@ -71,11 +71,21 @@ class Daemon:
         marker = c.backends.marker
         if c.plugins.iperf3 is not None:
             unsupported.append("plugins.iperf3")
-        if c.enrichers is not None and c.enrichers.skops is not None:
-            unsupported.append("enrichers.skops")
         if unsupported:
             raise StartupError(", ".join(unsupported) + ": configured but not available in this "
                                "version of scitagd; remove the section(s) to run without them")
+        self.enricher: Any = None
+        self.skops: Any = None
+        mode = c.backends.firefly.enrichment_mode if c.backends.firefly is not None else "lean"
+        if c.enrichers is not None and c.enrichers.netlink is not None:
+            from .enrich.netlink import NetlinkEnricher
+
+            self.enricher = NetlinkEnricher(self, c.enrichers, mode)
+        if c.enrichers is not None and c.enrichers.skops is not None:
+            from .enrich.skops import SkopsEnricher
+
+            self.skops = SkopsEnricher(self, c.enrichers.period, mode)
+            self.enricher = self.enricher or self.skops
         # Imports here keep `scitagd tag ...` from paying for aiohttp.
         if c.plugins.api is not None:
             from .sources.api import ApiSource
@@ -90,6 +100,11 @@ class Daemon:
 
             self.sources.append(FireflySource(self, c.plugins.firefly))
         watcher = c.plugins.watcher
+        if self.skops is not None and watcher is None:
+            from .sources.watcher import WatcherConfig
+
+            watcher = WatcherConfig(cgroup_path=c.enrichers.skops.cgroup_path if c.enrichers and c.enrichers.skops
+                                    else "/sys/fs/cgroup", mode="ebpf")  # the sampler is the watcher's program
         ps = c.plugins.perfsonar
         if ps is not None and not (marker is not None and marker.match_all):
             # perfSONAR through the watcher: its measurement connections, not everything
@@ -105,17 +120,14 @@ class Daemon:
         if watcher is not None:
             from .sources.watcher import WatcherSource
 
-            self.sources.append(WatcherSource(self, watcher))
+            ws = WatcherSource(self, watcher)
+            ws.skops = self.skops
+            self.sources.append(ws)
         if c.backends.firefly is not None:
             from .sinks.firefly import FireflySink
 
             self.sinks.append(FireflySink(self, c.backends.firefly))
-        self.enricher: Any = None
-        if c.enrichers is not None and c.enrichers.netlink is not None:
-            from .enrich.netlink import NetlinkEnricher
 
-            mode = c.backends.firefly.enrichment_mode if c.backends.firefly is not None else "lean"
-            self.enricher = NetlinkEnricher(self, c.enrichers, mode)
         if marker is not None:
             from .sinks.marker import MarkerSink
 
@@ -124,10 +136,12 @@ class Daemon:
             from .sinks.prometheus import PrometheusSink
 
             prom = PrometheusSink(self, c.backends.prometheus)
-            if self.enricher is not None:
+            flavours = [(e, f) for e, f in ((c.enrichers and c.enrichers.netlink and self.enricher, "netlink"),
+                                            (self.skops, "skops")) if e]
+            if flavours:
                 from .enrich.netlink import FlowMetrics
 
-                prom.add_collector(FlowMetrics(self.enricher))
+                prom.add_collector(FlowMetrics(flavours))
             for sink in self.sinks:
                 if hasattr(sink, "metrics"):
                     from .sinks.marker import MarkerMetrics
@@ -213,8 +227,8 @@ class Daemon:
                 runner = SinkRunner(sink, self)
                 runner.start()
                 self._runners.append(runner)
-        if self.enricher is not None:
-            await self.enricher.start()
+        for enr in {id(e): e for e in (self.enricher, self.skops) if e is not None}.values():
+            await enr.start()
         for src in self.sources:
             try:
                 await src.start()
@@ -280,8 +294,8 @@ class Daemon:
             await r.drain(0.5)
         for t in self._tasks:
             t.cancel()
-        if self.enricher is not None:
-            await self.enricher.stop()
+        for enr in {id(e): e for e in (self.enricher, self.skops) if e is not None}.values():
+            await enr.stop()
         for r in self._runners:
             await r.stop()
         for sink in self.sinks:

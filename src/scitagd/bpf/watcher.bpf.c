@@ -42,7 +42,7 @@ struct rule {
 };
 
 struct event {
-	__u8 type; /* 1 established, 2 closed */
+	__u8 type; /* 1 established, 2 closed, 3 sample (enrichers.skops) */
 	__u8 family;
 	__u8 matched;
 	__u8 act;
@@ -57,6 +57,22 @@ struct event {
 	__u64 bytes_received;
 	__u32 srtt_us;
 	__u32 total_retrans;
+	__u32 snd_cwnd;
+	__u32 mss;
+	__u32 rtt_min;
+	__u32 pad2;
+};
+
+struct wcfg {
+	__u64 period_ns; /* enrichers.period */
+	__u32 sample;    /* enrichers.skops on: RTT callbacks on every connection */
+	__u32 pad;
+};
+
+struct sock_state {
+	__u64 last_ns; /* last sample sent: the per-socket rate limit */
+	__u32 matched;
+	__u32 pad;
 };
 
 /* The marker's map: the loader points this at the pinned one (bpf_map__reuse_fd). */
@@ -73,6 +89,28 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule);
 } rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wcfg);
+} wcfg SEC(".maps");
+
+/* The flows user space watches (any source), both directions; filled by the skops enricher. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct flow_key);
+	__type(value, __u8);
+} watched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sock_state SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -141,6 +179,9 @@ static __always_inline void emit(struct bpf_sock_ops *skops, __u8 type, __u8 mat
 	e->bytes_received = skops->bytes_received;
 	e->srtt_us = skops->srtt_us >> 3;
 	e->total_retrans = skops->total_retrans;
+	e->snd_cwnd = skops->snd_cwnd;
+	e->mss = skops->mss_cache;
+	e->rtt_min = skops->rtt_min;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -160,10 +201,35 @@ static __always_inline void keys(struct bpf_sock_ops *skops, struct flow_key *ou
 	in->proto = 6;
 }
 
+static __always_inline struct wcfg *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&wcfg, &zero);
+}
+
+static __always_inline void remember(struct bpf_sock_ops *skops, __u32 matched)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	struct sock_state *st = bpf_sk_storage_get(&sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->matched = matched;
+}
+
 static __always_inline int established(struct bpf_sock_ops *skops)
 {
 	__u16 lport = skops->local_port;
 	__u16 rport = bpf_ntohl(skops->remote_port) & 0xFFFF;
+	struct wcfg *cfg = config();
+
+	if (cfg && cfg->sample) {
+		/* every connection: a flow may be reported (pipe, API, firefly) after it started */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+		remember(skops, 0);
+	}
 
 	for (__u32 i = 0; i < MAX_RULES; i++) {
 		__u32 k = i;
@@ -186,6 +252,7 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 		}
 		/* a callback on every state change, to see the close */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		remember(skops, 1);
 		emit(skops, 1, 1, r->exp, r->act, label);
 		return 1;
 	}
@@ -201,6 +268,26 @@ int scitagd_watch(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		return established(skops);
+	case BPF_SOCK_OPS_RTT_CB: {
+		struct wcfg *cfg = config();
+		struct bpf_sock *sk = skops->sk;
+		struct flow_key out = {}, in = {};
+
+		if (!cfg || !cfg->sample || !sk)
+			return 1;
+		keys(skops, &out, &in);
+		if (!bpf_map_lookup_elem(&watched, &out))
+			return 1;
+		struct sock_state *st = bpf_sk_storage_get(&sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			return 1;
+		__u64 now = bpf_ktime_get_ns();
+		if (now - st->last_ns < cfg->period_ns)
+			return 1; /* rate limit per socket, in the kernel */
+		st->last_ns = now;
+		emit(skops, 3, 0, 0, 0, 0);
+		return 1;
+	}
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == TCP_CLOSE) {
 			if (skops->family == AF_INET6) {

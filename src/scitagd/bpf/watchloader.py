@@ -20,7 +20,9 @@ log = logging.getLogger("scitagd.watcher")
 
 BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI = 3, 2
 RULE = struct.Struct("=HHHHHBB")
-EVENT = struct.Struct("=BBBBHHHHI16s16sQQII")
+EVENT = struct.Struct("=BBBBHHHHI16s16sQQIIIIII")
+WCFG = struct.Struct("=QII")
+KEY = struct.Struct("=16s16sHHB3x")  # struct flow_key (IPv4 in the first 4 bytes)
 MAX_RULES = 64
 
 
@@ -45,6 +47,10 @@ class Event:
     bytes_received: int
     srtt_us: int
     retrans: int
+    cwnd: int = 0
+    mss: int = 0
+    rtt_min: int = 0
+    sample: bool = False
 
 
 def cgroup2_path(path: str) -> str:
@@ -57,11 +63,16 @@ def cgroup2_path(path: str) -> str:
 
 def parse_event(raw: bytes) -> Event:
     (etype, fam, _m, act, exp, lport, rport, _pad, label, la, ra, acked, received, srtt,
-     retrans) = EVENT.unpack_from(raw)
+     retrans, cwnd, mss, rtt_min, _pad2) = EVENT.unpack_from(raw)
     af = socket.AF_INET6 if fam == 10 else socket.AF_INET
     n = 16 if af == socket.AF_INET6 else 4
     return Event(etype == 2, af, (socket.inet_ntop(af, la[:n]), lport), (socket.inet_ntop(af, ra[:n]), rport),
-                 exp, act, label, acked, received, srtt, retrans)
+                 exp, act, label, acked, received, srtt, retrans, cwnd, mss, rtt_min, etype == 3)
+
+
+def key(src: str, sport: int, dst: str, dport: int) -> bytes:
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    return KEY.pack(socket.inet_pton(fam, src), socket.inet_pton(fam, dst), sport, dport, 6)
 
 
 class Watcher:
@@ -106,6 +117,10 @@ class Watcher:
         for i, r in enumerate(self.rules[:MAX_RULES]):
             val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity, 1)
             lb.check(L.bpf_map_update_elem(rules_fd, struct.pack("=I", i), val, 0), "rule")
+        self.wcfg_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"wcfg"), "wcfg")),
+                                "wcfg fd")
+        self.watched_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"watched"),
+                                                              "watched")), "watched fd")
         self.events_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"events"),
                                                              "events")), "events fd")
 
@@ -132,6 +147,17 @@ class Watcher:
         if n:
             log.info("detached sock_ops programs left by an earlier scitagd cgroup=%s programs=%d", self.cgroup, n)
         return n
+
+    def sampling(self, period_s: float) -> None:
+        """enrichers.skops: RTT callbacks on every connection, one sample per socket per period."""
+        lb.check(self.L.bpf_map_update_elem(self.wcfg_fd, struct.pack("=I", 0),
+                                            WCFG.pack(int(period_s * 1e9), 1, 0), 0), "wcfg")
+
+    def watch(self, k: bytes) -> None:
+        lb.check(self.L.bpf_map_update_elem(self.watched_fd, k, b"\x01", 0), "watch")
+
+    def unwatch(self, k: bytes) -> None:
+        self.L.bpf_map_delete_elem(self.watched_fd, k)
 
     def attach(self) -> None:
         self.cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)

@@ -176,23 +176,24 @@ FLOW_METRICS = {
 
 class FlowMetrics:
     """Per-flow gauges read from the last samples at scrape time: a flow's series are gone as
-    soon as the flow is (no stale series to delete)."""
+    soon as the flow is (no stale series to delete). One `flavour` per enricher, as flowd-go."""
 
-    def __init__(self, enricher: NetlinkEnricher) -> None:
-        self.e = enricher
+    def __init__(self, enrichers: List[Tuple[Any, str]]) -> None:
+        self.enrichers = enrichers
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
         labels = ["act", "exp", "src", "dst", "flow", "flavour"]
-        table = self.e.daemon.table
         rows = []
-        for key, (s, _local) in list(self.e.last.items()):
-            ev = table.get(key)
-            if ev is None:
-                continue
-            rows.append(([str(ev.activity), str(ev.experiment), ev.src_ip, ev.dst_ip,
-                          f"<{ev.src_port}:{ev.dst_port}>", "netlink"], s))
+        for e, flavour in self.enrichers:
+            table = e.daemon.table
+            for key, (s, _local) in list(e.last.items()):
+                ev = table.get(key)
+                if ev is None:
+                    continue
+                rows.append(([str(ev.activity), str(ev.experiment), ev.src_ip, ev.dst_ip,
+                              f"<{ev.src_port}:{ev.dst_port}>", flavour], s))
         for name, (field, doc) in FLOW_METRICS.items():
             g = GaugeMetricFamily(name, doc, labels=labels)
             for lv, s in rows:
@@ -203,6 +204,11 @@ class FlowMetrics:
         for lv, s in rows:
             ca.add_metric([*lv, s.cong or ""], 1)
         yield ca
-        yield GaugeMetricFamily("scitagd_enricher_watched_flows", "Flows with enrichment state",
-                                value=len(self.e.last))
-        yield GaugeMetricFamily("scitagd_enricher_samples", "tcp_info samples taken", value=self.e.samples)
+        w = GaugeMetricFamily("scitagd_enricher_watched_flows", "Flows with enrichment state",
+                              labels=["flavour"])
+        n = GaugeMetricFamily("scitagd_enricher_samples", "Samples taken", labels=["flavour"])
+        for e, flavour in self.enrichers:
+            w.add_metric([flavour], len(e.last))
+            n.add_metric([flavour], e.samples)
+        yield w
+        yield n

@@ -76,6 +76,7 @@ class WatcherSource(Source):
         super().__init__(daemon)
         self.conf = conf
         self.w: Any = None
+        self.skops: Any = None  # enrichers.skops, fed by this program's samples
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._poll_task: Optional[asyncio.Task[None]] = None
         self._rules: List[Any] = []
@@ -104,6 +105,8 @@ class WatcherSource(Source):
                 await self._loop.run_in_executor(None, w.load)
                 await self._loop.run_in_executor(None, w.attach)
                 self.w = w
+                if self.skops is not None:
+                    self.skops.bind(w)
                 w.run(self._from_thread)
                 return
             except (OSError, LibbpfMissing) as e:
@@ -181,6 +184,11 @@ class WatcherSource(Source):
         # test namespaces): only connections with one of this namespace's addresses are ours.
         if not self.daemon.is_local(e.local[0]):
             self.daemon.stats.ignored[(self.name, "other_netns")] += 1
+            return
+        if getattr(e, "sample", False):
+            ev = self.skops.on_sample(e) if self.skops is not None else None
+            if ev is not None:
+                self.daemon.submit(ev)
             return
         # This host is taken as the supplier (src): what a watched service sends is its data.
         try:

@@ -1,0 +1,100 @@
+"""`enrichers.skops`: samples taken by the watcher's sock_ops program on RTT callbacks, at most
+one per socket and period (rate-limited in the kernel with per-socket storage), delivered over
+its ring buffer. Same output as the netlink enricher: ongoing events, per-flow metrics (flavour
+"skops"), the last sample for the end. Sockets established before scitagd started have no RTT
+callbacks and are not sampled (the netlink enricher covers them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import msgspec
+
+from ..events import END, ONGOING, FlowEvent, FlowKey, Usage
+from .netlink import netlink_fields
+from .sockdiag import Sample
+
+log = logging.getLogger("scitagd.enrich.skops")
+
+
+class SkopsEnricher:
+    def __init__(self, daemon: Any, period_ms: int, mode: str = "lean") -> None:
+        self.daemon = daemon
+        self.period = period_ms / 1000.0
+        self.mode = mode
+        self.last: Dict[FlowKey, Tuple[Sample, bool]] = {}
+        self.samples = 0
+        self.ending: Set[FlowKey] = set()
+        self.watcher: Any = None
+        self._in_map: Set[bytes] = set()
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def bind(self, watcher: Any) -> None:
+        self.watcher = watcher
+        watcher.sampling(self.period)
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sync(), name="enrich-skops")
+        log.info("sampling on RTT callbacks period_ms=%d", int(self.period * 1000))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _sync(self) -> None:
+        """Keep the kernel's `watched` map equal to the active TCP flows (both directions)."""
+        from ..bpf.watchloader import key
+
+        while True:
+            if self.watcher is not None:
+                want: Dict[bytes, FlowKey] = {}
+                for ev in self.daemon.table:
+                    if ev.protocol == "tcp":
+                        want[key(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)] = ev.key
+                        want[key(ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)] = ev.key
+                for k in set(want) - self._in_map:
+                    self.watcher.watch(k)
+                for k in self._in_map - set(want):
+                    self.watcher.unwatch(k)
+                self._in_map = set(want)
+                current = set(want.values()) | self.ending
+                for fk in [fk for fk in self.last if fk not in current]:
+                    del self.last[fk]
+            await asyncio.sleep(min(self.period, 1.0))
+
+    def on_sample(self, e: Any) -> Optional[FlowEvent]:
+        """A ring buffer sample -> the ongoing event of its flow (None if not a watched flow)."""
+        table = self.daemon.table
+        fwd = ("tcp", e.local[0], e.local[1], e.remote[0], e.remote[1])
+        ev = table.get(fwd)
+        local_is_src = True
+        if ev is None:
+            ev = table.get(("tcp", e.remote[0], e.remote[1], e.local[0], e.local[1]))
+            local_is_src = False
+        if ev is None:
+            return None
+        info = {"rtt": e.srtt_us, "min_rtt": e.rtt_min, "snd_cwnd": e.cwnd, "snd_mss": e.mss,
+                "bytes_acked": e.bytes_acked, "bytes_received": e.bytes_received, "total_retrans": e.retrans}
+        s = Sample(e.local, e.remote, info=info)
+        self.last[ev.key] = (s, local_is_src)
+        self.samples += 1
+        return msgspec.structs.replace(ev, state=ONGOING, source="skops", end_time=None,
+                                       usage=Usage(received=e.bytes_received, sent=e.bytes_acked),
+                                       netlink=netlink_fields(s, self.mode))
+
+    def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Any]:
+        return []  # samples come from the kernel; nothing to ask for
+
+    def final(self, ev: FlowEvent) -> FlowEvent:
+        if ev.state != END:
+            return ev
+        self.ending.discard(ev.key)
+        last = self.last.pop(ev.key, None)
+        if last is None or ev.usage is not None:
+            return ev
+        s, _ = last
+        return msgspec.structs.replace(ev, usage=Usage(received=int(s.info["bytes_received"]),
+                                                       sent=int(s.info["bytes_acked"])),
+                                       netlink=netlink_fields(s, self.mode))
