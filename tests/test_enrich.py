@@ -110,8 +110,9 @@ def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
     assert not any(k.startswith("flow_tcp_rtt{") for k in d.metrics())
 
 
-WATCH = "  watcher:\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]"
-PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}"
+# The lab's addresses are ULA (fc00::/7), internal networks the watcher ignores by default.
+WATCH = "  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]"
+PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}\n  watcher: {ignoreNetworks: []}"
 
 
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
@@ -207,7 +208,7 @@ def test_watcher_polling_fallback(run_daemon: Any, udp_receiver: Any) -> None:
     d = run_daemon(f"""
 plugins:
   api: {{bindPort: {api}}}
-  watcher: {{mode: poll, pollInterval: 0.2, rules: [{{localPorts: "{port}", experiment: cms, activity: 4}}]}}
+  watcher: {{mode: poll, pollInterval: 0.2, ignoreNetworks: [], rules: [{{localPorts: "{port}", experiment: cms, activity: 4}}]}}
 backends:
   firefly: {{destinationPort: {peer.port}}}
 """)
@@ -268,3 +269,34 @@ def test_netlink_and_skops_agree(lab: Lab) -> None:
     assert m['scitagd_events_total{source="skops",state="ongoing"}'] >= 3
     iperf_bytes = json.loads(out)["end"]["sum_sent"]["bytes"]
     assert b_sk <= iperf_bytes + 1
+
+
+@pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
+@pytest.mark.parametrize("watcher,tagged", [
+    ("  watcher:\n    rules: [{remotePorts: '5201', experiment: 2, activity: 2}]", False),  # ULA: internal, ignored
+    ("  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', remoteNetworks: ['fd5c:99::/64'], "
+     "experiment: 2, activity: 2}]", False),  # the remote is not in the rule's networks
+    ("  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', remoteNetworks: ['fd5c:99::/64'], "
+     "experiment: 2, activity: 2}, {remotePorts: '5201', remoteNetworks: ['fd5c:17::/64'], experiment: 3, "
+     "activity: 4}]", True),  # the second rule's network holds it
+], ids=["internal-ignored", "not-in-networks", "second-rule"])
+def test_watcher_network_rules(lab: Lab, watcher: str, tagged: bool) -> None:
+    d = lab.daemon("markingStrategy: label", plugins=watcher)
+    d.wait_log("sock_ops attached")
+    cap = lab.capture()
+    srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
+    time.sleep(0.3)
+    r = subprocess.run(lab.a.cmd("iperf3", "-c", B_ADDR, "-p", "5201", "--cport", "40500", "-t", "1", "-b", "50M"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.wait(10)
+    from scitagd.tags import decode_flow_label
+
+    data = [p for p in cap.stop() if p.src == A_ADDR and p.sport == 40500 and p.l4_payload]
+    assert data
+    labels = {decode_flow_label(p.label) for p in data}
+    if tagged:
+        assert labels == {(3, 4)}
+    else:
+        assert (2, 2) not in labels and (3, 4) not in labels
+        assert "flow start source=watcher" not in d.text()

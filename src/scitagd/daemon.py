@@ -116,7 +116,8 @@ class Daemon:
             except ValueError as e:
                 raise StartupError(f"plugins.perfsonar: {e}") from None
             base = watcher or WatcherConfig()
-            watcher = WatcherConfig(cgroup_path=base.cgroup_path, rules=[*base.rules, *extra])
+            watcher = WatcherConfig(cgroup_path=base.cgroup_path, rules=[*base.rules, *extra], mode=base.mode,
+                                    poll_interval=base.poll_interval, ignore_networks=base.ignore_networks)
         if watcher is not None:
             from .sources.watcher import WatcherSource
 

@@ -38,7 +38,19 @@ struct rule {
 	__u16 rport_lo, rport_hi; /* remote port range */
 	__u16 exp;
 	__u8 act;
-	__u8 used;
+	__u8 used; /* bit 0: in use; bit 1: the remote must be in this rule's networks */
+};
+
+/* Remote addresses as 16 bytes, IPv4 mapped (::ffff:a.b.c.d), for both address families. */
+struct net_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct rule_net_key {
+	__u32 prefixlen; /* 32 (the rule index) + the network's prefix length */
+	__u32 rule;
+	__u8 addr[16];
 };
 
 struct event {
@@ -96,6 +108,24 @@ struct {
 	__type(key, __u32);
 	__type(value, struct wcfg);
 } wcfg SEC(".maps");
+
+/* Remote networks no rule applies to (internal networks by default). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct net_key);
+	__type(value, __u8);
+} ignore_nets SEC(".maps");
+
+/* Per rule: the remote networks it is limited to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct rule_net_key);
+	__type(value, __u8);
+} rule_nets SEC(".maps");
 
 /* The flows user space watches (any source), both directions; filled by the skops enricher. */
 struct {
@@ -219,6 +249,22 @@ static __always_inline void remember(struct bpf_sock_ops *skops, __u32 matched)
 		st->matched = matched;
 }
 
+static __always_inline void remote16(struct bpf_sock_ops *skops, __u8 *out)
+{
+	if (skops->family == AF_INET6) {
+		__u32 ra[4];
+		ra[0] = CTX_U32(skops->remote_ip6[0]);
+		ra[1] = CTX_U32(skops->remote_ip6[1]);
+		ra[2] = CTX_U32(skops->remote_ip6[2]);
+		ra[3] = CTX_U32(skops->remote_ip6[3]);
+		__builtin_memcpy(out, ra, 16);
+	} else {
+		__u32 v4 = skops->remote_ip4;
+		__u32 mapped[4] = {0, 0, bpf_htonl(0xFFFF), v4};
+		__builtin_memcpy(out, mapped, 16);
+	}
+}
+
 static __always_inline int established(struct bpf_sock_ops *skops)
 {
 	__u16 lport = skops->local_port;
@@ -230,6 +276,10 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
 		remember(skops, 0);
 	}
+	struct net_key nk = {.prefixlen = 128};
+	remote16(skops, nk.addr);
+	if (bpf_map_lookup_elem(&ignore_nets, &nk))
+		return 1;
 
 	for (__u32 i = 0; i < MAX_RULES; i++) {
 		__u32 k = i;
@@ -240,6 +290,12 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 			continue;
 		if (r->rport_hi && (rport < r->rport_lo || rport > r->rport_hi))
 			continue;
+		if (r->used & 2) {
+			struct rule_net_key rk = {.prefixlen = 32 + 128, .rule = i};
+			__builtin_memcpy(rk.addr, nk.addr, 16);
+			if (!bpf_map_lookup_elem(&rule_nets, &rk))
+				continue;
+		}
 		__u32 label = rev9(r->exp & 0x1FF) << 9 | (r->act & 0x3F) << 2 |
 			      spread_entropy(bpf_get_prandom_u32() & 31);
 		if (skops->family == AF_INET6) {

@@ -32,6 +32,17 @@ class Rule:
     remote: Tuple[int, int] = (0, 0)
     experiment: int = 1
     activity: int = 1
+    nets: Tuple[str, ...] = ()  # remote networks the rule is limited to (none: any)
+
+
+def net16(cidr: str) -> Tuple[int, bytes]:
+    """(prefix length, 16 bytes) with IPv4 mapped into ::ffff:0:0/96, as the kernel side keys it."""
+    import ipaddress
+
+    n = ipaddress.ip_network(cidr, strict=False)
+    if n.version == 4:
+        return n.prefixlen + 96, b"\0" * 10 + b"\xff\xff" + n.network_address.packed
+    return n.prefixlen, n.network_address.packed
 
 
 @dataclass
@@ -76,8 +87,10 @@ def key(src: str, sport: int, dst: str, dport: int) -> bytes:
 
 
 class Watcher:
-    def __init__(self, cgroup: str, rules: List[Rule], flows_pin: Optional[Path]) -> None:
+    def __init__(self, cgroup: str, rules: List[Rule], flows_pin: Optional[Path],
+                 ignore: Tuple[str, ...] = ()) -> None:
         self.L = lb.lib()
+        self.ignore = ignore
         self.cgroup = cgroup2_path(cgroup)
         self.rules = rules
         self.flows_pin = flows_pin
@@ -114,9 +127,22 @@ class Watcher:
         self.prog_fd = lb.check(L.bpf_program__fd(prog), "prog fd")
         rules_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"rules"), "rules")),
                             "rules fd")
+        nets_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"rule_nets"),
+                                                      "rule_nets")), "rule_nets fd")
+        ignore_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"ignore_nets"),
+                                                        "ignore_nets")), "ignore_nets fd")
         for i, r in enumerate(self.rules[:MAX_RULES]):
-            val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity, 1)
+            val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity,
+                            1 | (2 if r.nets else 0))
             lb.check(L.bpf_map_update_elem(rules_fd, struct.pack("=I", i), val, 0), "rule")
+            for cidr in r.nets:
+                plen, addr = net16(cidr)
+                lb.check(L.bpf_map_update_elem(nets_fd, struct.pack("=II", 32 + plen, i) + addr, b"\x01", 0),
+                         f"rule network {cidr}")
+        for cidr in self.ignore:
+            plen, addr = net16(cidr)
+            lb.check(L.bpf_map_update_elem(ignore_fd, struct.pack("=I", plen) + addr, b"\x01", 0),
+                     f"ignored network {cidr}")
         self.wcfg_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"wcfg"), "wcfg")),
                                 "wcfg fd")
         self.watched_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"watched"),

@@ -8,8 +8,11 @@ Config keys:
   mode         auto (eBPF, else polling), ebpf, or poll (default auto)
   pollInterval seconds between sock_diag polls when polling (default 1)
   cgroupPath   cgroup v2 whose sockets are watched (default /sys/fs/cgroup; /unified tried too)
-  rules        list of {localPorts, remotePorts, experiment, activity}: ports "5201" or
-               "5201-5210" (empty: any); experiment/activity ids or registry names; first match wins
+  rules        list of {localPorts, remotePorts, remoteNetworks, experiment, activity}: ports
+               "5201" or "5201-5210" (empty: any); remoteNetworks a CIDR list the remote end must
+               be in (empty: any); experiment/activity ids or registry names; first match wins
+  ignoreNetworks  remote networks no rule applies to (default: internal networks, RFC 1918,
+               loopback, link-local, ULA); [] to watch them too
 """
 
 from __future__ import annotations
@@ -43,15 +46,31 @@ def parse_ports(key: str, v: Union[str, int, None]) -> Tuple[int, int]:
     return (a, b)
 
 
+INTERNAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+                     "::1/128", "fc00::/7", "fe80::/10"]
+
+
+def _check_nets(key: str, nets: List[str]) -> None:
+    import ipaddress
+
+    for c in nets:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            raise ValueError(f"{key} {c!r}: expected a CIDR like 192.0.2.0/24") from None
+
+
 class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     experiment: Union[int, str]
     activity: Union[int, str]
     local_ports: Union[str, int, None] = None
     remote_ports: Union[str, int, None] = None
+    remote_networks: List[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         parse_ports("localPorts", self.local_ports)
         parse_ports("remotePorts", self.remote_ports)
+        _check_nets("remoteNetworks", self.remote_networks)
         if self.local_ports in (None, "") and self.remote_ports in (None, ""):
             raise ValueError("a rule needs localPorts or remotePorts")
 
@@ -61,8 +80,10 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     rules: List[WatchRule] = msgspec.field(default_factory=list)
     mode: str = "auto"
     poll_interval: float = 1.0
+    ignore_networks: List[str] = msgspec.field(default_factory=lambda: list(INTERNAL_NETWORKS))
 
     def __post_init__(self) -> None:
+        _check_nets("ignoreNetworks", self.ignore_networks)
         if self.mode not in ("auto", "ebpf", "poll"):
             raise ValueError(f"mode {self.mode!r}: expected auto, ebpf or poll")
         if not 0.05 <= self.poll_interval <= 60:
@@ -91,7 +112,7 @@ class WatcherSource(Source):
         for r in self.conf.rules:
             exp, act = reg.resolve(r.experiment, r.activity)
             rules.append(Rule(parse_ports("localPorts", r.local_ports), parse_ports("remotePorts", r.remote_ports),
-                              exp, act))
+                              exp, act, tuple(r.remote_networks)))
         self._rules = rules
         marker = self.daemon.conf.backends.marker
         pin = (PIN_DIR if marker is None else Path(marker.pin_path)) / "flows"
@@ -101,7 +122,8 @@ class WatcherSource(Source):
 
             w = None
             try:
-                w = Watcher(self.conf.cgroup_path, rules, pin if marker is not None else None)
+                w = Watcher(self.conf.cgroup_path, rules, pin if marker is not None else None,
+                            tuple(self.conf.ignore_networks))
                 await self._loop.run_in_executor(None, w.load)
                 await self._loop.run_in_executor(None, w.attach)
                 self.w = w
@@ -129,8 +151,15 @@ class WatcherSource(Source):
 
     # --- fallback without eBPF ----------------------------------------------------------
 
-    def _match(self, lport: int, rport: int) -> Optional[Tuple[int, int]]:
+    def _match(self, lport: int, rport: int, raddr: str = "") -> Optional[Tuple[int, int]]:
+        import ipaddress
+
+        ip = ipaddress.ip_address(raddr) if raddr else None
+        if ip is not None and any(ip in ipaddress.ip_network(c, strict=False) for c in self.conf.ignore_networks):
+            return None
         for r in self._rules:
+            if r.nets and (ip is None or not any(ip in ipaddress.ip_network(c, strict=False) for c in r.nets)):
+                continue
             if r.local != (0, 0) and not r.local[0] <= lport <= r.local[1]:
                 continue
             if r.remote != (0, 0) and not r.remote[0] <= rport <= r.remote[1]:
@@ -157,7 +186,7 @@ class WatcherSource(Source):
                         log.warning("sock_diag poll failed error=%r", str(e))
                         found = []
                     for smp in found:
-                        tag = self._match(smp.local[1], smp.remote[1])
+                        tag = self._match(smp.local[1], smp.remote[1], smp.remote[0])
                         if tag is not None:
                             current[(fam, smp.local, smp.remote)] = (smp, tag)
                 for k, (smp, tag) in current.items():
