@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -300,3 +300,49 @@ def test_watcher_network_rules(lab: Lab, watcher: str, tagged: bool) -> None:
     else:
         assert (2, 2) not in labels and (3, 4) not in labels
         assert "flow start source=watcher" not in d.text()
+
+
+@pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
+@pytest.mark.parametrize("how", ["uid", "cgroup"])
+def test_watcher_uid_and_cgroup_rules(lab: Lab, how: str, tmp_path: Path) -> None:
+    import os
+
+    from scitagd.bpf.watchloader import cgroup2_path
+    from scitagd.tags import decode_flow_label
+
+    cg_base = cgroup2_path("/sys/fs/cgroup")
+    cg = os.path.join(cg_base, f"sctd-test-{os.getpid()}")
+    os.makedirs(cg, exist_ok=True)
+    try:
+        cond = "uids: [nobody]" if how == "uid" else f"cgroup: {os.path.basename(cg)}"
+        d = lab.daemon("markingStrategy: label", plugins=(
+            "  watcher:\n    ignoreNetworks: []\n"
+            f"    rules: [{{remotePorts: '5201', {cond}, experiment: 8, activity: 1}}]"))
+        d.wait_log("sock_ops attached")
+
+        def run(cport: int, inside: bool) -> List[Any]:
+            cap = lab.capture()
+            srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
+            time.sleep(0.3)
+            cmd = ["iperf3", "-c", B_ADDR, "-p", "5201", "--cport", str(cport), "-t", "1", "-b", "50M"]
+            if inside and how == "uid":
+                cmd = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", *cmd]
+            elif inside:
+                cmd = ["sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec " + " ".join(cmd)]
+            r = subprocess.run(lab.a.netonly(*cmd), capture_output=True, text=True, timeout=30)  # host /sys: cgroups
+            assert r.returncode == 0, r.stdout + r.stderr
+            srv.wait(10)
+            return [p for p in cap.stop() if p.src == A_ADDR and p.sport == cport and p.l4_payload]
+
+        inside = run(40601, True)
+        outside = run(40602, False)
+        marked = [p for p in inside if decode_flow_label(p.label) == (8, 1)]
+        # decided in user space on the established event: marked from within ~1 ms of the handshake
+        assert len(marked) >= 0.9 * len(inside) and marked, (len(marked), len(inside))
+        assert not any(decode_flow_label(p.label) == (8, 1) for p in outside)
+        assert "src=[fd5c:17::1]:40601" in d.text() and "src=[fd5c:17::1]:40602" not in d.text()
+    finally:
+        try:
+            os.rmdir(cg)
+        except OSError:
+            pass

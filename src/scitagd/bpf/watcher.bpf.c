@@ -38,7 +38,8 @@ struct rule {
 	__u16 rport_lo, rport_hi; /* remote port range */
 	__u16 exp;
 	__u8 act;
-	__u8 used; /* bit 0: in use; bit 1: the remote must be in this rule's networks */
+	__u8 used; /* bit 0: in use; bit 1: the remote must be in this rule's networks;
+		    * bit 2: user space decides (uid/cgroup conditions it checks through sock_diag) */
 };
 
 /* Remote addresses as 16 bytes, IPv4 mapped (::ffff:a.b.c.d), for both address families. */
@@ -295,6 +296,12 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 			__builtin_memcpy(rk.addr, nk.addr, 16);
 			if (!bpf_map_lookup_elem(&rule_nets, &rk))
 				continue;
+		}
+		if (r->used & 4) {
+			/* a candidate: user space looks at the socket's uid and cgroup, then tags it */
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+			emit(skops, 1, 2, r->exp, r->act, 0);
+			return 1;
 		}
 		__u32 label = rev9(r->exp & 0x1FF) << 9 | (r->act & 0x3F) << 2 |
 			      spread_entropy(bpf_get_prandom_u32() & 31);

@@ -33,6 +33,8 @@ class Rule:
     experiment: int = 1
     activity: int = 1
     nets: Tuple[str, ...] = ()  # remote networks the rule is limited to (none: any)
+    uids: Tuple[int, ...] = ()  # owners the rule is limited to (checked in user space)
+    cgroup_id: Optional[int] = None  # cgroup v2 id the socket must be in (checked in user space)
 
 
 def net16(cidr: str) -> Tuple[int, bytes]:
@@ -62,6 +64,7 @@ class Event:
     mss: int = 0
     rtt_min: int = 0
     sample: bool = False
+    candidate: bool = False  # a rule with uid/cgroup conditions matched ports and networks
 
 
 def cgroup2_path(path: str) -> str:
@@ -73,12 +76,13 @@ def cgroup2_path(path: str) -> str:
 
 
 def parse_event(raw: bytes) -> Event:
-    (etype, fam, _m, act, exp, lport, rport, _pad, label, la, ra, acked, received, srtt,
+    (etype, fam, matched, act, exp, lport, rport, _pad, label, la, ra, acked, received, srtt,
      retrans, cwnd, mss, rtt_min, _pad2) = EVENT.unpack_from(raw)
     af = socket.AF_INET6 if fam == 10 else socket.AF_INET
     n = 16 if af == socket.AF_INET6 else 4
     return Event(etype == 2, af, (socket.inet_ntop(af, la[:n]), lport), (socket.inet_ntop(af, ra[:n]), rport),
-                 exp, act, label, acked, received, srtt, retrans, cwnd, mss, rtt_min, etype == 3)
+                 exp, act, label, acked, received, srtt, retrans, cwnd, mss, rtt_min, etype == 3,
+                 etype == 1 and matched == 2)
 
 
 def key(src: str, sport: int, dst: str, dport: int) -> bytes:
@@ -132,8 +136,9 @@ class Watcher:
         ignore_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"ignore_nets"),
                                                         "ignore_nets")), "ignore_nets fd")
         for i, r in enumerate(self.rules[:MAX_RULES]):
+            user_space = bool(r.uids) or r.cgroup_id is not None
             val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity,
-                            1 | (2 if r.nets else 0))
+                            1 | (2 if r.nets else 0) | (4 if user_space else 0))
             lb.check(L.bpf_map_update_elem(rules_fd, struct.pack("=I", i), val, 0), "rule")
             for cidr in r.nets:
                 plen, addr = net16(cidr)

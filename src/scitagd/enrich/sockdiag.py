@@ -20,7 +20,7 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_INFO, INET_DIAG_CONG = 2, 4
+INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_CGROUP_ID = 2, 4, 21
 BC_JMP, BC_S_GE, BC_S_LE, BC_D_GE, BC_D_LE, BC_S_EQ, BC_D_EQ = 1, 2, 3, 4, 5, 11, 12
 TCP_ESTABLISHED = 1
 TCP_LISTEN = 10
@@ -63,6 +63,7 @@ class Sample:
     cong: Optional[str] = None
     uid: int = 0
     inode: int = 0
+    cgroup_id: Optional[int] = None  # cgroup v2 id (kernel >= 5.7)
 
 
 def _ip(raw: bytes, family: int) -> str:
@@ -235,5 +236,7 @@ class SockDiag:
                 s.info = parse_tcp_info(payload)
             elif atype == INET_DIAG_CONG:
                 s.cong = payload.split(b"\0", 1)[0].decode(errors="replace")
+            elif atype == INET_DIAG_CGROUP_ID and len(payload) >= 8:
+                s.cgroup_id = struct.unpack_from("=Q", payload)[0]
             off += (alen + 3) & ~3
         return s
