@@ -118,9 +118,16 @@ PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}\n  watcher: {ignoreNe
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 @pytest.mark.parametrize("plugin", [WATCH, PERFSONAR], ids=["watcher-rule", "perfsonar"])
 def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plugin: str) -> None:
-    d = lab.daemon("markingStrategy: label", backends="  firefly: {destinationPort: 10514}", plugins=plugin)
+    """The issue's first test: iperf3 discovered by a port rule; the first data packet carries the
+    label; the peer gets start, ongoing (period honoured within 20 %) and end fireflies, all
+    schema-valid and under the datagram budget; the end usage is iperf3's byte count within 1 %."""
+    from .conftest import firefly_validator
+
+    d = lab.daemon("markingStrategy: label",
+                   backends="  firefly: {destinationPort: 10514, enrich: true, enrichmentMode: full}",
+                   plugins=plugin, top="enrichers:\n  period: 500\n  netlink: {}")
     d.wait_log("sock_ops attached")
-    rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "4", "--timeout", "10"])
+    rcv = lab.start(lab.b, [*TOOLS, "udp-recv", B_ADDR, "10514", "100", "--timeout", "5"])
     assert rcv.stdout is not None and b"listening" in rcv.stdout.readline()
     cap = lab.capture()
     srv = lab.start(lab.b, ["iperf3", "-s", "-1", "-B", B_ADDR, "-p", "5201"])
@@ -136,12 +143,23 @@ def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plug
 
     assert decode_flow_label(data[0].label) == (2, 2), "the first data packet is not marked"
     assert {decode_flow_label(p.label) for p in pkts if p.l4_payload} == {(2, 2)}
-    docs = [json.loads(g[g.index("{"):]) for g in lab.result(rcv, timeout=20)["datagrams"]]
+    raw = lab.result(rcv, timeout=20)["datagrams"]
+    validator = firefly_validator()
+    for g in raw:
+        assert len(g.encode()) <= 1400, len(g.encode())
+        assert not list(validator.iter_errors(json.loads(g[g.index("{"):])))
+    docs = [json.loads(g[g.index("{"):]) for g in raw]
     mine = [x for x in docs if x["flow-id"]["src-port"] == 40300]
-    assert [x["flow-lifecycle"]["state"] for x in mine] == ["start", "end"]
+    states = [x["flow-lifecycle"]["state"] for x in mine]
+    assert states[0] == "start" and states[-1] == "end" and set(states[1:-1]) == {"ongoing"}, states
+    assert len(states) - 2 >= 2
+    times = [time.mktime(time.strptime(x["flow-lifecycle"]["current-time"][:19], "%Y-%m-%dT%H:%M:%S"))
+             + float("0." + x["flow-lifecycle"]["current-time"][20:26]) for x in mine[1:-1]]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(0.4 <= g <= 0.6 for g in gaps), gaps
     assert (mine[0]["context"]["experiment-id"], mine[0]["context"]["activity-id"]) == (2, 2)
     iperf_bytes = json.loads(r.stdout)["end"]["sum_sent"]["bytes"]
-    end_sent = mine[1]["usage"]["sent"]
+    end_sent = mine[-1]["usage"]["sent"]
     assert abs(end_sent - iperf_bytes) <= 0.01 * iperf_bytes, (end_sent, iperf_bytes)
     # kill -9 leaves the program on the cgroup; the next start takes it off before attaching its own
     d.stop(9)
@@ -346,3 +364,50 @@ def test_watcher_uid_and_cgroup_rules(lab: Lab, how: str, tmp_path: Path) -> Non
             os.rmdir(cg)
         except OSError:
             pass
+
+
+def test_watcher_and_skops_on_ipv4(run_daemon: Any) -> None:
+    """IPv4 connections are discovered and sampled too (they cannot carry a flow label)."""
+    if not IS_ROOT:
+        pytest.skip("needs root (cgroup sock_ops)")
+    from .conftest import free_port, http, metrics
+
+    ls = socket.socket(socket.AF_INET)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    port = ls.getsockname()[1]
+    api, prom = free_port(), free_port()
+    d = run_daemon(f"""
+plugins:
+  api: {{bindPort: {api}}}
+  watcher: {{ignoreNetworks: [], rules: [{{localPorts: "{port}", experiment: 5, activity: 10}}]}}
+backends:
+  prometheus: {{port: {prom}}}
+enrichers:
+  period: 100
+  skops: {{}}
+""")
+    d.wait_log("sampling on RTT callbacks")
+    c = socket.create_connection(("127.0.0.1", port))
+    s, _ = ls.accept()
+    total = 0
+    for _ in range(30):  # a second of traffic: RTT callbacks, samples every 100 ms
+        c.sendall(b"q" * 20000)
+        total += 20000
+        got = 0
+        while got < 20000:
+            got += len(s.recv(65536))
+        s.sendall(b"k")
+        c.recv(1)
+        time.sleep(0.03)
+    flows = http("GET", f"http://127.0.0.1:{api}/api/v1/flows")[1]["flows"]
+    assert [(f["src-port"], f["experiment-id"], f["activity-id"], f["source"]) for f in flows] == [
+        (port, 5, 10, "watcher")]
+    m = metrics(prom)
+    assert m['scitagd_events_total{source="skops",state="ongoing"}'] >= 3
+    c.close()
+    s.close()
+    ls.close()
+    d.wait_log("flow end source=watcher proto=tcp src=127.0.0.1:")
+    m = metrics(prom)
+    assert m['scitagd_events_total{source="watcher",state="end"}'] == 1
