@@ -35,7 +35,8 @@ DAEMON_CPU, LOAD_CPU = 1, 0
 
 
 class Scitagd:
-    def __init__(self, lab: Lab, strategy: str, extra_plugins: str = "", map_size: int = 262144) -> None:
+    def __init__(self, lab: Lab, strategy: str, extra_plugins: str = "", map_size: int = 262144,
+                 top: str = "") -> None:
         self.lab = lab
         n = len(lab.procs)
         self.pipe = lab.tmp / f"np{n}"
@@ -48,6 +49,7 @@ plugins:
 backends:
   marker: {{targetInterfaces: [a0], markingStrategy: {strategy}, pinPath: {lab.pin}, mapSize: {map_size}}}
 logging: {{flowEvents: false}}
+{top}
 """)
         t0 = time.monotonic()
         cmd = lab.a.netonly("taskset", "-c", str(DAEMON_CPU), sys.executable, "-m", "scitagd", "run",
@@ -286,6 +288,26 @@ def capacity(lab: Lab, flows: int) -> Dict[str, Any]:
             "sample_marked_correctly": ok, "daemon_rss_mb": rss / 1024}
 
 
+def skops_overhead(lab: Lab, rounds: int, seconds: float) -> Dict[str, Any]:
+    """iperf3 through a watched port with and without enrichers.skops (RTT callbacks on every
+    connection, one sample per socket per second), interleaved, median."""
+    watch = ("  watcher:\n    ignoreNetworks: []\n"
+             "    rules: [{remotePorts: '5201', experiment: 2, activity: 2}]")
+    bps: Dict[str, List[float]] = {"watcher": [], "watcher+skops": []}
+    cport = 43000
+    for r in range(rounds):
+        for mode in bps:
+            cport += 1
+            top = "enrichers:\n  period: 1000\n  skops: {}" if mode.endswith("skops") else ""
+            d = Scitagd(lab, "label", watch, top=top)
+            bps[mode].append(iperf(lab, cport, seconds))
+            d.stop()
+            print(f"round {r} {mode:14} {bps[mode][-1] / 1e9:6.2f} Gbit/s", flush=True)
+    med = {k: statistics.median(v) / 1e9 for k, v in bps.items()}
+    return {"gbps": med, "skops_vs_watcher_pct": 100 * (med["watcher+skops"] / med["watcher"] - 1),
+            "rounds_gbps": {k: [round(x / 1e9, 2) for x in v] for k, v in bps.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -293,6 +315,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--flows", type=int, default=100_000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only-skops", action="store_true", help="only the sock_ops sampling overhead")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root")
@@ -300,6 +323,10 @@ def main() -> int:
     res: Dict[str, Any] = {}
     lab = Lab(Path(tempfile.mkdtemp(prefix="bench-marker-")))
     try:
+        if a.only_skops:
+            res["skops"] = skops_overhead(lab, a.rounds, a.seconds)
+            print(json.dumps(res["skops"], indent=1), flush=True)
+            return 0
         res["datapath"] = datapath(lab, a.rounds, a.seconds)
         print(json.dumps(res["datapath"], indent=1), flush=True)
         res["event_latency"] = event_latency(lab, a.events, 1000.0)
