@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 import msgspec
@@ -52,7 +53,32 @@ def netlink_fields(s: Sample, mode: str) -> Dict[str, Any]:
     return {"tcp_info": out} if mode == "compatible" else out
 
 
-class NetlinkEnricher:
+def sample_usage(s: Sample) -> Usage:
+    """From this host's point of view, as fireflies report it."""
+    return Usage(received=int(s.info.get("bytes_received", 0)), sent=int(s.info.get("bytes_acked", 0)))
+
+
+class LastSamples:
+    """What both enrichers keep per flow, and how the last sample finishes a flow's end event."""
+
+    daemon: Any
+    mode: str
+    last: Dict[FlowKey, Tuple[Sample, bool]]
+    ending: set
+
+    def final(self, ev: FlowEvent) -> FlowEvent:
+        """The end event with the last usage seen, unless the producer sent its own."""
+        if ev.state != END:
+            return ev
+        self.ending.discard(ev.key)
+        last = self.last.pop(ev.key, None)
+        if last is None or ev.usage is not None:
+            return ev
+        s, _ = last
+        return msgspec.structs.replace(ev, usage=sample_usage(s), netlink=netlink_fields(s, self.mode))
+
+
+class NetlinkEnricher(LastSamples):
     def __init__(self, daemon: Any, conf: EnrichersConfig, mode: str = "lean") -> None:
         self.daemon = daemon
         self.period = conf.period / 1000.0
@@ -78,11 +104,16 @@ class NetlinkEnricher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Fixed rate (not sleep(period) after each sample, which drifts by the sampling time) and
+        # a thread of its own, so that other executor work cannot delay a period.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.period)
+            due += self.period
+            await asyncio.sleep(max(0.0, due - loop.time()))
             flows = [ev for ev in self.daemon.table if ev.protocol == "tcp"]
             try:
-                found = await loop.run_in_executor(None, self.sample, flows)
+                found = await loop.run_in_executor(pool, self.sample, flows)
             except OSError as e:
                 log.warning("sock_diag query failed error=%r", str(e))
                 continue
@@ -122,24 +153,9 @@ class NetlinkEnricher:
         self.query_seconds += time.perf_counter() - t0
         return out
 
-    def usage(self, s: Sample) -> Usage:
-        # From this host's point of view, as fireflies report it.
-        return Usage(received=int(s.info.get("bytes_received", 0)), sent=int(s.info.get("bytes_acked", 0)))
-
     def ongoing(self, ev: FlowEvent, s: Sample, local_is_src: bool, now: float) -> FlowEvent:
-        return msgspec.structs.replace(ev, state=ONGOING, usage=self.usage(s), source="netlink",
+        return msgspec.structs.replace(ev, state=ONGOING, usage=sample_usage(s), source="netlink",
                                        netlink=netlink_fields(s, self.mode), end_time=None)
-
-    def final(self, ev: FlowEvent) -> FlowEvent:
-        """The end event with the last usage seen, unless the producer sent its own."""
-        if ev.state != END:
-            return ev
-        self.ending.discard(ev.key)
-        last = self.last.pop(ev.key, None)
-        if last is None or ev.usage is not None:
-            return ev
-        s, _ = last
-        return msgspec.structs.replace(ev, usage=self.usage(s), netlink=netlink_fields(s, self.mode))
 
 
 # flowd-go's per-flow metric names (backends/prometheus there), so existing dashboards work:

@@ -12,14 +12,14 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import msgspec
 
-from ..events import END, ONGOING, FlowEvent, FlowKey, Usage
-from .netlink import netlink_fields
+from ..events import ONGOING, FlowEvent, FlowKey
+from .netlink import LastSamples, netlink_fields, sample_usage
 from .sockdiag import Sample
 
 log = logging.getLogger("scitagd.enrich.skops")
 
 
-class SkopsEnricher:
+class SkopsEnricher(LastSamples):
     def __init__(self, daemon: Any, period_ms: int, mode: str = "lean") -> None:
         self.daemon = daemon
         self.period = period_ms / 1000.0
@@ -80,21 +80,9 @@ class SkopsEnricher:
         s = Sample(e.local, e.remote, info=info)
         self.last[ev.key] = (s, local_is_src)
         self.samples += 1
-        return msgspec.structs.replace(ev, state=ONGOING, source="skops", end_time=None,
-                                       usage=Usage(received=e.bytes_received, sent=e.bytes_acked),
+        return msgspec.structs.replace(ev, state=ONGOING, source="skops", end_time=None, usage=sample_usage(s),
                                        netlink=netlink_fields(s, self.mode))
 
     def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Any]:
         return []  # samples come from the kernel; nothing to ask for
 
-    def final(self, ev: FlowEvent) -> FlowEvent:
-        if ev.state != END:
-            return ev
-        self.ending.discard(ev.key)
-        last = self.last.pop(ev.key, None)
-        if last is None or ev.usage is not None:
-            return ev
-        s, _ = last
-        return msgspec.structs.replace(ev, usage=Usage(received=int(s.info["bytes_received"]),
-                                                       sent=int(s.info["bytes_acked"])),
-                                       netlink=netlink_fields(s, self.mode))

@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -169,19 +169,27 @@ class SockDiag:
         for i in range(0, len(msgs), 64):  # keep one datagram well under the socket buffers
             self.sock.send(b"".join(msgs[i:i + 64]))
         pending = len(msgs)
-        while pending:
+        for mtype, seq, payload in self._messages():
+            if first <= seq <= self.seq:
+                pending -= 1  # each request gets one answer: its socket, or ENOENT
+                if mtype == SOCK_DIAG_BY_FAMILY:
+                    out.append(self._sample(payload))
+            if not pending:
+                break
+        return out
+
+    def _messages(self) -> Iterator[Tuple[int, int, bytes]]:
+        """(type, sequence number, payload) of every netlink message received, for as long as
+        the caller iterates."""
+        while True:
             data = self.sock.recv(1 << 20)
             off = 0
             while off + NLMSG.size <= len(data):
                 length, mtype, _flags, seq, _pid = NLMSG.unpack_from(data, off)
                 if length < NLMSG.size:
                     break
-                if first <= seq <= self.seq:
-                    pending -= 1
-                    if mtype == SOCK_DIAG_BY_FAMILY:
-                        out.append(self._sample(data[off + NLMSG.size:off + length]))
+                yield mtype, seq, data[off + NLMSG.size:off + length]
                 off += (length + 3) & ~3
-        return out
 
     def established(self, family: int, rules: Sequence[Tuple[Tuple[int, int], Tuple[int, int]]]) -> List[Sample]:
         """Established TCP sockets matching port-range rules: the watcher's fallback without eBPF."""
@@ -204,21 +212,15 @@ class SockDiag:
                          self.seq, 0) + body
         self.sock.send(msg)
         out: List[Sample] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            off = 0
-            while off + NLMSG.size <= len(data):
-                length, mtype, _flags, seq, _pid = NLMSG.unpack_from(data, off)
-                if length < NLMSG.size:
-                    return out
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + NLMSG.size)[0]
-                    raise OSError(err, f"sock_diag: {os.strerror(err)}")
-                if seq == self.seq and mtype == SOCK_DIAG_BY_FAMILY:
-                    out.append(self._sample(data[off + NLMSG.size:off + length]))
-                off += (length + 3) & ~3
+        for mtype, seq, payload in self._messages():
+            if mtype == NLMSG_DONE:
+                break
+            if mtype == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", payload)[0]
+                raise OSError(err, f"sock_diag: {os.strerror(err)}")
+            if seq == self.seq and mtype == SOCK_DIAG_BY_FAMILY:
+                out.append(self._sample(payload))
+        return out
 
     @staticmethod
     def _sample(m: bytes) -> Sample:
