@@ -18,6 +18,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "scitags.bpf.h"
+
 #define ETH_HLEN 14
 #define VLAN_HLEN 4
 #define ETH_P_IPV6 0x86DD
@@ -43,22 +45,6 @@ enum reason {
 	R_STORE = 2,     /* writing the header failed after making room: room removed again */
 	R_VLAN = 3,      /* an in-band VLAN tag could not be taken off for the extension header */
 	R_MAX,
-};
-
-struct flow_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport; /* host byte order */
-	__u16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
-struct flow_tag {
-	__u32 label; /* full 20-bit flow label, entropy included (drawn once per flow) */
-	__u16 exp;
-	__u8 act;
-	__u8 flags; /* bit 0: the direction the producer reported (used to restore after restart) */
 };
 
 struct config {
@@ -141,12 +127,6 @@ static __always_inline void count_marked(struct __sk_buff *skb, __u16 exp, __u8 
 	}
 	struct count_val init = { .packets = segs, .bytes = skb->len };
 	bpf_map_update_elem(&marked, &k, &init, BPF_NOEXIST);
-}
-
-/* 5 entropy bits on label bit positions 0, 1, 8, 18, 19 (SPEC.md section 2) */
-static __always_inline __u32 spread_entropy(__u32 e)
-{
-	return (e & 1) | (e & 2) | ((e >> 2) & 1) << 8 | ((e >> 3) & 1) << 18 | ((e >> 4) & 1) << 19;
 }
 
 static __always_inline int set_label(struct __sk_buff *skb, __u32 l3, const __u8 *ip6, __u32 label)

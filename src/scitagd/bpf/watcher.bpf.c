@@ -12,26 +12,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "scitags.bpf.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 #define TCP_CLOSE 7
 #define MAX_RULES 64
-
-struct flow_key { /* the marker's key: see marker.bpf.c */
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;
-	__u16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
-struct flow_tag {
-	__u32 label;
-	__u16 exp;
-	__u8 act;
-	__u8 flags;
-};
 
 struct rule {
 	__u16 lport_lo, lport_hi; /* local port range; 0..0 means any */
@@ -147,11 +133,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
-
-static __always_inline __u32 spread_entropy(__u32 e)
-{
-	return (e & 1) | (e & 2) | ((e >> 2) & 1) << 8 | ((e >> 3) & 1) << 18 | ((e >> 4) & 1) << 19;
-}
 
 static __always_inline __u32 rev9(__u32 v)
 {
