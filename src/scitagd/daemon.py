@@ -143,11 +143,12 @@ class Daemon:
                 from .enrich.netlink import FlowMetrics
 
                 prom.add_collector(FlowMetrics(flavours))
-            for sink in self.sinks:
-                if hasattr(sink, "metrics"):
-                    from .sinks.marker import MarkerMetrics
+            if marker is not None:
+                from .sinks.marker import MarkerMetrics, MarkerSink
 
-                    prom.add_collector(MarkerMetrics(sink))  # type: ignore[arg-type]
+                for sink in self.sinks:
+                    if isinstance(sink, MarkerSink):
+                        prom.add_collector(MarkerMetrics(sink))
             self.sinks.append(prom)
         if not self.sources:
             log.warning("no plugins configured: nothing will report flows")
@@ -228,7 +229,7 @@ class Daemon:
                 runner = SinkRunner(sink, self)
                 runner.start()
                 self._runners.append(runner)
-        for enr in {id(e): e for e in (self.enricher, self.skops) if e is not None}.values():
+        for enr in self._enrichers():
             await enr.start()
         for src in self.sources:
             try:
@@ -246,10 +247,25 @@ class Daemon:
                  type(loop).__module__.split(".")[0], ",".join(s.name for s in self.sources) or "none",
                  ",".join(s.name for s in self.sinks) or "none", self.registry.current.origin)
 
+    def _enrichers(self) -> List[Any]:
+        # one object may be both (skops alone is also the enricher that finishes ends)
+        return list({id(e): e for e in (self.enricher, self.skops) if e is not None}.values())
+
     async def _abort_start(self) -> None:
         """Undo a half-done start so that a failed start leaves no FIFO or socket behind."""
+        await self._teardown(drain=False)
+
+    async def _teardown(self, drain: bool) -> None:
+        """Stop what runs, in order: sources, (queued events sent), tasks, enrichers, sinks."""
         for src in self.sources:
             await _bounded(src.stop(), 0.5, f"plugins.{src.name}")
+        if drain:
+            for r in self._runners:
+                await r.drain(0.5)
+        for t in self._tasks:
+            t.cancel()
+        for enr in self._enrichers():
+            await enr.stop()
         for r in self._runners:
             await r.stop()
         for sink in self.sinks:
@@ -289,18 +305,7 @@ class Daemon:
     async def stop(self) -> None:
         t0 = time.monotonic()
         log.info("stopping active_flows=%d", len(self.table))
-        for src in self.sources:
-            await _bounded(src.stop(), 0.5, f"plugins.{src.name}")
-        for r in self._runners:
-            await r.drain(0.5)
-        for t in self._tasks:
-            t.cancel()
-        for enr in {id(e): e for e in (self.enricher, self.skops) if e is not None}.values():
-            await enr.stop()
-        for r in self._runners:
-            await r.stop()
-        for sink in self.sinks:
-            await _bounded(sink.stop(), 0.5, f"backends.{sink.name}")
+        await self._teardown(drain=True)
         if self.conf.pid_path:
             try:
                 os.unlink(self.conf.pid_path)

@@ -42,7 +42,6 @@ class Collector:
         self._relay = [parse_hostport("relay", r, 10514) for r in conf.relay]
         self._relayed: Dict[bytes, float] = {}
         self._relay_socks: Dict[int, socket.socket] = {}
-        self._own: set = set()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._transports: List[Any] = []
         self._servers: List[Any] = []

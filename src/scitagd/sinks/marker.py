@@ -254,6 +254,8 @@ class MarkerSink(Sink):
                                 value=self.conf.map_size)
         yield CounterMetricFamily("scitagd_marker_evictions", "Map entries gone before their flow "
                                   "ended (LRU evictions)", value=self.evictions)
+        yield CounterMetricFamily("scitagd_marker_attach_errors", "Failed attempts to attach to an "
+                                  "interface (retried every checkInterval)", value=self.errors)
         at = GaugeMetricFamily("scitagd_marker_attached", "Interfaces with the marker attached",
                                labels=["interface", "program"])
         for name, att in self.attached.items():
