@@ -24,7 +24,30 @@ TOOLS = [sys.executable, "-m", "scitagd.labtools"]
 A_ADDR, B_ADDR = "fd5c:17::1", "fd5c:17::2"
 
 _counter = itertools.count()
+_LOCK_PATH = "/run/lock/scitagd-netlab.lock"
+_lock_fd = -1
+_lock_users = 0
 
+
+def _lab_lock() -> None:
+    """Labs on one host share the root cgroup's sock_ops programs (a watcher detaches another
+    scitagd's leftover there): one lab at a time per host, re-entrant within a process."""
+    global _lock_fd, _lock_users
+    import fcntl
+
+    if _lock_users == 0:
+        os.makedirs(os.path.dirname(_LOCK_PATH), exist_ok=True)
+        _lock_fd = os.open(_LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(_lock_fd, fcntl.LOCK_EX)
+    _lock_users += 1
+
+
+def _lab_unlock() -> None:
+    global _lock_fd, _lock_users
+    _lock_users -= 1
+    if _lock_users == 0 and _lock_fd >= 0:
+        os.close(_lock_fd)  # releases the flock
+        _lock_fd = -1
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -75,8 +98,14 @@ class Lab:
     def __init__(self, tmp: Path, mtu: int = 1500) -> None:
         self.tmp = tmp
         self.procs: List[subprocess.Popen[bytes]] = []
-        self.a = NetNS("a")
-        self.b = NetNS("b")
+        _lab_lock()
+        try:
+            self.a = NetNS("a")
+            self.b = NetNS("b")
+        except Exception:
+            _lab_unlock()
+            raise
+        self._locked = True
         self.pin = f"/sys/fs/bpf/scitagd-lab-{os.getpid()}-{self.a.name.rsplit('-', 1)[1]}"
         try:
             sh("ip", "link", "add", "a0", "netns", self.a.name, "type", "veth", "peer", "name", "b0",
@@ -139,6 +168,9 @@ class Lab:
         shutil.rmtree(self.pin, ignore_errors=True)
         state = Path("/run/scitagd") / f"{Path(self.pin).name}-state.json"
         state.unlink(missing_ok=True)
+        if self._locked:
+            self._locked = False
+            _lab_unlock()
 
 
 class Capture:
