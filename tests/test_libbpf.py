@@ -54,6 +54,6 @@ def test_system_libbpf_loads() -> None:
 
 
 def test_errors_carry_errno_names() -> None:
-    with pytest.raises(lb.LibbpfError, match="attach: ENOENT"):
+    with pytest.raises(lb.BpfError, match="attach: ENOENT"):
         lb.check(-2, "attach")
     assert lb.check(3, "x") == 3

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
+from .errors import CommandError, ScitagdError
 from .tags import (
     EXPERIMENT_MAX,
     FLOW_LABEL_MASK,
-    TagError,
     decode_flow_label,
     decode_scitag,
     encode_flow_label,
@@ -20,9 +20,10 @@ from .tags import (
     parse_int,
 )
 
+if TYPE_CHECKING:
+    from .config import Config
 
-class UsageError(Exception):
-    pass
+__all__ = ["main", "parser"]
 
 
 def _registry() -> Any:
@@ -61,31 +62,23 @@ def _print_tag(info: Dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_tag_encode(a: argparse.Namespace) -> int:
-    from .registry import RegistryError
-
-    try:
-        exp, act = _registry().resolve(a.experiment, a.activity)
-        encode_flow_label(exp, act)  # range checks with their messages
-    except (RegistryError, TagError) as e:
-        raise UsageError(str(e)) from None
+    exp, act = _registry().resolve(a.experiment, a.activity)
+    encode_flow_label(exp, act)  # range checks with their messages
     _print_tag(tag_info(exp, act), a.json)
     return 0
 
 
 def cmd_tag_decode(a: argparse.Namespace) -> int:
-    try:
-        if a.scitag is not None:
-            exp, act = decode_scitag(parse_int(a.scitag))
-        else:
-            exp, act = decode_flow_label(parse_int(a.flow_label))
-    except TagError as e:
-        raise UsageError(str(e)) from None
+    if a.scitag is not None:
+        exp, act = decode_scitag(parse_int(a.scitag))
+    else:
+        exp, act = decode_flow_label(parse_int(a.flow_label))
     _print_tag(tag_info(exp, act), a.json)
     return 0
 
 
 def cmd_registry(a: argparse.Namespace) -> int:
-    from .registry import Registry, RegistryError
+    from .registry import Registry
 
     reg = Registry.bundled()
     if a.config:
@@ -95,14 +88,14 @@ def cmd_registry(a: argparse.Namespace) -> int:
 
         holder = RegistryHolder(_load_conf(a.config).registry)
         if a.refresh and not asyncio.run(holder.refresh()):
-            raise UsageError(f"registry: could not refresh from {holder.conf.url}; see the warning above")
+            raise CommandError(f"registry: could not refresh from {holder.conf.url}; see the warning above")
         reg = holder.current
     if a.file:
         try:
             with open(a.file, "rb") as f:
                 reg = Registry.from_bytes(f.read(), a.file)
-        except (OSError, RegistryError) as err:
-            raise UsageError(str(err)) from None
+        except OSError as err:
+            raise CommandError(f"{a.file}: {err.strerror or err}") from None
     if a.action == "list":
         if a.json:
             print(json.dumps([{"id": e.exp_id, "name": e.exp_name,
@@ -114,11 +107,11 @@ def cmd_registry(a: argparse.Namespace) -> int:
         return 0
     name = a.name
     if name is None:
-        raise UsageError("registry show: expected an experiment name or id")
+        raise CommandError("registry show: expected an experiment name or id")
     key: Any = int(name) if name.strip().isdigit() else name
     e = reg.experiment(key)
     if e is None:
-        raise UsageError(f"experiment {name!r} is not in the registry (ids not listed are still "
+        raise CommandError(f"experiment {name!r} is not in the registry (ids not listed are still "
                          "valid on the wire)")
     if a.json:
         print(json.dumps({"id": e.exp_id, "name": e.exp_name, "activities": [
@@ -130,13 +123,10 @@ def cmd_registry(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load_conf(path: str) -> Any:
-    from .config import ConfigError, load
+def _load_conf(path: str) -> Config:
+    from .config import load
 
-    try:
-        return load(path)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    return load(path)
 
 
 def cmd_conf(a: argparse.Namespace) -> int:
@@ -148,34 +138,29 @@ def cmd_conf(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from . import logs
-    from .daemon import StartupError, run
+    from .daemon import run
 
     conf = _load_conf(a.config)
     logs.setup(a.log_level or conf.logging.level, conf.logging.flow_events)
-    try:
-        return run(conf)
-    except StartupError as e:
-        raise UsageError(str(e)) from None
+    return run(conf)
 
 
 def cmd_marker(a: argparse.Namespace) -> int:
-    from .bpf.libbpf import LibbpfError, LibbpfMissing
-    from .markercli import MarkerCliError, clean, status
+    from .markercli import clean, status
 
     try:
         if a.action == "status":
             return status(a.pin_path, a.json, a.tc_priority)
         return clean(a.pin_path, a.tc_priority)
-    except (MarkerCliError, LibbpfMissing, LibbpfError, PermissionError) as e:
-        raise UsageError(str(e)) from None
+    except PermissionError as e:
+        raise CommandError(str(e)) from None
 
 
 def cmd_collector(a: argparse.Namespace) -> int:
-    from .collector.config import CollectorConfig
-    from .config import load_text
+    from .collector.conf import load, load_text
 
-    conf = _load_conf(a.config) if a.config else load_text("")
-    cconf = conf.collector or CollectorConfig()
+    conf = load(a.config) if a.config else load_text("")
+    cconf = conf.collector
     if getattr(a, "import_files", False):
         import json as _json
 
@@ -183,10 +168,10 @@ def cmd_collector(a: argparse.Namespace) -> int:
 
         files = a.files
         if not files:
-            raise UsageError("collector import: expected one or more files")
+            raise CommandError("collector import: expected one or more files")
         for f in files:
             if not Path(f).is_file():
-                raise UsageError(f"collector import: {f}: no such file")
+                raise CommandError(f"collector import: {f}: no such file")
         s = import_files(cconf, files, progress=not a.quiet)
         if a.json:
             print(_json.dumps(s))
@@ -276,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     try:
         return int(a.func(a))
-    except UsageError as e:
+    except ScitagdError as e:
         print(f"scitagd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,17 +6,30 @@ import ipaddress
 import logging
 import time
 from functools import lru_cache
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Literal, Optional, Tuple, cast
 
 import msgspec
 
-from .tags import TagError, check_activity, check_experiment
+from .confbase import FlowTableConfig
+from .errors import EventError, TagError
+from .tags import check_activity, check_experiment
 
 log = logging.getLogger("scitagd.flows")
 
-START, ONGOING, END = "start", "ongoing", "end"
-STATES = (START, ONGOING, END)
-PROTOCOLS = ("tcp", "udp")
+__all__ = ["END", "ONGOING", "PROTOCOLS", "START", "STATES", "TCP", "UDP", "Family", "FlowEvent", "FlowKey",
+           "FlowTable", "Proto", "State", "Usage", "make_event", "normalize_ip"]
+
+State = Literal["start", "ongoing", "end"]
+Proto = Literal["tcp", "udp"]
+Family = Literal["ipv4", "ipv6"]
+
+START: State = "start"
+ONGOING: State = "ongoing"
+END: State = "end"
+STATES: Tuple[State, ...] = (START, ONGOING, END)
+TCP: Proto = "tcp"
+UDP: Proto = "udp"
+PROTOCOLS: Tuple[Proto, ...] = (TCP, UDP)
 
 FlowKey = Tuple[str, str, int, str, int]  # protocol, src ip, src port, dst ip, dst port
 
@@ -29,8 +42,8 @@ class Usage(msgspec.Struct, frozen=True, gc=False):
 class FlowEvent(msgspec.Struct, frozen=True, gc=False):
     """A flow starting, going on or ending. `src` is the supplier of the data."""
 
-    state: str
-    protocol: str
+    state: State
+    protocol: Proto
     src_ip: str
     src_port: int
     dst_ip: str
@@ -66,15 +79,6 @@ class FlowEvent(msgspec.Struct, frozen=True, gc=False):
 
 def _hp(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-class EventError(ValueError):
-    """Invalid event input. `field` names the offending input field; `reason` is a counter label."""
-
-    def __init__(self, field: str, message: str, reason: str = "invalid") -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = reason
 
 
 @lru_cache(maxsize=65536)
@@ -128,7 +132,7 @@ def make_event(
         raise EventError(f_act, str(e), "bad_activity") from None
     now = time.time()
     return FlowEvent(
-        state, protocol, sip, sport, dip, dport, exp, act, application, source,
+        cast(State, state), cast(Proto, protocol), sip, sport, dip, dport, exp, act, application, source,
         start_time if start_time is not None else now,
         end_time if end_time is not None or state != END else now,
         usage, netlink, time.monotonic(),
@@ -148,19 +152,6 @@ def _port(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise EventError(field, f"{value!r}: expected a port 1..65535", "bad_port")
     return value
-
-
-class FlowTableConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`flowTable:` section."""
-
-    expire_after: float = 86400.0  # seconds without an end before a flow is dropped
-    max_flows: int = 1_000_000
-
-    def __post_init__(self) -> None:
-        if self.expire_after <= 0:
-            raise ValueError(f"expireAfter {self.expire_after}: expected > 0 seconds")
-        if self.max_flows < 1:
-            raise ValueError(f"maxFlows {self.max_flows}: expected >= 1")
 
 
 class FlowTable:

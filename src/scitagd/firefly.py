@@ -7,12 +7,15 @@ usage. Anything we can still read as a flow is accepted; the rest gets an error 
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
 import msgspec
 
-from .events import END, STATES, EventError, FlowEvent, Usage, make_event, normalize_ip
+from .errors import FireflyError
+from .events import END, PROTOCOLS, STATES, FlowEvent, Proto, State, Usage, normalize_ip
+from .tags import ACTIVITY_MAX, ACTIVITY_MIN, EXPERIMENT_MAX, EXPERIMENT_MIN
 
 SYSLOG_PRI = 134  # local0.info
 MSGID = "firefly-json"
@@ -70,14 +73,6 @@ class Received(msgspec.Struct, gc=False):
     app_name: Optional[str] = None
 
 
-class FireflyError(ValueError):
-    """A datagram that is not a usable firefly. `reason` is a short counter label."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 _decoder = msgspec.json.Decoder(Firefly)
 
 
@@ -131,7 +126,7 @@ def _check(ff: Firefly) -> None:
         raise FireflyError(
             f"flow-lifecycle.state: {lc.state!r}: expected start, ongoing or end", "bad_state"
         )
-    if fid.protocol not in ("tcp", "udp"):
+    if fid.protocol not in PROTOCOLS:
         raise FireflyError(f"flow-id.protocol: {fid.protocol!r}: expected tcp or udp", "bad_protocol")
     if fid.afi not in ("ipv4", "ipv6"):
         raise FireflyError(f"flow-id.afi: {fid.afi!r}: expected ipv4 or ipv6", "bad_afi")
@@ -163,10 +158,6 @@ def ts(dt: datetime | None) -> float | None:
     return dt.timestamp()
 
 
-_FIELDS = ("flow-lifecycle.state", "flow-id.protocol", "flow-id.src-ip", "flow-id.src-port",
-           "flow-id.dst-ip", "flow-id.dst-port", "context.experiment-id", "context.activity-id")
-
-
 _apps: Dict[str, str] = {}
 
 
@@ -183,24 +174,34 @@ def _intern_app(app: str | None) -> str:
 
 
 def to_event(ff: Firefly, source: str, keep_netlink: bool = False) -> FlowEvent:
-    """A FlowEvent the daemon can mark and re-announce: ids must fit the wire, ports be real.
+    """A FlowEvent the daemon can mark and re-announce. `parse` checked the document; what is
+    added here is what marking needs beyond accounting: real ports, ids that fit the wire.
 
     The producer's `netlink` sample is dropped unless asked for: re-sent under our name it would
     look like our own measurement, and kept per flow it costs ~250 B."""
     lc, fid, ctx = ff.flow_lifecycle, ff.flow_id, ff.context
+    for name, port in (("src-port", fid.src_port), ("dst-port", fid.dst_port)):
+        if port == 0:
+            raise FireflyError(f"flow-id.{name}: 0: expected a port 1..65535", "bad_port", f"flow-id.{name}")
+    exp, act = ctx.experiment_id, ctx.activity_id
+    if not EXPERIMENT_MIN <= exp <= EXPERIMENT_MAX:
+        raise FireflyError(f"context.experiment-id: {exp}: expected {EXPERIMENT_MIN}..{EXPERIMENT_MAX}",
+                           "bad_experiment", "context.experiment-id")
+    if not ACTIVITY_MIN <= act <= ACTIVITY_MAX:
+        raise FireflyError(f"context.activity-id: {act}: expected {ACTIVITY_MIN}..{ACTIVITY_MAX}",
+                           "bad_activity", "context.activity-id")
     usage = None
     if ff.usage is not None and (ff.usage.received is not None or ff.usage.sent is not None):
         usage = Usage(ff.usage.received or 0, ff.usage.sent or 0)
-    try:
-        return make_event(
-            lc.state, fid.protocol, fid.src_ip, fid.src_port, fid.dst_ip, fid.dst_port,
-            ctx.experiment_id, ctx.activity_id, _intern_app(ctx.application), source,
-            ts(lc.start_time), ts(lc.end_time) if lc.state == END else None, usage,
-            ff.netlink if keep_netlink else None,
-            field_names=_FIELDS,
-        )
-    except EventError as e:
-        raise FireflyError(str(e), e.reason) from None
+    now = time.time()
+    start = ts(lc.start_time)
+    end = ts(lc.end_time) if lc.state == END else None
+    if lc.state == END and end is None:
+        end = now
+    return FlowEvent(cast(State, lc.state), cast(Proto, fid.protocol), normalize_ip(fid.src_ip), fid.src_port,
+                     normalize_ip(fid.dst_ip), fid.dst_port, exp, act, _intern_app(ctx.application), source,
+                     start if start is not None else now, end, usage,
+                     ff.netlink if keep_netlink else None, time.monotonic())
 
 
 # --- building -----------------------------------------------------------------------------

@@ -5,23 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Dict, List, TextIO, Union
 
-import msgspec
+__all__ = ["FlowLog", "Throttle", "flow_log", "setup", "stamp"]
 
-
-class LogConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`logging:` section."""
-
-    level: str = "info"
-    flow_events: bool = True  # one INFO line per flow start/end
-
-    def __post_init__(self) -> None:
-        if self.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"level {self.level!r}: expected debug, info, warning or error")
-
-
-_sec_prefix: list = [-1, ""]
+_sec_prefix: List[Union[int, str]] = [-1, ""]
 
 
 def stamp(t: float) -> str:
@@ -40,6 +28,25 @@ class _Formatter(logging.Formatter):
             # Only for bugs in scitagd itself, never for user input; kept on one line.
             line += " exception=" + repr(self.formatException(record.exc_info))
         return line
+
+
+class Throttle:
+    """At most one log line per key per `period` seconds: a flood of bad input must not become
+    a flood of log lines (the counters still count every one). Keys are bounded by the caller
+    (reasons are a fixed set)."""
+
+    def __init__(self, period: float = 1.0) -> None:
+        self.period = period
+        self._last: Dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.period) >= self.period:
+            if len(self._last) > 4096:
+                self._last.clear()
+            self._last[key] = now
+            return True
+        return False
 
 
 class FlowLog:

@@ -7,9 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any, Dict, List
 
-
-class MarkerCliError(Exception):
-    pass
+from .errors import BpfError, CommandError
 
 
 def _ours(priority: int) -> List[Dict[str, Any]]:
@@ -27,13 +25,13 @@ def _ours(priority: int) -> List[Dict[str, Any]]:
 
 
 def status(pin_path: str, as_json: bool, priority: int = 1) -> int:
-    from .bpf import libbpf, loader
+    from .bpf import loader
     from .registry import Registry
 
     try:
         maps = loader.Maps.from_pins(Path(pin_path))
-    except libbpf.LibbpfError as e:
-        raise MarkerCliError(f"no marker maps at {pin_path} ({e.strerror}): is scitagd running "
+    except BpfError as e:
+        raise CommandError(f"no marker maps at {pin_path} ({e.strerror}): is scitagd running "
                              "with backends.marker?") from None
     try:
         strategy, match_all, mexp, mact = maps.config()

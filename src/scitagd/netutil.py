@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import Tuple
+from typing import Iterable, Tuple, Union
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.?)+$")
 
@@ -21,6 +23,14 @@ def check_bind_address(key: str, addr: str) -> None:
         ipaddress.ip_address(addr)
     except ValueError:
         raise ValueError(f"{key} {addr!r}: expected an IPv4 or IPv6 address") from None
+
+
+def check_networks(key: str, cidrs: Iterable[str]) -> None:
+    for c in cidrs:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            raise ValueError(f"{key} {c!r}: expected a CIDR like 192.0.2.0/24") from None
 
 
 def check_host(key: str, host: str) -> None:

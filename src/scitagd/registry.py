@@ -19,6 +19,9 @@ from typing import Dict, List, Optional, Tuple
 
 import msgspec
 
+from .confbase import RegistryConfig
+from .errors import RegistryError
+
 log = logging.getLogger("scitagd.registry")
 
 _FOLD = re.compile(r"[\s_\-]+")
@@ -27,6 +30,10 @@ _FOLD = re.compile(r"[\s_\-]+")
 def fold(name: str) -> str:
     """'Data Challenge' == 'data_challenge' == 'DataChallenge'."""
     return _FOLD.sub("", name).casefold()
+
+
+# The labels of every per-experiment/activity metric, daemon and collector alike.
+TAG_LABELS = ["experiment", "activity", "experiment_id", "activity_id"]
 
 
 class Activity(msgspec.Struct, rename="camel"):
@@ -44,10 +51,6 @@ class RegistryDoc(msgspec.Struct):
     experiments: List[Experiment]
     version: int = 1
     modified: Optional[str] = None
-
-
-class RegistryError(ValueError):
-    pass
 
 
 class Registry:
@@ -105,6 +108,11 @@ class Registry:
     def activity_name(self, exp_id: int, act_id: int) -> str | None:
         return self._act_by_id.get((exp_id, act_id))
 
+    def tag_labels(self, exp_id: int, act_id: int) -> List[str]:
+        """Metric label values for TAG_LABELS: names where the registry has them, else the id."""
+        return [self.experiment_name(exp_id) or str(exp_id), self.activity_name(exp_id, act_id) or str(act_id),
+                str(exp_id), str(act_id)]
+
     def experiment(self, name_or_id: str | int) -> Experiment | None:
         if isinstance(name_or_id, int):
             return self._exp_by_id.get(name_or_id)
@@ -124,7 +132,7 @@ class Registry:
         if e is None:
             raise RegistryError(
                 f"unknown experiment name {value!r}: expected an id or one of "
-                + ", ".join(x.exp_name for x in self.experiments)
+                + ", ".join(x.exp_name for x in self.experiments), field="experiment"
             )
         return e.exp_id
 
@@ -138,7 +146,7 @@ class Registry:
             known = ", ".join(repr(x.activity_name) for x in e.activities) if e else "none known"
             raise RegistryError(
                 f"unknown activity name {value!r} for experiment {exp_id}: expected an id or one of "
-                + known
+                + known, field="activity"
             )
         return a
 
@@ -152,23 +160,6 @@ def _as_int(value: str | int) -> int | None:
     if s.isdigit():
         return int(s)
     return None
-
-
-class RegistryConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`registry:` section. Without `url` the bundled snapshot is used."""
-
-    url: Optional[str] = None
-    cache_file: str = "/var/cache/scitagd/registry.json"
-    refresh_interval: float = 3600.0
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.url is not None and not re.match(r"^(https?|file)://", self.url):
-            raise ValueError(f"url {self.url!r}: expected an http://, https:// or file:// URL")
-        if self.refresh_interval < 10:
-            raise ValueError(f"refreshInterval {self.refresh_interval}: expected >= 10 seconds")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout {self.timeout}: expected > 0 seconds")
 
 
 class RegistryHolder:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import struct
 
+from .errors import TagError
+
 EXPERIMENT_MIN, EXPERIMENT_MAX = 1, 511  # 9 bits in the flow label
 ACTIVITY_MIN, ACTIVITY_MAX = 0, 63  # 6 bits
 SCITAG_MIN, SCITAG_MAX = 64, 65535  # 65 is the first "real" tag; dCache also sends 64
@@ -21,10 +23,6 @@ EXT_OPTION_TYPE = 0x1E  # RFC 4727 experimental: skip if unknown, not changed en
 EXT_OPTION_LEN = 3
 NEXT_HEADER_HOP_BY_HOP = 0
 NEXT_HEADER_DESTINATION = 60
-
-
-class TagError(ValueError):
-    """Invalid tag input; the message says which value and what was expected."""
 
 
 def _reverse9(v: int) -> int:

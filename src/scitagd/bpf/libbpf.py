@@ -1,7 +1,7 @@
 """The few libbpf calls scitagd needs, through ctypes over the system libbpf.so.1 (>= 1.0).
 
 libbpf 1.x returns -errno from int functions and NULL with errno set from pointer functions;
-both become LibbpfError with the errno name, so callers can say what failed and why.
+both become BpfError with the errno name, so callers can say what failed and why.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ import os
 import platform
 from typing import Any, Optional
 
+from ..errors import BpfError, LibbpfMissing
+
 log = logging.getLogger("scitagd.libbpf")
 
 MIN_VERSION = (1, 0)
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
 BPF_ANY, BPF_NOEXIST = 0, 1
-
-
-class LibbpfError(OSError):
-    pass
-
-
-class LibbpfMissing(RuntimeError):
-    pass
 
 
 class TcHook(ctypes.Structure):
@@ -169,14 +163,14 @@ def ring_buffer_new(map_fd: int, cb: Any) -> int:
 def check(rc: int, what: str) -> int:
     if rc < 0:
         code = -rc
-        raise LibbpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
+        raise BpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
     return rc
 
 
 def check_ptr(ptr: Optional[int], what: str) -> int:
     if not ptr:
         code = ctypes.get_errno() or errno.EINVAL
-        raise LibbpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
+        raise BpfError(code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
     return ptr
 
 

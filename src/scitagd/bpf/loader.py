@@ -123,7 +123,7 @@ class KernelMarker:
         ensure_bpffs(self.pin_dir)
         try:
             self._load_once()
-        except lb.LibbpfError as e:
+        except lb.BpfError as e:
             if e.errno != errno.EINVAL:
                 raise
             # A pinned map from another version (other size or layout) cannot be reused:

@@ -13,9 +13,10 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Dict, List
 
-from ..firefly import FireflyError, parse
+from ..errors import FireflyError
+from ..firefly import parse
 from .account import Accountant
-from .config import CollectorConfig
+from .conf import CollectorConfig
 from .store import SQLiteStore
 
 

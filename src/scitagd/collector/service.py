@@ -4,21 +4,29 @@ relay, and the HTTP side (dashboard, JSON API, /metrics)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import signal
-import socket
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, DefaultDict, Deque, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Callable, DefaultDict, Deque, Dict, List, Optional, Tuple, TypeVar
 
-from ..firefly import FireflyError, parse
+from ..errors import FireflyError
+from ..firefly import parse
+from ..logs import Throttle
 from ..netutil import parse_hostport, udp_listener
 from ..registry import RegistryHolder
+from ..relay import Relay
+from ..runtime import run_async, until_signalled
 from .account import Accountant
-from .config import CollectorConfig
+from .conf import CollectorConfig
 from .store import SQLiteStore
+
+if TYPE_CHECKING:
+    from .web import Web
+
+__all__ = ["Collector", "run"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("scitagd.collector")
 
@@ -38,17 +46,16 @@ class Collector:
         self.flows_in_store = 0
         self.relay_sent: DefaultDict[str, int] = defaultdict(int)
         self.relay_failed: DefaultDict[str, int] = defaultdict(int)
-        self.relay_loops = 0
-        self._relay = [parse_hostport("relay", r, 10514) for r in conf.relay]
-        self._relayed: Dict[bytes, float] = {}
-        self._relay_socks: Dict[int, socket.socket] = {}
+        self._relay: Optional[Relay] = None
+        if conf.relay:
+            self._relay = Relay([parse_hostport("relay", r, 10514) for r in conf.relay],
+                                self._relayed_one, self._relay_failed)
         self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
-        self._transports: List[Any] = []
-        self._servers: List[Any] = []
+        self._transports: List[asyncio.BaseTransport] = []
+        self._servers: List[asyncio.AbstractServer] = []
         self._tasks: List[asyncio.Task[Any]] = []
-        self._stop = asyncio.Event()
-        self._last_reject_log: Dict[str, float] = {}
-        self.web: Any = None
+        self._throttle = Throttle(1.0)
+        self.web: Optional[Web] = None
         for row in self.store.flows(0, 1e12, state="active", limit=10_000_000):
             self.acct.restore(row)
         if self.acct.active:
@@ -56,10 +63,22 @@ class Collector:
 
     # --- input --------------------------------------------------------------------------
 
+    @property
+    def relay_loops(self) -> int:
+        return self._relay.loops if self._relay is not None else 0
+
+    def _relayed_one(self, dest: str) -> None:
+        self.relay_sent[dest] += 1
+
+    def _relay_failed(self, dest: str, _error: str) -> None:
+        self.relay_failed[dest] += 1
+
     def receive(self, data: bytes, sender: str, transport: str) -> None:
         self.datagrams[transport] += 1
-        if self._relay:
-            self._forward(data)
+        if self._relay is not None:
+            # a datagram that loops back (relayed here within 10 s) is not relayed again, and,
+            # being a duplicate, not counted again either
+            self._relay.forward(data)
         try:
             rec = parse(data)
         except FireflyError as e:
@@ -71,34 +90,8 @@ class Collector:
         self.rejected[reason] += 1
         self.samples.append({"time": time.time(), "from": sender, "reason": reason, "error": message,
                              "data": data[:512].decode("utf-8", "replace")})
-        now = time.monotonic()
-        if now - self._last_reject_log.get(reason, 0.0) >= 1.0:
-            self._last_reject_log[reason] = now
+        if self._throttle.allow(reason):
             log.warning("datagram rejected reason=%s from=%s error=%r", reason, sender, message)
-
-    def _forward(self, data: bytes) -> None:
-        # Loop protection: a datagram we relayed in the last 10 s that comes back is not
-        # relayed again (and, being a duplicate, not counted again either).
-        digest = hashlib.blake2b(data, digest_size=16).digest()
-        now = time.monotonic()
-        if self._relayed.get(digest, 0.0) > now - 10:
-            self.relay_loops += 1
-            return
-        if len(self._relayed) > 200_000:
-            self._relayed = {k: t for k, t in self._relayed.items() if t > now - 10}
-        self._relayed[digest] = now
-        for host, port in self._relay:
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = self._relay_socks.get(fam)
-            if sock is None:
-                sock = self._relay_socks[fam] = socket.socket(fam, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-            label = f"{host}:{port}"
-            try:
-                sock.sendto(data, (host, port))
-                self.relay_sent[label] += 1
-            except OSError:
-                self.relay_failed[label] += 1
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -209,7 +202,7 @@ class Collector:
             self.flows_in_store = await loop.run_in_executor(self._db, self.store.count)
             await asyncio.sleep(30)
 
-    async def query(self, fn: Any, *args: Any, **kw: Any) -> Any:
+    async def query(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kw))
 
     async def stop(self) -> None:
@@ -217,6 +210,8 @@ class Collector:
             tr.close()
         for srv in self._servers:
             srv.close()
+        if self._relay is not None:
+            self._relay.close()
         for t in self._tasks:
             t.cancel()
         await self.flush()
@@ -228,12 +223,7 @@ class Collector:
                  sum(self.acct.started.values()), sum(self.acct.ended.values()), self.store_rows)
 
     async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        await self.start()
-        await self._stop.wait()
-        await self.stop()
+        await until_signalled(self.start, self.stop)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -248,8 +238,6 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 def run(conf: CollectorConfig, registry: RegistryHolder) -> int:
-    from ..daemon import run_async
-
     c = Collector(conf, registry)
     run_async(c.run_until_stopped())
     return 0

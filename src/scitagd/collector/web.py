@@ -8,28 +8,26 @@ import logging
 import re
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..registry import RegistryError
+from ..errors import ParamError, RegistryError
+from ..httpserver import HttpServer
+from ..registry import TAG_LABELS
 
 if TYPE_CHECKING:
     from .service import Collector
+
+__all__ = ["Web"]
 
 log = logging.getLogger("scitagd.collector.web")
 STATIC = resources.files("scitagd.collector").joinpath("static")
 _OFFSET = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class BadParam(Exception):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name = name
 
 
 def _time(q: Any, name: str, default: float) -> float:
@@ -42,7 +40,7 @@ def _time(q: Any, name: str, default: float) -> float:
     try:
         return float(v)
     except ValueError:
-        raise BadParam(name, f"{v!r}: expected epoch seconds or an offset like -6h") from None
+        raise ParamError(name, f"{v!r}: expected epoch seconds or an offset like -6h") from None
 
 
 def _int(q: Any, name: str, default: int, lo: int, hi: int) -> int:
@@ -52,16 +50,16 @@ def _int(q: Any, name: str, default: int, lo: int, hi: int) -> int:
     try:
         n = int(v)
     except ValueError:
-        raise BadParam(name, f"{v!r}: expected a whole number") from None
+        raise ParamError(name, f"{v!r}: expected a whole number") from None
     if not lo <= n <= hi:
-        raise BadParam(name, f"{n}: expected {lo}..{hi}")
+        raise ParamError(name, f"{n}: expected {lo}..{hi}")
     return n
 
 
 class Web:
     def __init__(self, c: Collector) -> None:
         self.c = c
-        self.runner: Optional[web.AppRunner] = None
+        self._server = HttpServer(log)
         self.prom = CollectorRegistry(auto_describe=False)
         self.prom.register(_Metrics(c))
 
@@ -84,22 +82,19 @@ class Web:
 
     async def start(self) -> None:
         h = self.c.conf.http
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, h.bind_address, h.port, reuse_address=True).start()
+        await self._server.start(self.app(), h.bind_address, h.port)
         log.info("dashboard http://%s:%d/", h.bind_address if ":" not in h.bind_address
                  else f"[{h.bind_address}]", h.port)
 
     async def stop(self) -> None:
-        if self.runner:
-            await self.runner.cleanup()
+        await self._server.stop()
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             resp: web.StreamResponse = await handler(request)
             return resp
-        except BadParam as e:
+        except ParamError as e:
             return web.json_response({"error": str(e), "param": e.name}, status=400)
 
     # --- helpers -----------------------------------------------------------------------
@@ -114,12 +109,12 @@ class Web:
             if a not in (None, ""):
                 if exp is None:
                     if not str(a).isdigit():
-                        raise BadParam("activity", "a name needs an experiment")
+                        raise ParamError("activity", "a name needs an experiment")
                     act = int(a)
                 else:
                     act = reg.resolve(exp, a)[1]
         except RegistryError as err:
-            raise BadParam("experiment" if "experiment" in str(err) else "activity", str(err)) from None
+            raise ParamError(err.field or "experiment", str(err)) from None
         return exp, act
 
     def _range(self, q: Any) -> Tuple[float, float]:
@@ -127,7 +122,7 @@ class Web:
         start = _time(q, "from", now - 86400)
         end = _time(q, "to", now)
         if end <= start:
-            raise BadParam("to", "must be after from")
+            raise ParamError("to", "must be after from")
         return start, end
 
     def _names(self, d: Dict[str, Any]) -> Dict[str, Any]:
@@ -161,7 +156,7 @@ class Web:
         exp, act = self._tags(q)
         state = q.get("state") or None
         if state not in (None, "active", "ended", "expired"):
-            raise BadParam("state", f"{state!r}: expected active, ended or expired")
+            raise ParamError("state", f"{state!r}: expected active, ended or expired")
         limit = _int(q, "limit", 100, 1, 10000)
         host = q.get("host") or None
         rows = await self.c.query(self.c.store.flows, start, end, exp, act, host, state, limit)
@@ -192,7 +187,7 @@ class Web:
         step = _int(q, "step", auto, 60, 86400 * 31)
         measure = q.get("measure", "bytes")
         if measure not in ("bytes", "flows"):
-            raise BadParam("measure", f"{measure!r}: expected bytes or flows")
+            raise ParamError("measure", f"{measure!r}: expected bytes or flows")
         rows = await self.c.query(self.c.store.timeseries, start, end, step, exp, act, q.get("host") or None,
                                   measure)
         reg = self.c.registry.current
@@ -211,7 +206,7 @@ class Web:
         q = request.query
         by = q.get("by", "experiment")
         if by not in ("experiment", "activity", "pair"):
-            raise BadParam("by", f"{by!r}: expected experiment, activity or pair")
+            raise ParamError("by", f"{by!r}: expected experiment, activity or pair")
         start, end = self._range(q)
         exp, act = self._tags(q)
         limit = _int(q, "limit", 50, 1, 10000)
@@ -255,11 +250,10 @@ class _Metrics:
     def collect(self) -> Iterator[Metric]:
         c, a = self.c, self.c.acct
         reg = c.registry.current
-        labels = ["experiment", "activity", "experiment_id", "activity_id"]
+        labels = TAG_LABELS
 
-        def lv(tag: Tuple[int, int]) -> list:
-            e, x = tag
-            return [reg.experiment_name(e) or str(e), reg.activity_name(e, x) or str(x), str(e), str(x)]
+        def lv(tag: Tuple[int, int]) -> List[str]:
+            return reg.tag_labels(*tag)
 
         for name, doc, data in (("flows_started", "Flows started", a.started),
                                 ("flows_ended", "Flows ended", a.ended),

@@ -13,13 +13,19 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import msgspec
 
-from ..events import END, ONGOING, FlowEvent, FlowKey, Usage
+from ..components import Host
+from ..events import END, ONGOING, TCP, FlowEvent, FlowKey, Usage
 from .conf import EnrichersConfig
 from .sockdiag import Sample, SockDiag
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+__all__ = ["FLOW_METRICS", "FlowMetrics", "LastSamples", "NetlinkEnricher", "netlink_fields", "sample_usage"]
 
 log = logging.getLogger("scitagd.enrich.netlink")
 
@@ -61,10 +67,34 @@ def sample_usage(s: Sample) -> Usage:
 class LastSamples:
     """What both enrichers keep per flow, and how the last sample finishes a flow's end event."""
 
-    daemon: Any
+    flavour: str
+    host: Host
     mode: str
+    samples: int
     last: Dict[FlowKey, Tuple[Sample, bool]]
-    ending: set
+    ending: Set[FlowKey]
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Tuple[FlowEvent, Sample, bool]]:
+        """Blocking: take samples of `flows` now (nothing where samples come on their own)."""
+        return []
+
+    def end_of(self, ev: FlowEvent) -> asyncio.Future[FlowEvent]:
+        """Enricher.end_of: keep the flow's state until its last sample is in the end event."""
+        self.ending.add(ev.key)
+        return asyncio.ensure_future(self._finish(ev))
+
+    async def _finish(self, ev: FlowEvent) -> FlowEvent:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sample, [ev], False)
+        except OSError as e:
+            log.warning("final sample failed error=%r %s", str(e), ev.log_fields())
+        return self.final(ev)
 
     def final(self, ev: FlowEvent) -> FlowEvent:
         """The end event with the last usage seen, unless the producer sent its own."""
@@ -79,8 +109,10 @@ class LastSamples:
 
 
 class NetlinkEnricher(LastSamples):
-    def __init__(self, daemon: Any, conf: EnrichersConfig, mode: str = "lean") -> None:
-        self.daemon = daemon
+    flavour = "netlink"
+
+    def __init__(self, host: Host, conf: EnrichersConfig, mode: str = "lean") -> None:
+        self.host = host
         self.period = conf.period / 1000.0
         self.mode = mode
         self.diag: Optional[SockDiag] = None
@@ -89,7 +121,7 @@ class NetlinkEnricher(LastSamples):
         self.queries = 0
         self.query_seconds = 0.0
         self._task: Optional[asyncio.Task[None]] = None
-        self.ending: set = set()  # flows whose end waits for a last sample: keep their state
+        self.ending: Set[FlowKey] = set()  # flows whose end waits for a last sample: keep their state
 
     async def start(self) -> None:
         self.diag = SockDiag()
@@ -111,7 +143,7 @@ class NetlinkEnricher(LastSamples):
         while True:
             due += self.period
             await asyncio.sleep(max(0.0, due - loop.time()))
-            flows = [ev for ev in self.daemon.table if ev.protocol == "tcp"]
+            flows = [ev for ev in self.host.flows() if ev.protocol == TCP]
             try:
                 found = await loop.run_in_executor(pool, self.sample, flows)
             except OSError as e:
@@ -119,7 +151,7 @@ class NetlinkEnricher(LastSamples):
                 continue
             now = time.time()
             for ev, s, local_is_src in found:
-                self.daemon.submit(self.ongoing(ev, s, local_is_src, now))
+                self.host.submit(self.ongoing(ev, s, local_is_src, now))
 
     def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Tuple[FlowEvent, Sample, bool]]:
         """Blocking: one filtered dump per family; returns matched (flow, sample, local is src).
@@ -192,24 +224,25 @@ FLOW_METRICS = {
 
 class FlowMetrics:
     """Per-flow gauges read from the last samples at scrape time: a flow's series are gone as
-    soon as the flow is (no stale series to delete). One `flavour` per enricher, as flowd-go."""
+    soon as the flow is (no stale series to delete). One `flavour` per enricher, as flowd-go;
+    one provider for all of them, since they share the metric names."""
 
-    def __init__(self, enrichers: List[Tuple[Any, str]]) -> None:
+    def __init__(self, host: Host, enrichers: Sequence[LastSamples]) -> None:
+        self.host = host
         self.enrichers = enrichers
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
         labels = ["act", "exp", "src", "dst", "flow", "flavour"]
         rows = []
-        for e, flavour in self.enrichers:
-            table = e.daemon.table
+        for e in self.enrichers:
             for key, (s, _local) in list(e.last.items()):
-                ev = table.get(key)
+                ev = self.host.flow(key)
                 if ev is None:
                     continue
                 rows.append(([str(ev.activity), str(ev.experiment), ev.src_ip, ev.dst_ip,
-                              f"<{ev.src_port}:{ev.dst_port}>", flavour], s))
+                              f"<{ev.src_port}:{ev.dst_port}>", e.flavour], s))
         for name, (field, doc) in FLOW_METRICS.items():
             g = GaugeMetricFamily(name, doc, labels=labels)
             for lv, s in rows:
@@ -223,8 +256,8 @@ class FlowMetrics:
         w = GaugeMetricFamily("scitagd_enricher_watched_flows", "Flows with enrichment state",
                               labels=["flavour"])
         n = GaugeMetricFamily("scitagd_enricher_samples", "Samples taken", labels=["flavour"])
-        for e, flavour in self.enrichers:
-            w.add_metric([flavour], len(e.last))
-            n.add_metric([flavour], e.samples)
+        for e in self.enrichers:
+            w.add_metric([e.flavour], len(e.last))
+            n.add_metric([e.flavour], e.samples)
         yield w
         yield n

@@ -8,30 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 import msgspec
 
-from ..events import ONGOING, FlowEvent, FlowKey
+from ..components import Host
+from ..events import ONGOING, TCP, FlowEvent, FlowKey
 from .netlink import LastSamples, netlink_fields, sample_usage
 from .sockdiag import Sample
+
+if TYPE_CHECKING:
+    from ..bpf.watchloader import Event, Watcher
+
+__all__ = ["SkopsEnricher"]
 
 log = logging.getLogger("scitagd.enrich.skops")
 
 
 class SkopsEnricher(LastSamples):
-    def __init__(self, daemon: Any, period_ms: int, mode: str = "lean") -> None:
-        self.daemon = daemon
+    flavour = "skops"
+
+    def __init__(self, host: Host, period_ms: int, mode: str = "lean") -> None:
+        self.host = host
         self.period = period_ms / 1000.0
         self.mode = mode
         self.last: Dict[FlowKey, Tuple[Sample, bool]] = {}
         self.samples = 0
         self.ending: Set[FlowKey] = set()
-        self.watcher: Any = None
+        self.watcher: Optional[Watcher] = None
         self._in_map: Set[bytes] = set()
         self._task: Optional[asyncio.Task[None]] = None
 
-    def bind(self, watcher: Any) -> None:
+    def bind(self, watcher: Watcher) -> None:
         self.watcher = watcher
         watcher.sampling(self.period)
 
@@ -50,8 +58,8 @@ class SkopsEnricher(LastSamples):
         while True:
             if self.watcher is not None:
                 want: Dict[bytes, FlowKey] = {}
-                for ev in self.daemon.table:
-                    if ev.protocol == "tcp":
+                for ev in self.host.flows():
+                    if ev.protocol == TCP:
                         want[key(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)] = ev.key
                         want[key(ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)] = ev.key
                 for k in set(want) - self._in_map:
@@ -64,14 +72,13 @@ class SkopsEnricher(LastSamples):
                     del self.last[fk]
             await asyncio.sleep(min(self.period, 1.0))
 
-    def on_sample(self, e: Any) -> Optional[FlowEvent]:
+    def on_sample(self, e: Event) -> Optional[FlowEvent]:
         """A ring buffer sample -> the ongoing event of its flow (None if not a watched flow)."""
-        table = self.daemon.table
-        fwd = ("tcp", e.local[0], e.local[1], e.remote[0], e.remote[1])
-        ev = table.get(fwd)
+        flow = self.host.flow
+        ev = flow((TCP, e.local[0], e.local[1], e.remote[0], e.remote[1]))
         local_is_src = True
         if ev is None:
-            ev = table.get(("tcp", e.remote[0], e.remote[1], e.local[0], e.local[1]))
+            ev = flow((TCP, e.remote[0], e.remote[1], e.local[0], e.local[1]))
             local_is_src = False
         if ev is None:
             return None
@@ -82,7 +89,3 @@ class SkopsEnricher(LastSamples):
         self.samples += 1
         return msgspec.structs.replace(ev, state=ONGOING, source="skops", end_time=None, usage=sample_usage(s),
                                        netlink=netlink_fields(s, self.mode))
-
-    def sample(self, flows: List[FlowEvent], forget: bool = True) -> List[Any]:
-        return []  # samples come from the kernel; nothing to ask for
-

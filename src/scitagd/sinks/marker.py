@@ -2,7 +2,7 @@
 
 Start -> two map entries (the flow seen leaving in either direction: the data of a GET, the
 ACKs of a PUT), end -> both removed. The kernel side is bpf/marker.bpf.c; config keys are in
-marker_conf.py. Interfaces are checked every `checkInterval` seconds: new ones, and ones
+sinks/conf.py. Interfaces are checked every `checkInterval` seconds: new ones, and ones
 whose filter was removed by someone else, get it (back).
 """
 
@@ -12,14 +12,20 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from ..components import Sink
+from ..components import Host, Sink
+from ..errors import InputError
 from ..events import END, START, FlowEvent, make_event
 from ..tags import encode_flow_label, random_entropy
-from .marker_conf import MarkerConfig
+from .conf import MarkerConfig
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from ..bpf.loader import Attachment, KernelMarker, Maps
+
+__all__ = ["MarkerSink", "global_ipv6_interfaces"]
 
 log = logging.getLogger("scitagd.marker")
 
@@ -40,13 +46,13 @@ def global_ipv6_interfaces() -> List[str]:
 class MarkerSink(Sink):
     name = "marker"
 
-    def __init__(self, daemon: Any, conf: MarkerConfig, match: Optional[Tuple[int, int]] = None) -> None:
-        super().__init__(daemon)
+    def __init__(self, host: Host, conf: MarkerConfig, match: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__(host)
         self.conf = conf
         self.match = match
-        self.km: Any = None
-        self.maps: Any = None
-        self.attached: Dict[str, Any] = {}  # ifname -> Attachment
+        self.km: Optional[KernelMarker] = None
+        self.maps: Optional[Maps] = None
+        self.attached: Dict[str, Attachment] = {}
         self.state: Dict[str, Dict[str, object]] = {}
         self.entries = 0
         self.evictions = 0
@@ -55,6 +61,7 @@ class MarkerSink(Sink):
         self._task: Optional[asyncio.Task[None]] = None
         self._prog_ids: set[int] = set()
         self.state_path = Path("/run/scitagd/scitagd-state.json")
+        host.register_metrics(self)
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -63,7 +70,7 @@ class MarkerSink(Sink):
         await loop.run_in_executor(None, self._load)
         restored = await loop.run_in_executor(None, self._restore)
         for ev in restored:
-            self.daemon.table.restore(ev)
+            self.host.restore(ev)
         if restored:
             log.info("flows restored from the pinned map flows=%d", len(restored))
         await loop.run_in_executor(None, self.check_interfaces)
@@ -92,6 +99,7 @@ class MarkerSink(Sink):
 
         out = []
         n = 0
+        assert self.maps is not None
         for raw_key, raw_tag in self.maps.flows():
             n += 1
             _label, exp, act, flags = loader.TAG.unpack(raw_tag)
@@ -100,7 +108,7 @@ class MarkerSink(Sink):
             proto, src, sport, dst, dport = loader.unpack_key(raw_key)
             try:
                 out.append(make_event(START, proto, src, sport, dst, dport, exp, act, "", "restored"))
-            except ValueError:
+            except InputError:
                 continue
         self.entries = n
         return out
@@ -129,6 +137,7 @@ class MarkerSink(Sink):
                     continue
                 prev = self.state.get(name, {})
                 owns = bool(prev.get("owns_qdisc")) and prev.get("ifindex") == ifindex
+                assert self.km is not None
                 att = self.km.attach(name, owns_qdisc=owns, priority=self.conf.tc_priority)
             except OSError as e:
                 self.errors += 1
@@ -197,16 +206,18 @@ class MarkerSink(Sink):
             return  # the watcher's kernel program wrote (and removes) these entries itself
         from ..bpf.loader import TAG, flow_key
 
+        maps = self.maps
+        assert maps is not None, "handle() before start()"
         fwd = flow_key(ev.protocol, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)
         rev = flow_key(ev.protocol, ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)
         if ev.state == START:
             label = encode_flow_label(ev.experiment, ev.activity, random_entropy())
-            self.maps.put_flow(fwd, TAG.pack(label, ev.experiment, ev.activity, 1))
-            self.maps.put_flow(rev, TAG.pack(label, ev.experiment, ev.activity, 0))
+            maps.put_flow(fwd, TAG.pack(label, ev.experiment, ev.activity, 1))
+            maps.put_flow(rev, TAG.pack(label, ev.experiment, ev.activity, 0))
             self.entries += 2
         else:
             for key in (fwd, rev):
-                if self.maps.delete_flow(key):
+                if maps.delete_flow(key):
                     self.entries -= 1
                 else:
                     # Gone before its end: the LRU made room for newer flows.
@@ -214,26 +225,27 @@ class MarkerSink(Sink):
 
     # --- metrics -------------------------------------------------------------------------
 
-    def metrics(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Metric]:
+        """Kernel counters read at scrape time (a per-CPU map walk, ~1 ms per 1,000 tags)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from ..registry import TAG_LABELS
+
         if self.maps is None:
             return
-        reg = self.daemon.registry.current
+        reg = self.host.registry
         names: Dict[int, str] = {}
         pk = CounterMetricFamily("scitagd_marked_packets", "Packets marked in the kernel",
-                                 labels=["interface", "experiment", "activity", "experiment_id",
-                                         "activity_id"])
+                                 labels=["interface", *TAG_LABELS])
         by = CounterMetricFamily("scitagd_marked_bytes", "Bytes of marked packets (GSO packets "
-                                 "count once with all their payload)",
-                                 labels=["interface", "experiment", "activity", "experiment_id",
-                                         "activity_id"])
+                                 "count once with all their payload)", labels=["interface", *TAG_LABELS])
         for (ifindex, exp, act), (p, b) in self.maps.marked().items():
             if ifindex not in names:
                 try:
                     names[ifindex] = socket.if_indextoname(ifindex)
                 except OSError:
                     names[ifindex] = str(ifindex)
-            labels = [names[ifindex], reg.experiment_name(exp) or str(exp),
-                      reg.activity_name(exp, act) or str(act), str(exp), str(act)]
+            labels = [names[ifindex], *reg.tag_labels(exp, act)]
             pk.add_metric(labels, p)
             by.add_metric(labels, b)
         yield pk
@@ -261,15 +273,3 @@ class MarkerSink(Sink):
         for name, att in self.attached.items():
             at.add_metric([name, att.program], 1)
         yield at
-
-
-class MarkerMetrics:
-    """Adapter: prometheus_client wants an object with collect()."""
-
-    def __init__(self, sink: MarkerSink) -> None:
-        self.sink = sink
-
-    def collect(self) -> Iterator[Metric]:
-        return self.sink.metrics()
-
-

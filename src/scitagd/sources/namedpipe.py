@@ -2,69 +2,31 @@
 
   <start|end> <tcp|udp> <src-ip> <src-port> <dst-ip> <dst-port> <exp-id> <act-id>
 
-Config keys:
-  pipePath    FIFO path (default /var/run/flowd); created if missing, must be a FIFO if present
-  mode        permission bits as an octal string (default "0660")
-  group       group name or gid that may write (default: the daemon's group)
-  maxReaders, buffSize   flowd-go keys, accepted; buffSize sets the read size (min 4096)
-  maxLineBytes  longer lines are discarded with one warning (default 1024)
+Keys (sources/conf.py): pipePath (created as a FIFO if missing, must be one if present), mode,
+group, maxLineBytes (longer lines are discarded with one warning); flowd-go's maxReaders and
+buffSize (the read size, at least 4096) are accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
 import stat
-from typing import Any, Optional, Union
 
-import msgspec
+from ..components import Host, Source
+from ..errors import EventError
+from ..events import FlowEvent, make_event
+from .conf import NamedPipeConfig
 
-from ..components import Source
-from ..events import EventError, make_event
+__all__ = ["NamedPipeSource", "parse_line"]
 
 log = logging.getLogger("scitagd.namedpipe")
 
 _FIELDS = ("state", "protocol", "src-ip", "src-port", "dst-ip", "dst-port", "exp-id", "act-id")
 
 
-class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    pipe_path: str = "/var/run/flowd"
-    mode: str = "0660"
-    group: Optional[Union[str, int]] = None
-    max_readers: int = 5
-    buff_size: int = 65536
-    max_line_bytes: int = 1024
-
-    def __post_init__(self) -> None:
-        if not os.path.isabs(self.pipe_path):
-            raise ValueError(f"pipePath {self.pipe_path!r}: expected an absolute path")
-        try:
-            m = int(self.mode, 8)
-        except ValueError:
-            raise ValueError(f"mode {self.mode!r}: expected an octal string like \"0660\"") from None
-        if not 0 <= m <= 0o777:
-            raise ValueError(f"mode {self.mode!r}: expected permission bits 0000..0777")
-        if self.buff_size < 1:
-            raise ValueError(f"buffSize {self.buff_size}: expected > 0")
-        if not 64 <= self.max_line_bytes <= 65536:
-            raise ValueError(f"maxLineBytes {self.max_line_bytes}: expected 64..65536")
-
-    def gid(self) -> int | None:
-        if self.group is None:
-            return None
-        if isinstance(self.group, int):
-            return self.group
-        if self.group.isdigit():
-            return int(self.group)
-        try:
-            return grp.getgrnam(self.group).gr_gid
-        except KeyError:
-            raise ValueError(f"plugins.namedPipe.group {self.group!r}: no such group") from None
-
-
-def parse_line(line: str, source: str = "namedPipe") -> Any:
+def parse_line(line: str, source: str = "namedPipe") -> FlowEvent:
     parts = line.split()
     if len(parts) != 8:
         raise EventError("line", f"{len(parts)} fields: expected 8 "
@@ -83,8 +45,8 @@ def parse_line(line: str, source: str = "namedPipe") -> Any:
 class NamedPipeSource(Source):
     name = "namedPipe"
 
-    def __init__(self, daemon: Any, conf: NamedPipeConfig) -> None:
-        super().__init__(daemon)
+    def __init__(self, host: Host, conf: NamedPipeConfig) -> None:
+        super().__init__(host)
         self.conf = conf
         self._rfd = -1
         self._wfd = -1
@@ -167,9 +129,9 @@ class NamedPipeSource(Source):
         except EventError as e:
             self._reject(e.reason, str(e), raw[:120])
             return
-        self.daemon.submit(ev)
+        self.host.submit(ev)
 
     def _reject(self, reason: str, message: str, sample: bytes) -> None:
-        self.daemon.stats.reject(self.name, reason)
+        self.counters.reject(reason)
         log.warning("line rejected reason=%s error=%r line=%r", reason, message,
                     sample.decode("utf-8", "replace"))

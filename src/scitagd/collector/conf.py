@@ -8,16 +8,23 @@
   relay:      ["host:port", ...] raw datagrams forwarded to further collectors
   activeTimeout: 86400           seconds before a flow without an end is closed as expired
   samples:    100                invalid datagrams kept for inspection (GET /api/v1/rejected)
+
+The file may also hold the daemon's sections (one file for a host running both); the collector
+reads only `collector:`, `registry:` and `logging:` and leaves the rest to the daemon.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import msgspec
 
-from ..netutil import check_bind_address, check_port, parse_hostport
+from ..confbase import LogConfig, RegistryConfig, convert, parse_mapping, read_mapping
+from ..netutil import check_bind_address, check_networks, check_port, parse_hostport
+
+__all__ = ["CollectorConfig", "CollectorFile", "HttpConfig", "StoreConfig", "TcpConfig", "UdpConfig", "load",
+           "load_text"]
 
 
 class UdpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -74,14 +81,33 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
     samples: int = 100
 
     def __post_init__(self) -> None:
-        for c in self.local_networks:
-            try:
-                ipaddress.ip_network(c, strict=False)
-            except ValueError:
-                raise ValueError(f"localNetworks {c!r}: expected a CIDR like 192.0.2.0/24") from None
+        check_networks("localNetworks", self.local_networks)
         for r in self.relay:
             parse_hostport("relay", r, 10514)
         if self.active_timeout <= 0:
             raise ValueError(f"activeTimeout {self.active_timeout}: expected > 0 seconds")
         if not 0 <= self.samples <= 10000:
             raise ValueError(f"samples {self.samples}: expected 0..10000")
+
+
+# Top-level keys of the daemon: present in a shared file, not the collector's business.
+_DAEMON_KEYS = ("pidPath", "workDir", "plugins", "backends", "enrichers", "flowTable")
+
+
+class CollectorFile(msgspec.Struct, forbid_unknown_fields=True):
+    collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
+    registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
+    logging: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+def from_mapping(data: Dict[str, Any], origin: str) -> CollectorFile:
+    mine = {k: ({} if v is None else v) for k, v in data.items() if k not in _DAEMON_KEYS}
+    return convert(mine, CollectorFile, origin)
+
+
+def load_text(text: str, origin: str = "<config>") -> CollectorFile:
+    return from_mapping(parse_mapping(text, origin), origin)
+
+
+def load(path: str | Path) -> CollectorFile:
+    return from_mapping(read_mapping(path), str(path))

@@ -1,0 +1,138 @@
+"""Config sections of the sinks (`backends:`), flowd-go's keys plus extensions.
+
+Importing this module imports no sink implementation (see sources/conf.py for why).
+
+backends.firefly
+  destinationPort   UDP port on the peer (default 10514)
+  prependSyslog     RFC 5424 header in front of the JSON (default true)
+  sendToCollector, collectorAddress, collectorPort   flowd-go's single collector
+  collectors        extension: list of "host:port" ("[v6]:port"); hostnames re-resolved
+  resolveInterval   extension: seconds between re-resolving collector names (default 300)
+  sendToPeer        extension: false sends to collectors only (default true)
+  hostname          extension: syslog HOSTNAME (default: this host's FQDN)
+  enrich            send `ongoing` fireflies from the enrichers (default false)
+  enrichmentMode    lean | full | compatible: which tcp_info fields ongoing fireflies carry
+  stun              flowd-go key, accepted
+
+backends.marker
+  targetInterfaces    interfaces to attach to (default ["lo"])
+  discoverInterfaces  attach to every interface with a global IPv6 address (default false)
+  removeQdisc         remove the clsact qdisc at exit if scitagd created it (default true)
+  programPath         a compiled object to load instead of the shipped one
+  markingStrategy     label | hopByHop | destination | hopByHopDestination (default label)
+  matchAll            mark every IPv6 flow with matchExperiment/matchActivity (default false)
+  debugMode           accepted
+  matchExperiment, matchActivity   extension: the tag for matchAll (else plugins.perfsonar's ids)
+  mapSize             extension: flow map capacity, an LRU (default 262144; each flow takes two)
+  checkInterval       extension: seconds between checks that every interface has our filter (2)
+  pinPath             extension: bpffs directory for the pinned maps (default /sys/fs/bpf/scitagd)
+  tcPriority          extension: priority of our clsact egress filter (default 1: before others;
+                      it passes every packet on to the filters after it)
+
+backends.prometheus
+  bindAddress   address to listen on (default 127.0.0.1)
+  port          extension; flowd-go's `netlinkPort` is accepted as the same thing (default 8080)
+  log, skopsPort   flowd-go keys, accepted
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import msgspec
+
+from ..netutil import check_bind_address, check_host, check_port, parse_hostport
+
+__all__ = ["FIREFLY_PORT", "STRATEGIES", "FireflySinkConfig", "MarkerConfig", "PrometheusConfig"]
+
+FIREFLY_PORT = 10514
+STRATEGIES = ("label", "hopByHop", "destination", "hopByHopDestination")
+ENRICHMENT_MODES = ("lean", "full", "compatible")
+
+
+class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    destination_port: int = FIREFLY_PORT
+    prepend_syslog: bool = True
+    send_to_collector: bool = False
+    collector_address: str = "127.0.0.1"
+    collector_port: int = FIREFLY_PORT
+    collectors: List[str] = []
+    resolve_interval: float = 300.0
+    send_to_peer: bool = True
+    hostname: Optional[str] = None
+    enrich: bool = False
+    enrichment_mode: str = "lean"
+    stun: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        check_port("destinationPort", self.destination_port)
+        check_port("collectorPort", self.collector_port)
+        check_host("collectorAddress", self.collector_address)
+        for c in self.collectors:
+            parse_hostport("collectors", c, FIREFLY_PORT)
+        if self.resolve_interval < 1:
+            raise ValueError(f"resolveInterval {self.resolve_interval}: expected >= 1 second")
+        if self.enrichment_mode not in ENRICHMENT_MODES:
+            raise ValueError(f"enrichmentMode {self.enrichment_mode!r}: expected lean, full or "
+                             "compatible")
+
+    def collector_list(self) -> List[Tuple[str, int]]:
+        out = [parse_hostport("collectors", c, FIREFLY_PORT) for c in self.collectors]
+        if self.send_to_collector:
+            out.append((self.collector_address, self.collector_port))
+        return out
+
+
+class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    target_interfaces: List[str] = msgspec.field(default_factory=lambda: ["lo"])
+    discover_interfaces: bool = False
+    remove_qdisc: bool = True
+    program_path: str = ""
+    marking_strategy: str = "label"
+    match_all: bool = False
+    match_experiment: Optional[int] = None
+    match_activity: Optional[int] = None
+    debug_mode: bool = False
+    map_size: int = 262144
+    check_interval: float = 2.0
+    pin_path: str = "/sys/fs/bpf/scitagd"
+    tc_priority: int = 1
+
+    def __post_init__(self) -> None:
+        folded = {s.lower(): s for s in STRATEGIES}
+        s = folded.get(self.marking_strategy.lower())
+        if s is None:
+            raise ValueError(f"markingStrategy {self.marking_strategy!r}: expected one of "
+                             + ", ".join(STRATEGIES))
+        self.marking_strategy = s
+        if not 1024 <= self.map_size <= 1 << 24:
+            raise ValueError(f"mapSize {self.map_size}: expected 1024..16777216")
+        if not 0.1 <= self.check_interval <= 300:
+            raise ValueError(f"checkInterval {self.check_interval}: expected 0.1..300 seconds")
+        if not 1 <= self.tc_priority <= 0xFFFF:
+            raise ValueError(f"tcPriority {self.tc_priority}: expected 1..65535")
+        if not self.pin_path.startswith("/sys/fs/bpf/") or ".." in self.pin_path:
+            raise ValueError(f"pinPath {self.pin_path!r}: expected a directory under /sys/fs/bpf/")
+        for name in self.target_interfaces:
+            if not name or len(name) > 15 or "/" in name or " " in name:
+                raise ValueError(f"targetInterfaces {name!r}: expected an interface name "
+                                 "(1-15 characters, no '/' or spaces)")
+
+
+class PrometheusConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    bind_address: str = "127.0.0.1"
+    port: Optional[int] = None
+    netlink_port: Optional[int] = None
+    skops_port: Optional[int] = None
+    log: bool = True
+
+    def __post_init__(self) -> None:
+        check_bind_address("bindAddress", self.bind_address)
+        if self.port is not None and self.netlink_port is not None and self.port != self.netlink_port:
+            raise ValueError(f"port {self.port} and netlinkPort {self.netlink_port}: they name the "
+                             "same setting, give one")
+        check_port("port", self.listen_port)
+
+    @property
+    def listen_port(self) -> int:
+        return self.port if self.port is not None else (self.netlink_port or 8080)

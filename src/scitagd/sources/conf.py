@@ -1,0 +1,216 @@
+"""Config sections of the sources (`plugins:`), flowd-go's keys plus extensions.
+
+Importing this module imports no source implementation: `scitagd conf` and the collector read
+configs without paying for aiohttp or eBPF. Each struct validates itself and raises ValueError
+naming the key and what was expected; config.py adds the key path.
+
+plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384)
+plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024);
+                   flowd-go's maxReaders, buffSize accepted (buffSize sets the read size)
+plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
+                   allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
+                   (8 MiB); flowd-go's hasSyslogHeader, deadline accepted
+plugins.watcher    mode (auto|ebpf|poll), pollInterval (1 s), cgroupPath (/sys/fs/cgroup),
+                   rules [{localPorts, remotePorts, remoteNetworks, uids, cgroup, experiment,
+                   activity}], ignoreNetworks (internal networks)
+plugins.perfsonar  experimentID, activityID, ports ("5201-5210")
+plugins.iperf3     flowd-go's keys (not available yet: refused at start)
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import os
+from typing import List, Optional, Tuple, Union
+
+import msgspec
+
+from ..netutil import IPNetwork, check_bind_address, check_host, check_networks, check_port
+
+__all__ = [
+    "INTERNAL_NETWORKS",
+    "ApiConfig",
+    "FireflySourceConfig",
+    "Iperf3Config",
+    "NamedPipeConfig",
+    "PerfsonarConfig",
+    "Receiver",
+    "WatchRule",
+    "WatcherConfig",
+    "parse_ports",
+]
+
+
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    bind_address: str = "127.0.0.1"
+    bind_port: int = 7777
+    max_body_bytes: int = 16384
+
+    def __post_init__(self) -> None:
+        check_bind_address("bindAddress", self.bind_address)
+        check_port("bindPort", self.bind_port)
+        if not 256 <= self.max_body_bytes <= 1 << 20:
+            raise ValueError(f"maxBodyBytes {self.max_body_bytes}: expected 256..1048576")
+
+
+class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    pipe_path: str = "/var/run/flowd"
+    mode: str = "0660"
+    group: Optional[Union[str, int]] = None
+    max_readers: int = 5
+    buff_size: int = 65536
+    max_line_bytes: int = 1024
+
+    def __post_init__(self) -> None:
+        if not os.path.isabs(self.pipe_path):
+            raise ValueError(f"pipePath {self.pipe_path!r}: expected an absolute path")
+        try:
+            m = int(self.mode, 8)
+        except ValueError:
+            raise ValueError(f"mode {self.mode!r}: expected an octal string like \"0660\"") from None
+        if not 0 <= m <= 0o777:
+            raise ValueError(f"mode {self.mode!r}: expected permission bits 0000..0777")
+        if self.buff_size < 1:
+            raise ValueError(f"buffSize {self.buff_size}: expected > 0")
+        if not 64 <= self.max_line_bytes <= 65536:
+            raise ValueError(f"maxLineBytes {self.max_line_bytes}: expected 64..65536")
+
+    def gid(self) -> int | None:
+        if self.group is None:
+            return None
+        if isinstance(self.group, int):
+            return self.group
+        if self.group.isdigit():
+            return int(self.group)
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise ValueError(f"plugins.namedPipe.group {self.group!r}: no such group") from None
+
+
+class Receiver(msgspec.Struct, forbid_unknown_fields=True):
+    address: str
+    port: int = 10514
+
+    def __post_init__(self) -> None:
+        check_host("address", self.address)
+        check_port("port", self.port)
+
+
+class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    bind_address: Optional[str] = None
+    bind_addresses: Optional[List[str]] = None
+    bind_port: int = 10514
+    allowed_sources: Optional[List[str]] = None
+    firefly_receivers: List[Receiver] = []
+    receive_buffer: int = 8 << 20
+    has_syslog_header: Optional[bool] = None
+    deadline: int = 0
+
+    def __post_init__(self) -> None:
+        for a in self.addresses():
+            check_bind_address("bindAddress", a)
+        check_port("bindPort", self.bind_port)
+        check_networks("allowedSources", self.allowed_sources or [])
+
+    def addresses(self) -> List[str]:
+        if self.bind_addresses:
+            return list(self.bind_addresses)
+        if self.bind_address:
+            return [self.bind_address]
+        return ["127.0.0.1", "::1"]
+
+    def networks(self) -> List[IPNetwork] | None:
+        if self.allowed_sources is None:
+            return None
+        return [ipaddress.ip_network(c, strict=False) for c in self.allowed_sources]
+
+
+def parse_ports(key: str, v: Union[str, int, None]) -> Tuple[int, int]:
+    """'5201' or '5201-5210' -> (low, high); empty -> (0, 0), any port."""
+    if v in (None, ""):
+        return (0, 0)
+    text = str(v)
+    lo, _, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"{key} {v!r}: expected a port or a range like 5201-5210") from None
+    if not (1 <= a <= b <= 65535):
+        raise ValueError(f"{key} {v!r}: expected ports 1..65535, low before high")
+    return (a, b)
+
+
+INTERNAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+                     "::1/128", "fc00::/7", "fe80::/10"]
+
+
+class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    experiment: Union[int, str]
+    activity: Union[int, str]
+    local_ports: Union[str, int, None] = None
+    remote_ports: Union[str, int, None] = None
+    remote_networks: List[str] = msgspec.field(default_factory=list)
+    uids: List[Union[int, str]] = msgspec.field(default_factory=list)
+    cgroup: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        parse_ports("localPorts", self.local_ports)
+        parse_ports("remotePorts", self.remote_ports)
+        check_networks("remoteNetworks", self.remote_networks)
+        if not (self.local_ports or self.remote_ports or self.remote_networks or self.uids or self.cgroup):
+            # it would tag every TCP connection of the host; backends.marker.matchAll says so openly
+            raise ValueError("a rule needs at least one of localPorts, remotePorts, remoteNetworks, uids, "
+                             "cgroup (to mark every flow, use backends.marker.matchAll)")
+
+    def uid_numbers(self) -> Tuple[int, ...]:
+        import pwd
+
+        out = []
+        for u in self.uids:
+            if isinstance(u, int) or str(u).isdigit():
+                out.append(int(u))
+                continue
+            try:
+                out.append(pwd.getpwnam(str(u)).pw_uid)
+            except KeyError:
+                raise ValueError(f"uids {u!r}: no such user") from None
+        return tuple(out)
+
+
+class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    cgroup_path: str = "/sys/fs/cgroup"
+    rules: List[WatchRule] = msgspec.field(default_factory=list)
+    mode: str = "auto"
+    poll_interval: float = 1.0
+    ignore_networks: List[str] = msgspec.field(default_factory=lambda: list(INTERNAL_NETWORKS))
+
+    def __post_init__(self) -> None:
+        check_networks("ignoreNetworks", self.ignore_networks)
+        if self.mode not in ("auto", "ebpf", "poll"):
+            raise ValueError(f"mode {self.mode!r}: expected auto, ebpf or poll")
+        if not 0.05 <= self.poll_interval <= 60:
+            raise ValueError(f"pollInterval {self.poll_interval}: expected 0.05..60 seconds")
+
+
+class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """flowd-go's keys; `ports` (extension) is where perfSONAR's iperf3 tests listen. Without
+    backends.marker.matchAll, the measurement connections are found by the watcher."""
+
+    activityID: int = 0
+    experimentID: int = 0
+    ports: str = "5201-5210"
+
+
+class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    min_source_port: int = 0
+    max_source_port: int = 0
+    min_destination_port: int = 0
+    max_destination_port: int = 0
+    cgroup_path: str = "/sys/fs/cgroup"
+    program_path: str = ""
+    debug_mode: bool = False
+    random_i_ds: bool = msgspec.field(default=False, name="randomIDs")
+    activity_i_ds: List[int] = msgspec.field(default_factory=list, name="activityIDs")
+    experiment_i_ds: List[int] = msgspec.field(default_factory=list, name="experimentIDs")
