@@ -1,6 +1,6 @@
 """Marker benchmarks (root): data-path cost, start-up time, event-to-map latency, map capacity.
 
-Two namespaces joined by veth (scitagd.netlab); scitagd runs in A with the marker on a0.
+Two namespaces joined by veth (scitagd.lab.netlab); scitagd runs in A with the marker on a0.
 
   1. iperf3 A -> B throughput with no program, with `label` and with `destination`,
      interleaved, --rounds each (median); in-kernel ns per packet from the kernel's program
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from scitagd.netlab import A_ADDR, B_ADDR, Lab
+from scitagd.lab.netlab import A_ADDR, B_ADDR, Lab
 from scitagd.tags import decode_flow_label
 
 DAEMON_CPU, LOAD_CPU = 1, 0
@@ -186,9 +186,10 @@ import ctypes, json, os, sys, time
 from pathlib import Path
 os.sched_setaffinity(0, {int(sys.argv[3])})
 from scitagd.bpf import loader
+from scitagd.bpf.abi import FLOW_TAG
 maps = loader.Maps.from_pins(Path(sys.argv[1]))
 keys = [bytes.fromhex(k) for k in json.loads(Path(sys.argv[2]).read_text())]
-buf = ctypes.create_string_buffer(loader.TAG.size)
+buf = ctypes.create_string_buffer(FLOW_TAG.size)
 L = maps.L; fd = maps.fds["flows"]
 print("ready", flush=True)
 seen = []
@@ -226,7 +227,7 @@ print(json.dumps(stamps), flush=True)
 
 
 def event_latency(lab: Lab, n: int, rate: float) -> Dict[str, float]:
-    from scitagd.bpf.loader import flow_key
+    from scitagd.bpf.abi import flow_key
 
     d = Scitagd(lab, "label", "  firefly: {bindAddress: 127.0.0.1, bindPort: 29514}")
     keys = [flow_key("tcp", A_ADDR, 10000 + i, B_ADDR, 5000).hex() for i in range(n)]

@@ -17,6 +17,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 
+from scitagd.lab.util import free_port  # noqa: F401  (re-exported to the test modules)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SCITAGD_SHARED", REPO.parent / "shared"))
 PRODUCERS = SHARED / "data" / "fireflies" / "producers.jsonl"
@@ -24,20 +26,27 @@ ARCHIVE = SHARED / "data" / "fireflies" / "unl-flowd-0.1.2-2022.log.gz"
 SCHEMA = SHARED / "spec" / "firefly.schema.v1.0.0.json"
 
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces, raw sockets)")
+needs_root = pytest.mark.root  # skipped with a reason when not root (pytest_collection_modifyitems)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """`root` tests skip with a reason when not root; tests that start processes (a daemon, a
+    collector, a namespace lab) are `slow`, so `pytest -m "not slow"` is the quick unit suite."""
+    skip = pytest.mark.skip(reason="needs root (network namespaces, eBPF, raw sockets): run as root, as CI does")
+    for item in items:
+        if not IS_ROOT and item.get_closest_marker("root"):
+            item.add_marker(skip)
+        if _STARTS_PROCESSES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+_STARTS_PROCESSES = {"run_daemon", "lab", "collector", "ns", "xrootd_dir", "env"}
 
 
 def require_shared(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} missing: tests need ../shared beside the repository (or SCITAGD_SHARED)")
     return path
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def firefly_validator() -> Any:

@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Dict
 
-from scitagd.netlab import A_ADDR, B_ADDR, TOOLS, Capture, NetNS
-from scitagd.netlab import Lab as BaseLab
+from scitagd.lab.netlab import A_ADDR, B_ADDR, TOOLS, Capture, NetNS
+from scitagd.lab.netlab import Lab as BaseLab
 
 __all__ = ["A_ADDR", "B_ADDR", "TOOLS", "Capture", "Lab", "NetNS"]
 

@@ -187,7 +187,7 @@ def cmd_collector(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from .lab.demo import main as demo_main
 
     return demo_main(a)
 

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import time
 from functools import lru_cache
-from typing import Any, Dict, Iterator, Literal, Optional, Tuple, cast
+from typing import Any, Dict, Iterator, Literal, Optional, Tuple
 
 import msgspec
 
@@ -132,7 +132,7 @@ def make_event(
         raise EventError(f_act, str(e), "bad_activity") from None
     now = time.time()
     return FlowEvent(
-        cast(State, state), cast(Proto, protocol), sip, sport, dip, dport, exp, act, application, source,
+        state, protocol, sip, sport, dip, dport, exp, act, application, source,
         start_time if start_time is not None else now,
         end_time if end_time is not None or state != END else now,
         usage, netlink, time.monotonic(),

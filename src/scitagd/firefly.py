@@ -17,6 +17,28 @@ from .errors import FireflyError
 from .events import END, PROTOCOLS, STATES, FlowEvent, Proto, State, Usage, normalize_ip
 from .tags import ACTIVITY_MAX, ACTIVITY_MIN, EXPERIMENT_MAX, EXPERIMENT_MIN
 
+__all__ = [
+    "APP_NAME",
+    "DEFAULT_PORT",
+    "MAX_APPLICATION",
+    "MAX_DATAGRAM",
+    "MSGID",
+    "SYSLOG_PRI",
+    "Context",
+    "Firefly",
+    "FireflyUsage",
+    "FlowId",
+    "Lifecycle",
+    "Received",
+    "build",
+    "build_json",
+    "iso",
+    "parse",
+    "syslog_header",
+    "to_event",
+    "ts",
+]
+
 SYSLOG_PRI = 134  # local0.info
 MSGID = "firefly-json"
 APP_NAME = "scitagd"

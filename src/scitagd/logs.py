@@ -59,7 +59,7 @@ class FlowLog:
     """
 
     def __init__(self) -> None:
-        self.lines: list = []
+        self.lines: List[str] = []
         self.enabled = False
         self.stream: TextIO = sys.stderr
 

@@ -9,6 +9,8 @@ from typing import Any, Dict, List
 
 from .errors import BpfError, CommandError
 
+__all__ = ["clean", "status"]
+
 
 def _ours(priority: int) -> List[Dict[str, Any]]:
     from .bpf import loader

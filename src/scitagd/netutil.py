@@ -7,6 +7,11 @@ import re
 import socket
 from typing import Iterable, Tuple, Union
 
+__all__ = [
+    "check_bind_address", "check_host", "check_networks", "check_port", "family_of", "parse_hostport",
+    "udp_listener",
+]
+
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.?)+$")

@@ -22,6 +22,8 @@ import msgspec
 from .confbase import RegistryConfig
 from .errors import RegistryError
 
+__all__ = ["TAG_LABELS", "Activity", "Experiment", "Registry", "RegistryDoc", "RegistryHolder", "fold"]
+
 log = logging.getLogger("scitagd.registry")
 
 _FOLD = re.compile(r"[\s_\-]+")

@@ -11,6 +11,13 @@ import struct
 
 from .errors import TagError
 
+__all__ = [
+    "ENTROPY_MASK", "ENTROPY_POSITIONS", "EXT_OPTION_LEN", "EXT_OPTION_TYPE", "FLOW_LABEL_MASK", "FLOW_LABEL_MAX",
+    "NEXT_HEADER_DESTINATION", "NEXT_HEADER_HOP_BY_HOP", "check_activity", "check_experiment",
+    "decode_ext_option", "decode_flow_label", "decode_scitag", "encode_ext_option", "encode_flow_label",
+    "encode_scitag", "gather_entropy", "parse_int", "random_entropy", "spread_entropy",
+]
+
 EXPERIMENT_MIN, EXPERIMENT_MAX = 1, 511  # 9 bits in the flow label
 ACTIVITY_MIN, ACTIVITY_MAX = 0, 63  # 6 bits
 SCITAG_MIN, SCITAG_MAX = 64, 65535  # 65 is the first "real" tag; dCache also sends 64

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+__all__ = ["HERE", "SOURCES", "build", "clang_version", "main"]
+
 HERE = Path(__file__).resolve().parent
 SOURCES = ["marker.bpf.c", "watcher.bpf.c"]
 

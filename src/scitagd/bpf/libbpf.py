@@ -13,9 +13,15 @@ import errno
 import logging
 import os
 import platform
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import BpfError, LibbpfMissing
+
+__all__ = [
+    "BPF_TC_F_REPLACE", "BTF_KIND_STRUCT", "MIN_VERSION", "ProgInfo", "TcHook", "TcOpts", "btf_struct", "check",
+    "check_ptr", "find_map", "lib", "load_object", "map_fd", "prog_fd", "prog_info", "ring_buffer_new", "tc_hook",
+    "tc_opts",
+]
 
 log = logging.getLogger("scitagd.libbpf")
 
@@ -188,3 +194,78 @@ def prog_info(fd: int) -> ProgInfo:
     size = ctypes.c_uint32(ctypes.sizeof(info))
     check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "prog info")
     return info
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+class _BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+
+
+BTF_KIND_STRUCT = 4
+
+
+def btf_struct(path: str, name: str) -> Optional[Tuple[int, Dict[str, int]]]:
+    """(size, {member: byte offset}) of `struct name` in the BTF of an object file, or None
+    if the object does not describe it."""
+    L = lib()
+    L.btf__parse.restype = ctypes.c_void_p
+    L.btf__parse.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    L.btf__find_by_name_kind.restype = ctypes.c_int
+    L.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+    L.btf__type_by_id.restype = ctypes.c_void_p
+    L.btf__type_by_id.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    L.btf__name_by_offset.restype = ctypes.c_char_p
+    L.btf__name_by_offset.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    L.btf__free.restype = None
+    L.btf__free.argtypes = [ctypes.c_void_p]
+    btf = check_ptr(L.btf__parse(path.encode(), None), f"BTF of {path}")
+    try:
+        tid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
+        if tid < 0:
+            return None
+        addr = L.btf__type_by_id(btf, tid)
+        t = _BtfType.from_address(addr)
+        vlen, kflag = t.info & 0xFFFF, t.info >> 31
+        members = (_BtfMember * vlen).from_address(addr + ctypes.sizeof(_BtfType))
+        out = {}
+        for m in members:
+            bits = m.offset & 0xFFFFFF if kflag else m.offset
+            out[L.btf__name_by_offset(btf, m.name_off).decode()] = bits // 8
+        return int(t.size), out
+    finally:
+        L.btf__free(btf)
+
+
+def load_object(path: str, prepare: Callable[[int], None], what: str) -> int:
+    """Open an object file, let `prepare(obj)` set it up (pin paths, map sizes, reused maps),
+    load it. If any step fails the object is closed; a failed load quotes libbpf's last
+    messages, where the verifier's reasons are."""
+    L = lib()
+    obj = check_ptr(L.bpf_object__open_file(path.encode(), None), f"open {path}")
+    try:
+        prepare(obj)
+        recent.clear()
+        rc = L.bpf_object__load(obj)
+        if rc < 0:
+            detail = " | ".join(line for line in recent if line.strip())[-2000:]
+            check(rc, f"load {what} ({detail})" if detail else f"load {what}")
+    except BaseException:
+        L.bpf_object__close(obj)
+        raise
+    return obj
+
+
+def find_map(obj: int, name: str) -> int:
+    return check_ptr(lib().bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
+
+
+def map_fd(obj: int, name: str) -> int:
+    return check(lib().bpf_map__fd(find_map(obj, name)), f"fd of map {name}")
+
+
+def prog_fd(obj: int, name: str) -> int:
+    prog = check_ptr(lib().bpf_object__find_program_by_name(obj, name.encode()), f"program {name}")
+    return check(lib().bpf_program__fd(prog), f"fd of program {name}")

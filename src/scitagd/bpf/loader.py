@@ -19,7 +19,36 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from ..errors import BpfError
 from . import libbpf as lb
+from .abi import CONFIG, COUNT_KEY, COUNT_VAL, FLOW_KEY, FLOW_TAG, U32, U64
+
+__all__ = [
+    "ETHER_LIKE",
+    "L3_ONLY",
+    "MAPS",
+    "PIN_DIR",
+    "STATE_DIR",
+    "STRATEGY_IDS",
+    "TC_HANDLE",
+    "TC_PRIORITY",
+    "UNMARKED_REASONS",
+    "Attachment",
+    "KernelMarker",
+    "Maps",
+    "detach",
+    "ensure_bpffs",
+    "link_type",
+    "object_path",
+    "other_filters",
+    "prog_name",
+    "program_for",
+    "query",
+    "read_state",
+    "remove_qdisc",
+    "state_file",
+    "write_state",
+]
 
 log = logging.getLogger("scitagd.marker")
 
@@ -35,13 +64,6 @@ MAPS = ("flows", "config", "marked", "unmarked")
 STRATEGY_IDS = {"label": 0, "hopByHop": 1, "destination": 2, "hopByHopDestination": 3}
 UNMARKED_REASONS = ("mtu", "no_room", "store_failed", "vlan")
 
-KEY = struct.Struct("=16s16sHHB3x")  # struct flow_key
-TAG = struct.Struct("=IHBB")  # struct flow_tag
-CONFIG = struct.Struct("=IIIHBx")  # struct config
-COUNT_KEY = struct.Struct("=IHBx")  # struct count_key
-COUNT_VAL = struct.Struct("=QQ")  # struct count_val
-PROTO = {"tcp": 6, "udp": 17}
-PROTO_NAME = {6: "tcp", 17: "udp"}
 ETHER_LIKE = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK (which uses an Ethernet header)
 L3_ONLY = {65534, 769, 776, 823}  # ARPHRD_NONE (tun, wireguard), TUNNEL6, SIT, IP6GRE
 
@@ -83,17 +105,6 @@ def program_for(ifname: str) -> str:
     raise OSError(errno.EOPNOTSUPP, f"{ifname}: link type {t} not supported (Ethernet and L3 only)")
 
 
-def flow_key(protocol: str, src: str, sport: int, dst: str, dport: int) -> bytes:
-    return KEY.pack(socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst),
-                    sport, dport, PROTO[protocol])
-
-
-def unpack_key(raw: bytes) -> Tuple[str, str, int, str, int]:
-    s, d, sp, dp, proto = KEY.unpack(raw)
-    return (PROTO_NAME.get(proto, str(proto)), socket.inet_ntop(socket.AF_INET6, s), sp,
-            socket.inet_ntop(socket.AF_INET6, d), dp)
-
-
 @dataclass
 class Attachment:
     ifname: str
@@ -123,7 +134,7 @@ class KernelMarker:
         ensure_bpffs(self.pin_dir)
         try:
             self._load_once()
-        except lb.BpfError as e:
+        except BpfError as e:
             if e.errno != errno.EINVAL:
                 raise
             # A pinned map from another version (other size or layout) cannot be reused:
@@ -140,29 +151,17 @@ class KernelMarker:
 
     def _load_once(self) -> None:
         L = self.L
-        obj = lb.check_ptr(L.bpf_object__open_file(str(self.obj_path).encode(), None),
-                           f"open {self.obj_path}")
-        try:
-            maps = {}
+
+        def prepare(obj: int) -> None:
             for name in MAPS:
-                m = lb.check_ptr(L.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
-                lb.check(L.bpf_map__set_pin_path(m, str(self.pin_dir / name).encode()), f"pin {name}")
-                maps[name] = m
-            lb.check(L.bpf_map__set_max_entries(maps["flows"], self.max_flows), "flows size")
-            lb.recent.clear()
-            rc = L.bpf_object__load(obj)
-            if rc < 0:
-                detail = " | ".join(line for line in lb.recent if line.strip())[-2000:]
-                lb.check(rc, f"load {self.obj_path.name} ({detail})" if detail else
-                         f"load {self.obj_path.name}")
-        except Exception:
-            L.bpf_object__close(obj)
-            raise
+                lb.check(L.bpf_map__set_pin_path(lb.find_map(obj, name), str(self.pin_dir / name).encode()),
+                         f"pin {name}")
+            lb.check(L.bpf_map__set_max_entries(lb.find_map(obj, "flows"), self.max_flows), "flows size")
+
+        obj = lb.load_object(str(self.obj_path), prepare, self.obj_path.name)
         self.obj = obj
-        self.fds = {n: lb.check(L.bpf_map__fd(m), f"fd {n}") for n, m in maps.items()}
-        for prog in ("scitagd_eth", "scitagd_l3"):
-            p = lb.check_ptr(L.bpf_object__find_program_by_name(obj, prog.encode()), prog)
-            self.progs[prog] = lb.check(L.bpf_program__fd(p), f"fd {prog}")
+        self.fds = {n: lb.map_fd(obj, n) for n in MAPS}
+        self.progs = {p: lb.prog_fd(obj, p) for p in ("scitagd_eth", "scitagd_l3")}
 
     def close(self) -> None:
         if self.obj:
@@ -175,7 +174,7 @@ class KernelMarker:
         """`match` = (experiment, activity, label with zero entropy) for matchAll."""
         exp, act, label = match or (0, 0, 0)
         val = CONFIG.pack(STRATEGY_IDS[strategy], 1 if match else 0, label, exp, act)
-        self._update("config", struct.pack("=I", 0), val)
+        self._update("config", U32.pack(0), val)
 
     def _update(self, name: str, key: bytes, val: bytes) -> None:
         lb.check(self.L.bpf_map_update_elem(self.fds[name], key, val, lb.BPF_ANY), f"{name} update")
@@ -225,7 +224,7 @@ def prog_name(prog_id: int) -> str:
     if fd < 0:
         return ""
     try:
-        return lb.prog_info(fd).name.decode(errors="replace")
+        return str(lb.prog_info(fd).name.decode(errors="replace"))
     finally:
         os.close(fd)
 
@@ -309,7 +308,7 @@ class Maps:
         return True
 
     def get_flow(self, key: bytes) -> Optional[bytes]:
-        buf = ctypes.create_string_buffer(TAG.size)
+        buf = ctypes.create_string_buffer(FLOW_TAG.size)
         rc = self.L.bpf_map_lookup_elem(self.fds["flows"], key, buf)
         if rc == -errno.ENOENT:
             return None
@@ -327,13 +326,13 @@ class Maps:
             rc = self.L.bpf_map_get_next_key(fd, key, nxt)
 
     def flows(self) -> Iterator[Tuple[bytes, bytes]]:
-        for k in self._keys("flows", KEY.size):
+        for k in self._keys("flows", FLOW_KEY.size):
             v = self.get_flow(k)
             if v is not None:
                 yield k, v
 
     def count_flows(self) -> int:
-        return sum(1 for _ in self._keys("flows", KEY.size))
+        return sum(1 for _ in self._keys("flows", FLOW_KEY.size))
 
     def _percpu(self, name: str, key: bytes, vsize: int) -> List[bytes]:
         stride = (vsize + 7) & ~7
@@ -360,13 +359,12 @@ class Maps:
     def unmarked(self) -> Dict[str, int]:
         out = {}
         for i, reason in enumerate(UNMARKED_REASONS):
-            out[reason] = sum(struct.unpack("=Q", v)[0]
-                              for v in self._percpu("unmarked", struct.pack("=I", i), 8))
+            out[reason] = sum(U64.unpack(v)[0] for v in self._percpu("unmarked", U32.pack(i), 8))
         return out
 
     def config(self) -> Tuple[str, bool, int, int]:
         buf = ctypes.create_string_buffer(CONFIG.size)
-        lb.check(self.L.bpf_map_lookup_elem(self.fds["config"], struct.pack("=I", 0), buf), "config")
+        lb.check(self.L.bpf_map_lookup_elem(self.fds["config"], U32.pack(0), buf), "config")
         strategy, match_all, _label, exp, act = CONFIG.unpack(buf.raw)
         names = {v: k for k, v in STRATEGY_IDS.items()}
         return names.get(strategy, str(strategy)), bool(match_all), exp, act

@@ -40,10 +40,10 @@ enum strategy { STRAT_LABEL = 0, STRAT_HBH = 1, STRAT_DEST = 2, STRAT_HBH_DEST =
 
 /* why a packet of a tagged flow left unmarked (index of the `unmarked` map) */
 enum reason {
-	R_MTU = 0,       /* the extension header would push a non-GSO packet over the MTU */
-	R_ROOM = 1,      /* bpf_skb_adjust_room() refused (e.g. no headroom) */
-	R_STORE = 2,     /* writing the header failed after making room: room removed again */
-	R_VLAN = 3,      /* an in-band VLAN tag could not be taken off for the extension header */
+	R_MTU = 0, /* the extension header would push a non-GSO packet over the MTU */
+	R_ROOM = 1, /* bpf_skb_adjust_room() refused (e.g. no headroom) */
+	R_STORE = 2, /* writing the header failed after making room: room removed again */
+	R_VLAN = 3, /* an in-band VLAN tag could not be taken off for the extension header */
 	R_MAX,
 };
 
@@ -177,7 +177,8 @@ static __always_inline int add_ext_headers(struct __sk_buff *skb, __u32 l3, __u8
 	plen = bpf_htons(bpf_ntohs(plen) + room);
 	/* Two stores with constant sizes: the verifier wants a known length per call. */
 	if (n == 2) {
-		if (bpf_skb_store_bytes(skb, l3 + IPV6_HLEN, hdr, 2 * EXT_HLEN, BPF_F_RECOMPUTE_CSUM))
+		if (bpf_skb_store_bytes(skb, l3 + IPV6_HLEN, hdr, 2 * EXT_HLEN,
+					BPF_F_RECOMPUTE_CSUM))
 			goto undo;
 	} else if (bpf_skb_store_bytes(skb, l3 + IPV6_HLEN, hdr, EXT_HLEN, BPF_F_RECOMPUTE_CSUM)) {
 		goto undo;

@@ -26,7 +26,8 @@ struct flow_tag {
 /* 5 entropy bits on label bit positions 0, 1, 8, 18, 19 */
 static __always_inline __u32 spread_entropy(__u32 e)
 {
-	return (e & 1) | (e & 2) | ((e >> 2) & 1) << 8 | ((e >> 3) & 1) << 18 | ((e >> 4) & 1) << 19;
+	return (e & 1) | (e & 2) | ((e >> 2) & 1) << 8 | ((e >> 3) & 1) << 18 |
+	       ((e >> 4) & 1) << 19;
 }
 
 #endif

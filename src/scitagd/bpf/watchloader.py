@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -15,15 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import libbpf as lb
+from .abi import EVENT, NET_KEY, RULE, RULE_NET_KEY, U32, WCFG, flow_key
+
+__all__ = ["MAX_RULES", "Event", "Rule", "Watcher", "cgroup2_path", "key", "net16", "parse_event"]
 
 log = logging.getLogger("scitagd.watcher")
 
 BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI = 3, 2
-RULE = struct.Struct("=HHHHHBB")
-EVENT = struct.Struct("=BBBBHHHHI16s16sQQIIIIII")
-WCFG = struct.Struct("=QII")
-KEY = struct.Struct("=16s16sHHB3x")  # struct flow_key (IPv4 in the first 4 bytes)
-MAX_RULES = 64
+MAX_RULES = 64  # the size of the kernel's rules array (watcher.bpf.c)
 
 
 @dataclass
@@ -76,8 +74,8 @@ def cgroup2_path(path: str) -> str:
 
 
 def parse_event(raw: bytes) -> Event:
-    (etype, fam, matched, act, exp, lport, rport, _pad, label, la, ra, acked, received, srtt,
-     retrans, cwnd, mss, rtt_min, _pad2) = EVENT.unpack_from(raw)
+    (etype, fam, matched, act, exp, lport, rport, label, la, ra, acked, received, srtt,
+     retrans, cwnd, mss, rtt_min) = EVENT.unpack_from(raw)
     af = socket.AF_INET6 if fam == 10 else socket.AF_INET
     n = 16 if af == socket.AF_INET6 else 4
     return Event(etype == 2, af, (socket.inet_ntop(af, la[:n]), lport), (socket.inet_ntop(af, ra[:n]), rport),
@@ -86,8 +84,7 @@ def parse_event(raw: bytes) -> Event:
 
 
 def key(src: str, sport: int, dst: str, dport: int) -> bytes:
-    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
-    return KEY.pack(socket.inet_pton(fam, src), socket.inet_pton(fam, dst), sport, dport, 6)
+    return flow_key("tcp", src, sport, dst, dport)
 
 
 class Watcher:
@@ -108,52 +105,40 @@ class Watcher:
 
     def load(self) -> None:
         L = self.L
-        path = Path(str(resources.files("scitagd.bpf").joinpath("watcher.bpf.o")))
-        obj = lb.check_ptr(L.bpf_object__open_file(str(path).encode(), None), f"open {path}")
-        try:
-            flows = lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"flows"), "map flows")
+        if len(self.rules) > MAX_RULES:
+            raise ValueError(f"{len(self.rules)} rules: the watcher takes at most {MAX_RULES}")
+        path = str(resources.files("scitagd.bpf").joinpath("watcher.bpf.o"))
+
+        def prepare(obj: int) -> None:
+            flows = lb.find_map(obj, "flows")
             if self.flows_pin is not None and self.flows_pin.exists():
                 fd = lb.check(L.bpf_obj_get(str(self.flows_pin).encode()), f"open {self.flows_pin}")
-                lb.check(L.bpf_map__reuse_fd(flows, fd), "reuse the marker's flow map")
-                os.close(fd)
+                try:
+                    lb.check(L.bpf_map__reuse_fd(flows, fd), "reuse the marker's flow map")
+                finally:
+                    os.close(fd)
             else:
                 lb.check(L.bpf_map__set_max_entries(flows, 1024), "flows size")  # nothing marks: tiny
-            lb.recent.clear()
-            rc = L.bpf_object__load(obj)
-            if rc < 0:
-                detail = " | ".join(line for line in lb.recent if line.strip())[-2000:]
-                lb.check(rc, f"load watcher ({detail})" if detail else "load watcher")
-        except Exception:
-            L.bpf_object__close(obj)
-            raise
-        self.obj = obj
-        prog = lb.check_ptr(L.bpf_object__find_program_by_name(obj, b"scitagd_watch"), "scitagd_watch")
-        self.prog_fd = lb.check(L.bpf_program__fd(prog), "prog fd")
-        rules_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"rules"), "rules")),
-                            "rules fd")
-        nets_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"rule_nets"),
-                                                      "rule_nets")), "rule_nets fd")
-        ignore_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"ignore_nets"),
-                                                        "ignore_nets")), "ignore_nets fd")
-        for i, r in enumerate(self.rules[:MAX_RULES]):
+
+        obj = self.obj = lb.load_object(path, prepare, "watcher")
+        self.prog_fd = lb.prog_fd(obj, "scitagd_watch")
+        rules_fd, nets_fd, ignore_fd = (lb.map_fd(obj, n) for n in ("rules", "rule_nets", "ignore_nets"))
+        for i, r in enumerate(self.rules):
             user_space = bool(r.uids) or r.cgroup_id is not None
             val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity,
                             1 | (2 if r.nets else 0) | (4 if user_space else 0))
-            lb.check(L.bpf_map_update_elem(rules_fd, struct.pack("=I", i), val, 0), "rule")
+            lb.check(L.bpf_map_update_elem(rules_fd, U32.pack(i), val, 0), "rule")
             for cidr in r.nets:
                 plen, addr = net16(cidr)
-                lb.check(L.bpf_map_update_elem(nets_fd, struct.pack("=II", 32 + plen, i) + addr, b"\x01", 0),
+                lb.check(L.bpf_map_update_elem(nets_fd, RULE_NET_KEY.pack(32 + plen, i, addr), b"\x01", 0),
                          f"rule network {cidr}")
         for cidr in self.ignore:
             plen, addr = net16(cidr)
-            lb.check(L.bpf_map_update_elem(ignore_fd, struct.pack("=I", plen) + addr, b"\x01", 0),
+            lb.check(L.bpf_map_update_elem(ignore_fd, NET_KEY.pack(plen, addr), b"\x01", 0),
                      f"ignored network {cidr}")
-        self.wcfg_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"wcfg"), "wcfg")),
-                                "wcfg fd")
-        self.watched_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"watched"),
-                                                              "watched")), "watched fd")
-        self.events_fd = lb.check(L.bpf_map__fd(lb.check_ptr(L.bpf_object__find_map_by_name(obj, b"events"),
-                                                             "events")), "events fd")
+        self.wcfg_fd = lb.map_fd(obj, "wcfg")
+        self.watched_fd = lb.map_fd(obj, "watched")
+        self.events_fd = lb.map_fd(obj, "events")
 
     def _detach_leftovers(self) -> int:
         """A cgroup keeps a sock_ops program after its loader died (kill -9): take ours off, so
@@ -181,8 +166,8 @@ class Watcher:
 
     def sampling(self, period_s: float) -> None:
         """enrichers.skops: RTT callbacks on every connection, one sample per socket per period."""
-        lb.check(self.L.bpf_map_update_elem(self.wcfg_fd, struct.pack("=I", 0),
-                                            WCFG.pack(int(period_s * 1e9), 1, 0), 0), "wcfg")
+        lb.check(self.L.bpf_map_update_elem(self.wcfg_fd, U32.pack(0), WCFG.pack(int(period_s * 1e9), 1), 0),
+                 "wcfg")
 
     def watch(self, k: bytes) -> None:
         lb.check(self.L.bpf_map_update_elem(self.watched_fd, k, b"\x01", 0), "watch")

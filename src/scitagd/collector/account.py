@@ -16,6 +16,8 @@ from typing import Any, DefaultDict, Dict, List, Optional, Tuple
 from ..firefly import Received, ts
 from .store import MINUTE, PAIR_BUCKET, FlowRow, spread
 
+__all__ = ["Accountant", "Flow"]
+
 FlowKey = Tuple[str, str, int, str, int, float]
 Tag = Tuple[int, int]
 

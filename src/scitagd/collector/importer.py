@@ -19,6 +19,8 @@ from .account import Accountant
 from .conf import CollectorConfig
 from .store import SQLiteStore
 
+__all__ = ["Progress", "import_files", "print_summary"]
+
 
 class Progress:
     """One line on stderr, redrawn at most 5 times a second."""

@@ -14,6 +14,20 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
+__all__ = [
+    "FLOW_COLUMNS",
+    "LONG_RANGE",
+    "PAIR_BUCKET",
+    "SCHEMA",
+    "UPSERT_FLOW",
+    "UPSERT_PAIR",
+    "UPSERT_TRAFFIC",
+    "UPSERT_TRAFFIC_HOUR",
+    "SQLiteStore",
+    "Store",
+    "spread",
+]
+
 MINUTE, HOUR, DAY = 60, 3600, 86400
 LONG_RANGE = 2 * DAY  # longer ranges read the hourly roll-up: 60x fewer rows
 PAIR_BUCKET = DAY  # host pairs per day: the top-talker query reads days, not hours

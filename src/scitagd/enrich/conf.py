@@ -11,6 +11,8 @@ from typing import Optional
 
 import msgspec
 
+__all__ = ["EnrichersConfig", "NetlinkEnricherConfig", "SkopsEnricherConfig"]
+
 
 class NetlinkEnricherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     protocol: int = 6

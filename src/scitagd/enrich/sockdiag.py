@@ -15,6 +15,27 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+__all__ = [
+    "ALL_BUT_LISTEN",
+    "INET_DIAG_REQ_BYTECODE",
+    "MSG",
+    "NETLINK_SOCK_DIAG",
+    "NLA",
+    "NLMSG",
+    "OP",
+    "REQ",
+    "SOCKID",
+    "SOCK_DIAG_BY_FAMILY",
+    "TCP_ESTABLISHED",
+    "TCP_INFO",
+    "TCP_LISTEN",
+    "Sample",
+    "SockDiag",
+    "bytecode",
+    "parse_tcp_info",
+    "range_bytecode",
+]
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300

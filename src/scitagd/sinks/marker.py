@@ -95,17 +95,17 @@ class MarkerSink(Sink):
 
     def _restore(self) -> List[FlowEvent]:
         """Flows a previous instance (killed, or restarted) left in the pinned map."""
-        from ..bpf import loader
+        from ..bpf.abi import FLOW_TAG, unpack_flow_key
 
         out = []
         n = 0
         assert self.maps is not None
         for raw_key, raw_tag in self.maps.flows():
             n += 1
-            _label, exp, act, flags = loader.TAG.unpack(raw_tag)
+            _label, exp, act, flags = FLOW_TAG.unpack(raw_tag)
             if not flags & 1:
                 continue
-            proto, src, sport, dst, dport = loader.unpack_key(raw_key)
+            proto, src, sport, dst, dport = unpack_flow_key(raw_key)
             try:
                 out.append(make_event(START, proto, src, sport, dst, dport, exp, act, "", "restored"))
             except InputError:
@@ -204,7 +204,7 @@ class MarkerSink(Sink):
             return  # matchAll marks every flow in the kernel; nothing per flow to do
         if ev.source == "watcher":
             return  # the watcher's kernel program wrote (and removes) these entries itself
-        from ..bpf.loader import TAG, flow_key
+        from ..bpf.abi import FLOW_TAG, flow_key
 
         maps = self.maps
         assert maps is not None, "handle() before start()"
@@ -212,8 +212,8 @@ class MarkerSink(Sink):
         rev = flow_key(ev.protocol, ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)
         if ev.state == START:
             label = encode_flow_label(ev.experiment, ev.activity, random_entropy())
-            maps.put_flow(fwd, TAG.pack(label, ev.experiment, ev.activity, 1))
-            maps.put_flow(rev, TAG.pack(label, ev.experiment, ev.activity, 0))
+            maps.put_flow(fwd, FLOW_TAG.pack(label, ev.experiment, ev.activity, 1))
+            maps.put_flow(rev, FLOW_TAG.pack(label, ev.experiment, ev.activity, 0))
             self.entries += 2
         else:
             for key in (fwd, rev):

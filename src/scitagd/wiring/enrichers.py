@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 from ..components import Enricher, Host
 from ..config import Config
 
+__all__ = ["build_enrichers"]
+
 if TYPE_CHECKING:
     from ..enrich.netlink import LastSamples
     from ..enrich.skops import SkopsEnricher

@@ -9,6 +9,8 @@ from ..config import Config
 from ..errors import StartupError, TagError
 from ..tags import check_activity, check_experiment
 
+__all__ = ["Exporter", "build_exporter", "build_sinks", "match_all"]
+
 
 class Exporter(Protocol):
     name: str

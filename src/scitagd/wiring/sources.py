@@ -12,6 +12,8 @@ from ..config import Config
 from ..errors import StartupError
 from ..sources.conf import WatcherConfig, WatchRule
 
+__all__ = ["build_sources", "watcher_config"]
+
 if TYPE_CHECKING:
     from ..enrich.skops import SkopsEnricher
 

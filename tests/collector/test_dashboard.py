@@ -17,11 +17,11 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from .conftest import ARCHIVE, PRODUCERS, require_shared
+from ..conftest import ARCHIVE, PRODUCERS, require_shared
 from .test_collector import CollectorProc, collector  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="chromium not installed (Debian package chromium)")
 
 

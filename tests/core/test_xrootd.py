@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
-from .conftest import DaemonProc, firefly_validator, free_port, json_body, metrics
+from ..conftest import DaemonProc, firefly_validator, free_port, json_body, metrics
 
 XROOTD = shutil.which("xrootd")
 XRDCP = shutil.which("xrdcp")

@@ -14,7 +14,7 @@ from scitagd import firefly
 from scitagd.events import FlowEvent, Usage
 from scitagd.firefly import FireflyError, build, parse, to_event
 
-from .conftest import ARCHIVE, PRODUCERS, firefly_validator, require_shared
+from ..conftest import ARCHIVE, PRODUCERS, firefly_validator, require_shared
 
 
 def producer_samples() -> list[dict[str, Any]]:

@@ -17,49 +17,11 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, List, Tuple
 
-from .firefly import parse
+from ..firefly import parse
+from .util import drain, free_port, post, wait_http
 
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def post(url: str, body: dict[str, Any]) -> Tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def drain(sock: socket.socket, want: int, timeout: float = 3.0) -> List[bytes]:
-    out: List[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            out.append(sock.recv(65535))
-        except socket.timeout:
-            break
-    return out
+__all__ = ["DEMO_FLOWS", "DemoCollector", "loopback_demo", "main", "marking_demo"]
 
 
 def _say(text: str) -> None:
@@ -261,15 +223,15 @@ def marking_demo(collector_port: int = 0) -> int:
         print("skipped: needs root (network namespaces and eBPF); run the README command as root")
         return 0
     try:
-        from .bpf import libbpf
+        from ..bpf import libbpf
 
         libbpf.lib()
     except RuntimeError as e:
         print(f"skipped: {e}")
         return 0
+    from ..registry import Registry
+    from ..tags import decode_flow_label, gather_entropy
     from .netlab import A_ADDR, B_ADDR, TOOLS, Lab
-    from .registry import Registry
-    from .tags import decode_flow_label, gather_entropy
 
     reg = Registry.bundled()
     tmp = Path(tempfile.mkdtemp(prefix="scitagd-demo-mark-"))

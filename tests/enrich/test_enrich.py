@@ -15,8 +15,7 @@ import pytest
 
 from scitagd.enrich.sockdiag import SockDiag, bytecode
 
-from .conftest import IS_ROOT
-from .lab import A_ADDR, B_ADDR, TOOLS, Lab
+from ..lab import A_ADDR, B_ADDR, TOOLS, Lab
 
 
 def test_kernel_filter_returns_only_watched_sockets() -> None:
@@ -61,8 +60,6 @@ def test_bytecode_layout() -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    if not IS_ROOT:
-        pytest.skip("needs root (network namespaces)")
     lab = Lab(tmp_path)
     try:
         yield lab
@@ -70,6 +67,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.close()
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
     d = lab.daemon("markingStrategy: label",
@@ -115,13 +113,14 @@ WATCH = "  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', e
 PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}\n  watcher: {ignoreNetworks: []}"
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 @pytest.mark.parametrize("plugin", [WATCH, PERFSONAR], ids=["watcher-rule", "perfsonar"])
 def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plugin: str) -> None:
     """The issue's first test: iperf3 discovered by a port rule; the first data packet carries the
     label; the peer gets start, ongoing (period honoured within 20 %) and end fireflies, all
     schema-valid and under the datagram budget; the end usage is iperf3's byte count within 1 %."""
-    from .conftest import firefly_validator
+    from ..conftest import firefly_validator
 
     d = lab.daemon("markingStrategy: label",
                    backends="  firefly: {destinationPort: 10514, enrich: true, enrichmentMode: full}",
@@ -170,7 +169,7 @@ def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plug
 
 
 def test_flow_gone_without_end_does_not_leak(run_daemon: Any, tmp_path: Path) -> None:
-    from .conftest import free_port, metrics
+    from ..conftest import free_port, metrics
 
     prom = free_port()
     pipe = tmp_path / "np"
@@ -215,7 +214,7 @@ flowTable: {{expireAfter: 1}}
 def test_watcher_polling_fallback(run_daemon: Any, udp_receiver: Any) -> None:
     """mode: poll (what `auto` falls back to without eBPF): sock_diag polled with port-range
     bytecode; new connections become flows, vanished ones end with their last byte counts."""
-    from .conftest import free_port, http
+    from ..conftest import free_port, http
 
     ls = socket.socket(socket.AF_INET6)
     ls.bind(("::1", 0))
@@ -261,6 +260,7 @@ plugins:
     assert "sock_ops unavailable" in text and "no cgroup v2 hierarchy" in text
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 def test_netlink_and_skops_agree(lab: Lab) -> None:
     d = lab.daemon("markingStrategy: label", backends="  firefly: {destinationPort: 10514, enrich: true}",
@@ -298,6 +298,7 @@ def test_netlink_and_skops_agree(lab: Lab) -> None:
      "experiment: 2, activity: 2}, {remotePorts: '5201', remoteNetworks: ['fd5c:17::/64'], experiment: 3, "
      "activity: 4}]", True),  # the second rule's network holds it
 ], ids=["internal-ignored", "not-in-networks", "second-rule"])
+@pytest.mark.root
 def test_watcher_network_rules(lab: Lab, watcher: str, tagged: bool) -> None:
     d = lab.daemon("markingStrategy: label", plugins=watcher)
     d.wait_log("sock_ops attached")
@@ -320,6 +321,7 @@ def test_watcher_network_rules(lab: Lab, watcher: str, tagged: bool) -> None:
         assert "flow start source=watcher" not in d.text()
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 @pytest.mark.parametrize("how", ["uid", "cgroup"])
 def test_watcher_uid_and_cgroup_rules(lab: Lab, how: str, tmp_path: Path) -> None:
@@ -366,11 +368,10 @@ def test_watcher_uid_and_cgroup_rules(lab: Lab, how: str, tmp_path: Path) -> Non
             pass
 
 
+@pytest.mark.root
 def test_watcher_and_skops_on_ipv4(run_daemon: Any) -> None:
     """IPv4 connections are discovered and sampled too (they cannot carry a flow label)."""
-    if not IS_ROOT:
-        pytest.skip("needs root (cgroup sock_ops)")
-    from .conftest import free_port, http, metrics
+    from ..conftest import free_port, http, metrics
 
     ls = socket.socket(socket.AF_INET)
     ls.bind(("127.0.0.1", 0))

@@ -12,13 +12,12 @@ from typing import Iterator, List
 
 import pytest
 
-from scitagd.labtools import Packet
+from scitagd.lab.tools import Packet
 from scitagd.tags import decode_flow_label, gather_entropy
 
-from .conftest import IS_ROOT
-from .lab import A_ADDR, B_ADDR, TOOLS, Lab
+from ..lab import A_ADDR, B_ADDR, TOOLS, Lab
 
-pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces, eBPF, raw sockets)")
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MB = 1 << 20
 
@@ -350,7 +349,7 @@ def test_xrootd_get_over_ipv6_is_marked_and_announced(lab: Lab) -> None:
     carries the tag; the client's host (B) receives scitagd's fireflies."""
     import json as _json
 
-    from .test_xrootd import start_xrootd
+    from ..core.test_xrootd import start_xrootd
 
     base = Path(__import__("tempfile").mkdtemp(prefix="scitagd-xrd-"))
     base.chmod(0o755)
@@ -409,7 +408,7 @@ def test_l3_device_without_ethernet_header(lab: Lab, strategy: str) -> None:
         subprocess.run(lab.a.cmd(sys.executable, "-c", (
             "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.bind(('::',46000));"
             f"s.sendto(b'{tag}'*{size},('fd5c:77::2',7000))")), check=True)
-    from scitagd.labtools import parse_ipv6
+    from scitagd.lab.tools import parse_ipv6
 
     raw = lab.result(reader, timeout=20)["packets"]
     pkts = [parse_ipv6(bytes.fromhex(h)) for h in raw]

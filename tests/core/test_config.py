@@ -8,8 +8,8 @@ import pytest
 
 from scitagd.config import ConfigError, dump, load, load_text
 
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
+DATA = Path(__file__).parents[1] / "data"
+REPO = Path(__file__).parents[2]
 
 
 def test_flowd_go_config_works_unchanged() -> None:

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .labtools import Packet, read_capture
+from .tools import Packet, read_capture
 
-TOOLS = [sys.executable, "-m", "scitagd.labtools"]
+__all__ = ["TOOLS", "Capture", "Lab", "NetNS", "sh"]
+
+TOOLS = [sys.executable, "-m", "scitagd.lab.tools"]
 A_ADDR, B_ADDR = "fd5c:17::1", "fd5c:17::2"
 
 _counter = itertools.count()
@@ -78,7 +80,8 @@ class NetNS:
         return sh(*self.cmd(*cmd), check=check)
 
     def popen(self, cmd: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd(*cmd), **kw)  # type: ignore[call-overload]
+        p: subprocess.Popen[bytes] = subprocess.Popen(self.cmd(*cmd), **kw)  # type: ignore[call-overload]
+        return p
 
     def write_etc(self, name: str, text: str) -> Path:
         """A file that `ip netns exec` bind-mounts over /etc/NAME inside the namespace."""

@@ -11,9 +11,9 @@ from typing import Iterator
 
 import pytest
 
-from scitagd.netlab import NetNS
+from scitagd.lab.netlab import NetNS
 
-from .conftest import needs_root
+from ..conftest import needs_root
 
 RECEIVER = r"""
 import json, socket, sys, time

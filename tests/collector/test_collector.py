@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from .conftest import ARCHIVE, PRODUCERS, DaemonProc, free_port, http, metrics, require_shared
+from ..conftest import ARCHIVE, PRODUCERS, DaemonProc, free_port, http, metrics, require_shared
 
 
 class CollectorProc:
@@ -266,7 +266,7 @@ def test_real_xrootd_to_collector(collector: Callable[..., CollectorProc]) -> No
 
     if not (shutil.which("xrootd") and shutil.which("xrdcp")):
         pytest.skip("xrootd-server/xrootd-client not installed")
-    from .test_xrootd import start_xrootd
+    from ..core.test_xrootd import start_xrootd
 
     c = collector()
     base = Path(tempfile.mkdtemp(prefix="scitagd-xrd-"))
@@ -373,7 +373,7 @@ scrape_configs:
 
 
 def test_grafana_dashboard_uses_exported_metrics(collector: Callable[..., CollectorProc]) -> None:
-    dash = json.loads((Path(__file__).parent.parent / "grafana" / "scitagd-collector.json").read_text())
+    dash = json.loads((Path(__file__).parents[2] / "grafana" / "scitagd-collector.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     used = set(re.findall(r"scitagd_collector_\w+", " ".join(exprs)))
     assert len(used) >= 6

@@ -31,3 +31,13 @@ def test_shipped_objects_match_source() -> None:
     r = subprocess.run([sys.executable, "-m", "scitagd.bpf.build", "--check"], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("clang-format"), reason="clang-format not installed (scripts/setup.sh "
+                    "--test installs it as root)")
+def test_sources_follow_clang_format() -> None:
+    repo = BPF.parents[2]
+    for src in sorted(BPF.glob("*.[ch]")):
+        r = subprocess.run(["clang-format", f"--style=file:{repo / '.clang-format'}", str(src)],
+                           capture_output=True, text=True, check=True)
+        assert r.stdout == src.read_text(), f"{src.name}: run clang-format -i (see .clang-format)"

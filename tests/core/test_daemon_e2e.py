@@ -16,7 +16,7 @@ import pytest
 
 from scitagd.tags import encode_scitag
 
-from .conftest import (
+from ..conftest import (
     PRODUCERS,
     DaemonProc,
     firefly_validator,

@@ -11,7 +11,7 @@ import pytest
 
 from scitagd.registry import Registry, RegistryConfig, RegistryError, RegistryHolder, fold
 
-from .conftest import SHARED
+from ..conftest import SHARED
 
 
 class _Server:

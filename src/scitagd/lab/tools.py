@@ -1,4 +1,4 @@
-"""Small network tools for namespace labs (tests, demo, benchmarks): `python -m scitagd.labtools ...`
+"""Small network tools for namespace labs (tests, demo, benchmarks): `python -m scitagd.lab.tools ...`
 and the parser for what `capture` records. Standard library only.
 
   capture IFACE FILE            AF_PACKET capture of IPv6 frames (with VLAN auxdata) until SIGTERM
@@ -21,6 +21,27 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
+
+__all__ = [
+    "AUX",
+    "ETH_P_ALL",
+    "PACKET_AUXDATA",
+    "SOL_PACKET",
+    "TP_STATUS_VLAN_VALID",
+    "Packet",
+    "capture",
+    "inject_vlan",
+    "main",
+    "parse_frame",
+    "parse_ipv6",
+    "read_capture",
+    "tcp_client",
+    "tcp_server",
+    "tun_read",
+    "udp_recv",
+    "udp_send",
+    "vlan_frame",
+]
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -212,7 +233,7 @@ def _csum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def vlan_frame(vid: int, src: str, dst: str, sport: int, dport: int, payload: bytes,
