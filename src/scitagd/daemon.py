@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Deque, Iterator, List, Optional, Set
 
+from .addresses import LocalAddresses
 from .components import Counters, Enricher, MetricsProvider, Sink, Source
 from .config import Config
 from .errors import StartupError
@@ -27,28 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["Daemon", "StartupError", "run"]
 
 log = logging.getLogger("scitagd.daemon")
-
-
-class LocalAddresses:
-    """This host's addresses, refreshed in the background (interfaces come and go)."""
-
-    def __init__(self) -> None:
-        self.addrs: Set[str] = {"127.0.0.1", "::1"}
-
-    def refresh(self) -> None:
-        try:
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                found = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
-        except Exception as e:  # netlink unavailable (containers without it): keep what we had
-            log.warning("local addresses not refreshed error=%r", str(e))
-            return
-        found.discard(None)
-        self.addrs = {str(ipaddress.ip_address(a)) for a in found} | {"127.0.0.1", "::1"}
-
-    def __contains__(self, ip: str) -> bool:
-        return ip in self.addrs or ip.startswith("127.")
 
 
 class SinkRunner:
