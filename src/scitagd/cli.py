@@ -119,7 +119,7 @@ def cmd_registry(a: argparse.Namespace) -> int:
         return 0
     print(f"{e.exp_name} (experiment {e.exp_id})")
     for act in e.activities:
-        print(f"{act.activity_id:>4}  {act.activity_name:<28} scitag {e.exp_id << 6 | act.activity_id}")
+        print(f"{act.activity_id:>4}  {act.activity_name:<28} scitag {encode_scitag(e.exp_id, act.activity_id)}")
     return 0
 
 

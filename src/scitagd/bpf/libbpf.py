@@ -269,3 +269,20 @@ def map_fd(obj: int, name: str) -> int:
 def prog_fd(obj: int, name: str) -> int:
     prog = check_ptr(lib().bpf_object__find_program_by_name(obj, name.encode()), f"program {name}")
     return check(lib().bpf_program__fd(prog), f"fd of program {name}")
+
+
+def set_rodata(obj: int, data: bytes) -> None:
+    """The initial value of the object's `.rodata` (its `const volatile` globals), before load.
+    `data` must be the whole section: a size mismatch means the object and the caller disagree."""
+    L = lib()
+    L.bpf_map__initial_value.restype = ctypes.c_void_p
+    L.bpf_map__initial_value.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    L.bpf_map__set_initial_value.restype = ctypes.c_int
+    L.bpf_map__set_initial_value.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    m = find_map(obj, ".rodata")
+    size = ctypes.c_size_t(0)
+    L.bpf_map__initial_value(m, ctypes.byref(size))
+    if size.value != len(data):
+        raise BpfError(22, f".rodata is {size.value} bytes in the object, {len(data)} given: object and "
+                       "loader do not match")
+    check(L.bpf_map__set_initial_value(m, data, len(data)), "set .rodata")

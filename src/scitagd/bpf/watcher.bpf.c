@@ -93,12 +93,9 @@ struct {
 	__type(value, struct rule);
 } rules SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct wcfg);
-} wcfg SEC(".maps");
+/* Set by the loader before the program is loaded and read-only to it, so the verifier drops the
+ * sampling code when enrichers.skops is off (libbpf-bootstrap's const volatile style). */
+const volatile struct wcfg wcfg = {};
 
 /* Remote networks no rule applies to (internal networks by default). */
 struct {
@@ -218,13 +215,6 @@ static __always_inline void keys(struct bpf_sock_ops *skops, struct flow_key *ou
 	in->proto = 6;
 }
 
-static __always_inline struct wcfg *config(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&wcfg, &zero);
-}
-
 static __always_inline void remember(struct bpf_sock_ops *skops, __u32 matched)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -256,9 +246,7 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 {
 	__u16 lport = skops->local_port;
 	__u16 rport = bpf_ntohl(skops->remote_port) & 0xFFFF;
-	struct wcfg *cfg = config();
-
-	if (cfg && cfg->sample) {
+	if (wcfg.sample) {
 		/* every connection: a flow may be reported (pipe, API, firefly) after it started */
 		bpf_sock_ops_cb_flags_set(skops,
 					  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
@@ -323,11 +311,10 @@ int scitagd_watch(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		return established(skops);
 	case BPF_SOCK_OPS_RTT_CB: {
-		struct wcfg *cfg = config();
 		struct bpf_sock *sk = skops->sk;
 		struct flow_key out = {}, in = {};
 
-		if (!cfg || !cfg->sample || !sk)
+		if (!wcfg.sample || !sk)
 			return 1;
 		keys(skops, &out, &in);
 		if (!bpf_map_lookup_elem(&watched, &out))
@@ -337,7 +324,7 @@ int scitagd_watch(struct bpf_sock_ops *skops)
 		if (!st)
 			return 1;
 		__u64 now = bpf_ktime_get_ns();
-		if (now - st->last_ns < cfg->period_ns)
+		if (now - st->last_ns < wcfg.period_ns)
 			return 1; /* rate limit per socket, in the kernel */
 		st->last_ns = now;
 		emit(skops, 3, 0, 0, 0, 0);

@@ -88,9 +88,14 @@ def key(src: str, sport: int, dst: str, dport: int) -> bytes:
 
 
 class Watcher:
+    """`sample_period`: enrichers.skops's period in seconds (RTT callbacks on every connection,
+    one sample per socket and period), or None for no sampling: fixed at load, read-only to
+    the program."""
+
     def __init__(self, cgroup: str, rules: List[Rule], flows_pin: Optional[Path],
-                 ignore: Tuple[str, ...] = ()) -> None:
+                 ignore: Tuple[str, ...] = (), sample_period: Optional[float] = None) -> None:
         self.L = lb.lib()
+        self.sample_period = sample_period
         self.ignore = ignore
         self.cgroup = cgroup2_path(cgroup)
         self.rules = rules
@@ -119,6 +124,8 @@ class Watcher:
                     os.close(fd)
             else:
                 lb.check(L.bpf_map__set_max_entries(flows, 1024), "flows size")  # nothing marks: tiny
+            period = self.sample_period
+            lb.set_rodata(obj, WCFG.pack(int(period * 1e9), 1) if period is not None else WCFG.pack(0, 0))
 
         obj = self.obj = lb.load_object(path, prepare, "watcher")
         self.prog_fd = lb.prog_fd(obj, "scitagd_watch")
@@ -136,7 +143,6 @@ class Watcher:
             plen, addr = net16(cidr)
             lb.check(L.bpf_map_update_elem(ignore_fd, NET_KEY.pack(plen, addr), b"\x01", 0),
                      f"ignored network {cidr}")
-        self.wcfg_fd = lb.map_fd(obj, "wcfg")
         self.watched_fd = lb.map_fd(obj, "watched")
         self.events_fd = lb.map_fd(obj, "events")
 
@@ -163,11 +169,6 @@ class Watcher:
         if n:
             log.info("detached sock_ops programs left by an earlier scitagd cgroup=%s programs=%d", self.cgroup, n)
         return n
-
-    def sampling(self, period_s: float) -> None:
-        """enrichers.skops: RTT callbacks on every connection, one sample per socket per period."""
-        lb.check(self.L.bpf_map_update_elem(self.wcfg_fd, U32.pack(0), WCFG.pack(int(period_s * 1e9), 1), 0),
-                 "wcfg")
 
     def watch(self, k: bytes) -> None:
         lb.check(self.L.bpf_map_update_elem(self.watched_fd, k, b"\x01", 0), "watch")

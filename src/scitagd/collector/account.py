@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Any, DefaultDict, Dict, List, Optional, Tuple
 
+from ..events import END, ONGOING, START
 from ..firefly import Received, ts
 from .store import MINUTE, PAIR_BUCKET, FlowRow, spread
 
@@ -83,7 +84,7 @@ class Accountant:
         usage = ff.usage
         sent = (usage.sent or 0) if usage else 0
         received = (usage.received or 0) if usage else 0
-        marker = ts(lc.end_time) if lc.state == "end" else ts(lc.current_time)
+        marker = ts(lc.end_time) if lc.state == END else ts(lc.current_time)
         dkey = (key, lc.state, marker, sent, received)
         if dkey in self._seen:
             self.duplicates += 1
@@ -99,10 +100,10 @@ class Accountant:
         flow = self.active.get(key)
         if flow is None:
             flow = Flow(key, ctx.experiment_id, ctx.activity_id, ctx.application, reporter)
-            if lc.state != "end":
+            if lc.state != END:
                 self.active[key] = flow
                 self.active_by_tag[(flow.exp, flow.act)] += 1
-            if lc.state == "start":
+            if lc.state == START:
                 self.started[(flow.exp, flow.act)] += 1
             self._traffic((int(flow.start // MINUTE) * MINUTE, flow.exp, flow.act), 0, 1)
             new = True
@@ -113,12 +114,12 @@ class Accountant:
             flow.sent = sent
         if received > flow.received:
             flow.received = received
-        if lc.state == "end":
+        if lc.state == END:
             end = ts(lc.end_time) or ts(lc.current_time) or start
             self._finish(key, flow, end, "ended", was_active=not new)
-            return "end"
+            return END
         now = ts(lc.current_time) or time.time()
-        if lc.state == "ongoing":
+        if lc.state == ONGOING:
             self._attribute(flow, max(now, flow.start), point=True)
         self.rows.append(flow.row(None, "active"))
         return lc.state

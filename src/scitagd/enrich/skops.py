@@ -40,8 +40,8 @@ class SkopsEnricher(LastSamples):
         self._task: Optional[asyncio.Task[None]] = None
 
     def bind(self, watcher: Watcher) -> None:
+        """The watcher, loaded with sampling at this period: its `watched` map is ours to fill."""
         self.watcher = watcher
-        watcher.sampling(self.period)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._sync(), name="enrich-skops")

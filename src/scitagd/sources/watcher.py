@@ -92,7 +92,8 @@ class WatcherSource(Source):
         if self.conf.mode != "poll":
             w = None
             try:
-                w = Watcher(self.conf.cgroup_path, rules, self.flows_pin, tuple(self.conf.ignore_networks))
+                w = Watcher(self.conf.cgroup_path, rules, self.flows_pin, tuple(self.conf.ignore_networks),
+                            self.skops.period if self.skops is not None else None)
                 await self._loop.run_in_executor(None, w.load)
                 await self._loop.run_in_executor(None, w.attach)
                 self.w = w
