@@ -44,7 +44,11 @@ MSGID = "firefly-json"
 APP_NAME = "scitagd"
 DEFAULT_PORT = 10514
 MAX_DATAGRAM = 1400  # keep one firefly in one unfragmented datagram on any sane path
-MAX_APPLICATION = 128
+MAX_APPLICATION = 128  # longer application names are cut to this, by every reader and writer
+MAX_ID = 0xFFFF  # experiment and activity ids: 16 bits (the scitag integer's range)
+MAX_BYTES = 1 << 62  # usage counters: far beyond any transfer, and safe in a signed 64-bit column
+MIN_TIME, MAX_TIME = 946684800.0, 4102444800.0  # 2000-01-01 .. 2100-01-01 UTC
+MAX_HOSTNAME = 255  # RFC 5424 HOSTNAME
 
 _MONTHS = {"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
 
@@ -116,6 +120,10 @@ def parse(data: bytes, header: bool = True) -> Received:
         if "truncated" in msg:
             raise FireflyError(f"truncated JSON after {len(body)} bytes: {msg}", "truncated") from None
         raise FireflyError(f"malformed JSON: {msg}", "malformed_json") from None
+    except UnicodeDecodeError as e:
+        raise FireflyError(f"invalid UTF-8 in a JSON string at byte {i + e.start}", "bad_utf8") from None
+    except RecursionError:
+        raise FireflyError("JSON nested too deeply", "too_deep") from None
     _check(ff)
     return Received(ff, hostname, app)
 
@@ -137,7 +145,16 @@ def _parse_header(raw: bytes) -> tuple[str | None, str | None]:
         return None, None  # a header we cannot read does not spoil a readable document
     hostname = rest[1] if len(rest) > 1 and rest[1] != "-" else None
     app = rest[2] if len(rest) > 2 and rest[2] != "-" else None
+    # printable ASCII of bounded length (RFC 5424), or nothing: a header never carries junk on
+    if hostname is not None and (len(hostname) > MAX_HOSTNAME or not _printable(hostname)):
+        hostname = None
+    if app is not None and (len(app) > 48 or not _printable(app)):
+        app = None
     return hostname, app
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def _check(ff: Firefly) -> None:
@@ -164,11 +181,21 @@ def _check(ff: Firefly) -> None:
     for name, port in (("src-port", fid.src_port), ("dst-port", fid.dst_port)):
         # Port 0 is accepted: flowd's own test data carries it; marking rejects it later.
         if not 0 <= port <= 65535:
-            raise FireflyError(f"flow-id.{name}: {port}: expected 0..65535", "bad_port")
-    if ctx.experiment_id < 0 or ctx.activity_id < 0:
-        raise FireflyError(
-            f"context: experiment-id {ctx.experiment_id}, activity-id {ctx.activity_id}: "
-            "expected non-negative ids", "bad_tag")
+            raise FireflyError(f"flow-id.{name}: {port}: expected 0..65535", "bad_port", f"flow-id.{name}")
+    for name, v in (("experiment-id", ctx.experiment_id), ("activity-id", ctx.activity_id)):
+        if not 0 <= v <= MAX_ID:
+            raise FireflyError(f"context.{name}: {v}: expected 0..{MAX_ID}", "bad_tag", f"context.{name}")
+    if ctx.application is not None and len(ctx.application) > MAX_APPLICATION:
+        ctx.application = ctx.application[:MAX_APPLICATION]
+    if ff.usage is not None:
+        for name, n in (("received", ff.usage.received), ("sent", ff.usage.sent)):
+            if n is not None and not 0 <= n <= MAX_BYTES:
+                raise FireflyError(f"usage.{name}: {n}: expected 0..2**62 bytes", "bad_usage", f"usage.{name}")
+    for name, dt in (("start-time", lc.start_time), ("end-time", lc.end_time), ("current-time", lc.current_time)):
+        t = ts(dt)
+        if t is not None and not MIN_TIME <= t < MAX_TIME:
+            raise FireflyError(f"flow-lifecycle.{name}: {dt.isoformat() if dt else dt}: expected a time "
+                               "between 2000 and 2100", "bad_time", f"flow-lifecycle.{name}")
 
 
 def ts(dt: datetime | None) -> float | None:
@@ -177,7 +204,10 @@ def ts(dt: datetime | None) -> float | None:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError):  # year 1 with a positive offset, year 9999 with a negative one
+        return float("-inf") if dt.year < 2000 else float("inf")
 
 
 _apps: Dict[str, str] = {}
