@@ -172,7 +172,7 @@ def cmd_collector(a: argparse.Namespace) -> int:
         for f in files:
             if not Path(f).is_file():
                 raise CommandError(f"collector import: {f}: no such file")
-        s = import_files(cconf, files, progress=not a.quiet)
+        s = import_files(cconf, files, progress=not a.quiet, keep=a.keep)
         if a.json:
             print(_json.dumps(s))
         else:
@@ -239,13 +239,15 @@ def parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "
                          "loads archives")
     col.add_argument("--config", help="YAML with a collector: section")
-    col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False)
+    col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False, keep=False)
     colsub = col.add_subparsers(dest="collector_cmd")
     imp = colsub.add_parser("import", help="load syslog archives of fireflies (.gz or plain)")
     imp.add_argument("files", nargs="+")
     imp.add_argument("--config", help="YAML with a collector: section")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--keep", action="store_true", help="exempt the imported time range from retention "
+                     "(archives older than collector.store.retentionDays)")
     imp.set_defaults(func=cmd_collector, import_files=True)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")

@@ -1,12 +1,19 @@
 """`collector:` config section (`scitagd collector --config FILE`).
 
-  udp:        {bindAddresses: ["::"], port: 10514, receiveBuffer: 16777216}   "::" takes IPv4 too
-  syslogTcp:  {bindAddress: "::", port: 10514}       on when present: rsyslog forwarding (RFC 6587)
-  store:      {path, retentionDays: 30, flushInterval: 0.2}
+  udp:        {bindAddresses: ["::"], port: 10514, receiveBuffer: 16777216, allowedSources: [CIDR]}
+              "::" takes IPv4 too; without allowedSources every sender is heard
+  syslogTcp:  {bindAddress: "::", port: 10514, maxMessage: 65536, allowedSources, idleTimeout: 300,
+               maxConnections: 256, maxConnectionsPerSource: 16}  on when present (RFC 6587 framing)
+  store:      {path, retentionDays: 30, flushInterval: 0.2, maxPending: 200000, cacheFlows: 200000}
   http:       {bindAddress: 127.0.0.1, port: 8088}   dashboard, JSON API, /metrics
+  trustedRelays: [CIDR, ...]     senders whose syslog HOSTNAME is taken as the reporter (relays you
+                                 run); from anyone else the reporter is the sender's address
   localNetworks: [CIDR, ...]     with dropLocalOnly: true, flows inside them are not accounted
   relay:      ["host:port", ...] raw datagrams forwarded to further collectors
-  activeTimeout: 86400           seconds before a flow without an end is closed as expired
+  activeTimeout: 86400           seconds of silence (by the flow's own event times) before a flow
+                                 without an end is closed as expired
+  maxActiveFlows: 500000         beyond it the longest-silent active flows are closed (counted)
+  maxClockSkew: 3600             seconds an event time may be ahead of the collector's clock
   samples:    100                invalid datagrams kept for inspection (GET /api/v1/rejected)
 
 The file may also hold the daemon's sections (one file for a host running both); the collector
@@ -31,33 +38,53 @@ class UdpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     bind_addresses: List[str] = msgspec.field(default_factory=lambda: ["::"])
     port: int = 10514
     receive_buffer: int = 16 << 20
+    allowed_sources: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         for a in self.bind_addresses:
             check_bind_address("bindAddresses", a)
         check_port("port", self.port)
+        check_networks("allowedSources", self.allowed_sources or [])
 
 
 class TcpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     bind_address: str = "::"
     port: int = 10514
     max_message: int = 65536
+    allowed_sources: Optional[List[str]] = None
+    idle_timeout: float = 300.0
+    max_connections: int = 256
+    max_connections_per_source: int = 16
 
     def __post_init__(self) -> None:
         check_bind_address("bindAddress", self.bind_address)
         check_port("port", self.port)
+        check_networks("allowedSources", self.allowed_sources or [])
+        if not 512 <= self.max_message <= 1 << 20:
+            raise ValueError(f"maxMessage {self.max_message}: expected 512..1048576 bytes")
+        if not 1 <= self.idle_timeout <= 86400:
+            raise ValueError(f"idleTimeout {self.idle_timeout}: expected 1..86400 seconds")
+        if not 1 <= self.max_connections_per_source <= self.max_connections <= 65536:
+            raise ValueError(f"maxConnections {self.max_connections}, maxConnectionsPerSource "
+                             f"{self.max_connections_per_source}: expected 1 <= per source <= total <= 65536")
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     path: str = "/var/lib/scitagd/collector.sqlite"
     retention_days: float = 30.0
     flush_interval: float = 0.2
+    max_pending: int = 200_000
+    cache_flows: int = 200_000
 
     def __post_init__(self) -> None:
         if self.retention_days <= 0:
             raise ValueError(f"retentionDays {self.retention_days}: expected > 0")
         if not 0.01 <= self.flush_interval <= 10:
             raise ValueError(f"flushInterval {self.flush_interval}: expected 0.01..10 seconds")
+        if not 1000 <= self.max_pending <= 10_000_000:
+            raise ValueError(f"maxPending {self.max_pending}: expected 1000..10000000 fireflies")
+        if not 100 <= self.cache_flows <= 10_000_000:
+            raise ValueError(f"cacheFlows {self.cache_flows}: expected 100..10000000")
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -74,14 +101,22 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
     syslog_tcp: Optional[TcpConfig] = None
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    trusted_relays: List[str] = msgspec.field(default_factory=list)
     local_networks: List[str] = msgspec.field(default_factory=list)
     drop_local_only: bool = False
     relay: List[str] = msgspec.field(default_factory=list)
     active_timeout: float = 86400.0
+    max_active_flows: int = 500_000
+    max_clock_skew: float = 3600.0
     samples: int = 100
 
     def __post_init__(self) -> None:
         check_networks("localNetworks", self.local_networks)
+        check_networks("trustedRelays", self.trusted_relays)
+        if not 1 <= self.max_active_flows <= 50_000_000:
+            raise ValueError(f"maxActiveFlows {self.max_active_flows}: expected 1..50000000")
+        if not 0 <= self.max_clock_skew <= 7 * 86400:
+            raise ValueError(f"maxClockSkew {self.max_clock_skew}: expected 0..604800 seconds")
         for r in self.relay:
             parse_hostport("relay", r, 10514)
         if self.active_timeout <= 0:

@@ -10,14 +10,16 @@ import gzip
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Dict, List
 
 from ..errors import FireflyError
 from ..firefly import parse
-from .account import Accountant
+from ..netset import NetSet
 from .conf import CollectorConfig
-from .store import SQLiteStore
+from .report import Report, make_report
+from .store import IngestResult, SQLiteStore
 
 __all__ = ["Progress", "import_files", "print_summary"]
 
@@ -47,14 +49,23 @@ class Progress:
         self.stream.flush()
 
 
-def import_files(conf: CollectorConfig, files: List[str], progress: bool = True) -> Dict[str, Any]:
-    store = SQLiteStore(conf.store.path)
-    acct = Accountant(conf.local_networks, conf.drop_local_only)
-    for row in store.flows(0, 1e12, state="active", limit=10_000_000):
-        acct.restore(row)
-    summary: Dict[str, Any] = {"files": [], "lines": 0, "imported": 0, "rejected": Counter(),
-                               "samples": []}
+def import_files(conf: CollectorConfig, files: List[str], progress: bool = True, keep: bool = False) -> Dict[str, Any]:
+    """Every line through the same parser and store as live traffic, so an archive and the same
+    fireflies received over UDP give the same rows, and importing twice changes nothing."""
+    store = SQLiteStore(conf.store.path, conf.store.cache_flows, conf.active_timeout)
+    local = NetSet(conf.local_networks) if conf.drop_local_only else NetSet([])
+    summary: Dict[str, Any] = {"files": [], "lines": 0, "imported": 0, "rejected": Counter(), "samples": []}
     tags: Counter[str] = Counter()  # experiment/activity/state -> fireflies
+    res = IngestResult()
+    local_only = 0
+    lo, hi = float("inf"), float("-inf")
+    batch: List[Report] = []
+    now = time.time()
+
+    def write() -> None:
+        res.merge(store.ingest(batch))
+        batch.clear()
+
     try:
         for name in files:
             path = Path(name)
@@ -72,41 +83,71 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True)
                         continue
                     try:
                         rec = parse(line)
+                        # an archive's syslog HOSTNAME is what the relay that wrote it recorded
+                        r = make_report(rec, "import", True, now)
                     except FireflyError as e:
                         summary["rejected"][e.reason] += 1
                         if len(summary["samples"]) < 10:
                             summary["samples"].append({"file": name, "line": n, "reason": e.reason,
                                                        "error": str(e)})
                         continue
-                    acct.ingest(rec, "import")
                     ctx = rec.firefly.context
                     tags[f"{ctx.experiment_id}/{ctx.activity_id}/{rec.firefly.flow_lifecycle.state}"] += 1
                     ok += 1
-                    if len(acct.rows) >= 20000:
-                        store.write(*acct.take())
+                    if local and r.src in local and r.dst in local:
+                        local_only += 1
+                        continue
+                    lo, hi = min(lo, r.start, r.t), max(hi, r.t)
+                    batch.append(r)
+                    if len(batch) >= 20000:
+                        write()
                     if n % 1000 == 0:
                         bar.show(raw.tell(), n)
             bar.show(size, n, final=True)
             summary["files"].append({"file": name, "lines": n, "imported": ok})
             summary["lines"] += n
             summary["imported"] += ok
-        store.write(*acct.take())
+        write()
+        if keep and lo <= hi:
+            store.pin(lo, hi, f"import of {', '.join(Path(f).name for f in files)}")
+        # flows silent for longer than activeTimeout by their own times are closed now, as live
+        res.merge(store.expire(time.time(), conf.max_active_flows))
+        active = store.active(1)[1]
     finally:
         store.close()
-    summary["states"] = dict(acct.states)
-    summary["duplicates"] = acct.duplicates
-    summary["local_only"] = acct.local_only
-    summary["flows_ended"] = sum(acct.ended.values())
-    summary["flows_active"] = len(acct.active)
+    cut = time.time() - conf.store.retention_days * 86400
+    summary["states"] = {k: v for k, v in res.outcomes.items() if k != "duplicate"}
+    summary["duplicates"] = res.outcomes.get("duplicate", 0)
+    summary["local_only"] = local_only
+    summary["flows_started"] = sum(res.started.values())
+    summary["flows_ended"] = sum(res.ended.values())
+    summary["flows_expired"] = sum(res.expired.values())
+    summary["flows_active"] = active
     summary["rejected"] = dict(summary["rejected"])
     summary["fireflies"] = dict(tags)
+    summary["time_range"] = [lo, hi] if lo <= hi else None
+    summary["older_than_retention"] = bool(lo <= hi and lo < cut)
+    summary["kept"] = keep
+    summary["retention_days"] = conf.store.retention_days
     return summary
 
 
 def print_summary(s: Dict[str, Any]) -> None:
     print(f"lines {s['lines']}, imported {s['imported']} fireflies "
           f"({', '.join(f'{k} {v}' for k, v in sorted(s['states'].items()))}), "
-          f"duplicates {s['duplicates']}, rejected {sum(s['rejected'].values())}")
-    print(f"flows ended {s['flows_ended']}, still active {s['flows_active']}")
+          f"duplicates {s['duplicates']} (already in the store: not counted again), "
+          f"rejected {sum(s['rejected'].values())}")
+    print(f"flows started {s['flows_started']}, ended {s['flows_ended']}, closed without an end "
+          f"{s['flows_expired']}, still active {s['flows_active']}")
     for smp in s["samples"]:
         print(f"  rejected {smp['file']}:{smp['line']}: {smp['reason']}: {smp['error']}")
+    if s["older_than_retention"]:
+        lo = datetime.fromtimestamp(s["time_range"][0], timezone.utc).strftime("%Y-%m-%d %H:%M")
+        if s["kept"]:
+            print(f"note: data from {lo} UTC is older than retentionDays ({s['retention_days']:g}); it is kept: "
+                  "this import's time range is exempt from retention")
+        else:
+            print(f"warning: data from {lo} UTC is older than collector.store.retentionDays "
+                  f"({s['retention_days']:g}): the collector removes it at its next retention pass. "
+                  "Import again with --keep to exempt this import's time range from retention.",
+                  file=sys.stderr)

@@ -1,5 +1,13 @@
-"""The collector process: receivers (UDP, syslog over TCP), accounting, batched store writes,
-relay, and the HTTP side (dashboard, JSON API, /metrics)."""
+"""The collector process: receivers (UDP, syslog over TCP), relay, batched accounting into the
+store, and the HTTP side (dashboard, JSON API, /metrics).
+
+Input path: datagram or TCP frame -> allowed source? -> relay -> parse -> Report (who reported
+it, clock sanity) -> local-only filter -> pending batch -> every flushInterval the store accounts
+the batch on its own thread. Everything a sender can grow is bounded: the pending batch
+(maxPending, drops counted), TCP connections (total and per source, idle timeout), rejection
+samples, metric label sets (tally.py). A store that cannot write (disk full) keeps the batch,
+says why on /healthz, and catches up when it can.
+"""
 
 from __future__ import annotations
 
@@ -13,55 +21,71 @@ from typing import TYPE_CHECKING, Any, Callable, DefaultDict, Deque, Dict, List,
 from ..errors import FireflyError
 from ..firefly import parse
 from ..logs import Throttle
+from ..netset import NetSet
 from ..netutil import parse_hostport, udp_listener
 from ..registry import RegistryHolder
 from ..relay import Relay
 from ..runtime import run_async, until_signalled
-from .account import Accountant
 from .conf import CollectorConfig
-from .store import SQLiteStore
+from .framing import Framer
+from .report import Report, make_report
+from .store import IngestResult, SQLiteStore, StoreFull
+from .tally import Tally
 
 if TYPE_CHECKING:
     from .web import Web
 
 __all__ = ["Collector", "run"]
 
-T = TypeVar("T")
-
 log = logging.getLogger("scitagd.collector")
+T = TypeVar("T")
 
 
 class Collector:
     def __init__(self, conf: CollectorConfig, registry: RegistryHolder) -> None:
         self.conf = conf
         self.registry = registry
-        self.store = SQLiteStore(conf.store.path)
-        self.acct = Accountant(conf.local_networks, conf.drop_local_only)
+        self.store = SQLiteStore(conf.store.path, conf.store.cache_flows, conf.active_timeout)
+        self.tally = Tally(lambda e, a: self.registry.current.activity_name(e, a) is not None)
+        self.tally.set_active(self.store.active_by_tag())
         self.datagrams: DefaultDict[str, int] = defaultdict(int)  # transport
-        self.rejected: DefaultDict[str, int] = defaultdict(int)  # reason
+        self.rejected: DefaultDict[str, int] = defaultdict(int)  # reason (a fixed set)
         self.samples: Deque[Dict[str, Any]] = deque(maxlen=conf.samples)
-        self.store_rows = 0
+        self.local_only = 0
+        self.store_rows = 0  # fireflies written
         self.store_errors = 0
         self.store_flushes = 0
+        self.store_dropped = 0  # fireflies lost: pending batch full while the store could not write
+        self.store_refused = 0  # fireflies the database refused (isolated, the rest written)
         self.flows_in_store = 0
+        self.store_problem: Optional[str] = None  # why the store is behind, for /healthz
+        self.pending: List[Report] = []
+        self.tcp_connections: Dict[str, int] = {}
+        self.tcp_refused: DefaultDict[str, int] = defaultdict(int)
         self.relay_sent: DefaultDict[str, int] = defaultdict(int)
         self.relay_failed: DefaultDict[str, int] = defaultdict(int)
         self._relay: Optional[Relay] = None
         if conf.relay:
             self._relay = Relay([parse_hostport("relay", r, 10514) for r in conf.relay],
                                 self._relayed_one, self._relay_failed)
+        self._udp_allowed = NetSet(conf.udp.allowed_sources) if conf.udp.allowed_sources is not None else None
+        tcp = conf.syslog_tcp
+        self._tcp_allowed = NetSet(tcp.allowed_sources) if tcp and tcp.allowed_sources is not None else None
+        self._trusted = NetSet(conf.trusted_relays)
+        self._local = NetSet(conf.local_networks)
+        self._drop_local = conf.drop_local_only and bool(self._local)
         self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._transports: List[asyncio.BaseTransport] = []
         self._servers: List[asyncio.AbstractServer] = []
         self._tasks: List[asyncio.Task[Any]] = []
         self._throttle = Throttle(1.0)
+        self._flush_lock: Optional[asyncio.Lock] = None
         self.web: Optional[Web] = None
-        for row in self.store.flows(0, 1e12, state="active", limit=10_000_000):
-            self.acct.restore(row)
-        if self.acct.active:
-            log.info("active flows restored from the store flows=%d", len(self.acct.active))
+        n = sum(self.tally.active.values())
+        if n:
+            log.info("active flows in the store flows=%d", n)
 
-    # --- input --------------------------------------------------------------------------
+    # --- relay ----------------------------------------------------------------------------
 
     @property
     def relay_loops(self) -> int:
@@ -73,18 +97,34 @@ class Collector:
     def _relay_failed(self, dest: str, _error: str) -> None:
         self.relay_failed[dest] += 1
 
+    # --- input --------------------------------------------------------------------------
+
     def receive(self, data: bytes, sender: str, transport: str) -> None:
         self.datagrams[transport] += 1
+        allowed = self._udp_allowed if transport == "udp" else self._tcp_allowed
+        if allowed is not None and sender not in allowed:
+            self._reject("not_allowed", f"source {sender} not in allowedSources", sender, data)
+            return
         if self._relay is not None:
-            # a datagram that loops back (relayed here within 10 s) is not relayed again, and,
-            # being a duplicate, not counted again either
+            # a datagram that loops back (relayed here within 10 s) is not relayed again; being
+            # the same firefly, the store counts it once anyway
             self._relay.forward(data)
         try:
             rec = parse(data)
+            report = make_report(rec, _unmap(sender), sender in self._trusted, time.time(), self.conf.max_clock_skew)
         except FireflyError as e:
             self._reject(e.reason, str(e), sender, data)
             return
-        self.acct.ingest(rec, sender)
+        if self._drop_local and report.src in self._local and report.dst in self._local:
+            self.local_only += 1
+            return
+        if len(self.pending) >= self.conf.store.max_pending:
+            self.store_dropped += 1
+            if self._throttle.allow("store_behind"):
+                log.warning("store behind: firefly dropped pending=%d max_pending=%d problem=%r",
+                            len(self.pending), self.conf.store.max_pending, self.store_problem)
+            return
+        self.pending.append(report)
 
     def _reject(self, reason: str, message: str, sender: str, data: bytes) -> None:
         self.rejected[reason] += 1
@@ -93,93 +133,103 @@ class Collector:
         if self._throttle.allow(reason):
             log.warning("datagram rejected reason=%s from=%s error=%r", reason, sender, message)
 
-    # --- life cycle ---------------------------------------------------------------------
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        c = self.conf
-        for addr in c.udp.bind_addresses:
-            sock = udp_listener(addr, c.udp.port, c.udp.receive_buffer)
-            tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-            self._transports.append(tr)
-            log.info("listening udp address=%s port=%d", addr, c.udp.port)
-        if c.syslog_tcp is not None:
-            srv = await asyncio.start_server(self._tcp_client, c.syslog_tcp.bind_address, c.syslog_tcp.port,
-                                             reuse_address=True)
-            self._servers.append(srv)
-            log.info("listening syslog-tcp address=%s port=%d", c.syslog_tcp.bind_address,
-                     c.syslog_tcp.port)
-        from .web import Web
-
-        self.web = Web(self)
-        await self.web.start()
-        self._tasks += [loop.create_task(self._flusher()), loop.create_task(self._housekeeping()),
-                        loop.create_task(self.registry.run_refresher())]
-        log.info("started store=%s", c.store.path)
-
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """RFC 6587: octet counting ('LEN SP MSG') or newline-terminated messages."""
+        """One rsyslog/syslog-ng connection: RFC 6587 framing (framing.py), bounded in count,
+        per source and in idle time."""
+        tcp = self.conf.syslog_tcp
+        assert tcp is not None
         peer = writer.get_extra_info("peername")
-        sender = peer[0] if peer else "?"
-        limit = self.conf.syslog_tcp.max_message if self.conf.syslog_tcp else 65536
-        buf = b""
+        sender = _unmap(peer[0]) if peer else "?"
+        total = sum(self.tcp_connections.values())
+        mine = self.tcp_connections.get(sender, 0)
+        if total >= tcp.max_connections or mine >= tcp.max_connections_per_source:
+            why = "max_connections" if total >= tcp.max_connections else "max_per_source"
+            self.tcp_refused[why] += 1
+            if self._throttle.allow(f"tcp_{why}"):
+                log.warning("syslog-tcp connection refused reason=%s from=%s connections=%d from_source=%d",
+                            why, sender, total, mine)
+            writer.close()
+            return
+        if self._tcp_allowed is not None and sender not in self._tcp_allowed:
+            self.tcp_refused["not_allowed"] += 1
+            self._reject("not_allowed", f"source {sender} not in allowedSources", sender, b"")
+            writer.close()
+            return
+        self.tcp_connections[sender] = mine + 1
+        framer = Framer(tcp.max_message)
         try:
             while True:
-                chunk = await reader.read(65536)
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), tcp.idle_timeout)
+                except asyncio.TimeoutError:
+                    self.tcp_refused["idle_timeout"] += 1
+                    break
                 if not chunk:
                     break
-                buf += chunk
-                while buf:
-                    if buf[:1].isdigit():
-                        sp = buf.find(b" ")
-                        if sp < 0 or sp > 10:
-                            if len(buf) > 10:
-                                self._reject("bad_framing", "octet count not followed by a space", sender, buf)
-                                buf = b""
-                            break
-                        n = int(buf[:sp])
-                        if n > limit:
-                            self._reject("too_large", f"message of {n} bytes over {limit}", sender, buf)
-                            buf = b""
-                            break
-                        if len(buf) < sp + 1 + n:
-                            break
-                        msg, buf = buf[sp + 1:sp + 1 + n], buf[sp + 1 + n:]
-                    else:
-                        nl = buf.find(b"\n")
-                        if nl < 0:
-                            if len(buf) > limit:
-                                self._reject("too_large", f"line over {limit} bytes", sender, buf)
-                                buf = b""
-                            break
-                        msg, buf = buf[:nl], buf[nl + 1:]
-                    if msg.strip():
-                        self.receive(msg.rstrip(b"\r\n"), sender, "tcp")
-        except (ConnectionError, asyncio.IncompleteReadError):
+                for msg, err in framer.feed(chunk):
+                    if err is not None:
+                        self.datagrams["tcp"] += 1
+                        self._reject(err[0], err[1], sender, chunk[:512])
+                    elif msg is not None:
+                        self.receive(msg, sender, "tcp")
+        except (ConnectionError, OSError):
             pass
         finally:
+            n = self.tcp_connections.get(sender, 1) - 1
+            if n > 0:
+                self.tcp_connections[sender] = n
+            else:
+                self.tcp_connections.pop(sender, None)
             writer.close()
 
-    async def flush(self) -> None:
-        rows, traffic, pairs = self.acct.take()
-        if not (rows or traffic or pairs):
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._db, self.store.write, rows, traffic, pairs)
-            self.store_rows += len(rows)
+    # --- store --------------------------------------------------------------------------
+
+    async def flush(self) -> bool:
+        """Hand the pending batch to the store; True when it is written (or there was none)."""
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        async with self._flush_lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return True
+            loop = asyncio.get_running_loop()
+            try:
+                res = await loop.run_in_executor(self._db, self.store.ingest, batch)
+            except StoreFull as e:
+                self.store_errors += 1
+                self._keep(batch)
+                if self.store_problem != str(e) or self._throttle.allow("store_full"):
+                    log.error("store cannot write, batch kept for the next flush pending=%d error=%r",
+                              len(self.pending), str(e))
+                self.store_problem = str(e)
+                return False
+            if self.store_problem is not None:
+                log.info("store writes again, behind no more problem_was=%r", self.store_problem)
+                self.store_problem = None
             self.store_flushes += 1
-        except Exception as e:
-            self.store_errors += 1
-            log.error("store write failed, batch kept for the next flush rows=%d error=%r",
-                      len(rows), str(e))
-            self.acct.rows[:0] = rows
-            for k, v in traffic.items():
-                self.acct._traffic(k, v[0], v[1])
-            for pk, pv in pairs.items():
-                cur = self.acct.pairs.setdefault(pk, [0, 0])
-                cur[0] += pv[0]
-                cur[1] += pv[1]
+            self.store_rows += len(batch) - len(res.rejected)
+            self._account(res)
+            return True
+
+    def _keep(self, batch: List[Report]) -> None:
+        """A batch the store could not write goes back in front, within maxPending (oldest lost)."""
+        keep = batch + self.pending
+        over = len(keep) - self.conf.store.max_pending
+        if over > 0:
+            self.store_dropped += over
+            keep = keep[over:]
+        self.pending = keep
+
+    def _account(self, res: IngestResult) -> None:
+        self.tally.apply(res)
+        for r, why in res.rejected:
+            self.store_refused += 1
+            self.rejected["store_refused"] += 1
+            self.samples.append({"time": time.time(), "from": r.sender, "reason": "store_refused", "error": why,
+                                 "data": repr(r)[:512]})
+            if self._throttle.allow("store_refused"):
+                log.error("firefly refused by the store, the rest of its batch written error=%r flow=%s:%d->%s:%d",
+                          why, r.src, r.sport, r.dst, r.dport)
 
     async def _flusher(self) -> None:
         while True:
@@ -190,20 +240,59 @@ class Collector:
         loop = asyncio.get_running_loop()
         last_retention = 0.0
         while True:
-            n = self.acct.expire(self.conf.active_timeout)
-            if n:
-                log.info("flows closed without an end active_timeout=%gs flows=%d", self.conf.active_timeout, n)
-            if time.monotonic() - last_retention > 600:
-                last_retention = time.monotonic()
-                cut = time.time() - self.conf.store.retention_days * 86400
-                gone = await loop.run_in_executor(self._db, self.store.expire, cut)
-                if gone:
-                    log.info("retention removed flows=%d", gone)
-            self.flows_in_store = await loop.run_in_executor(self._db, self.store.count)
+            try:
+                res = await loop.run_in_executor(self._db, self.store.expire, time.time(), self.conf.max_active_flows)
+                self.tally.apply(res)
+                n = sum(res.expired.values())
+                if n:
+                    log.info("flows closed without an end active_timeout=%gs flows=%d evicted=%d",
+                             self.conf.active_timeout, n, res.evicted)
+                if time.monotonic() - last_retention > 600:
+                    last_retention = time.monotonic()
+                    cut = time.time() - self.conf.store.retention_days * 86400
+                    gone = await loop.run_in_executor(self._db, self.store.retention, cut)
+                    if gone:
+                        log.info("retention removed flows=%d", gone)
+                self.flows_in_store = await loop.run_in_executor(self._db, self.store.count)
+            except StoreFull as e:
+                log.error("store housekeeping failed error=%r", str(e))
             await asyncio.sleep(30)
 
     async def query(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kw))
+
+    def health(self) -> Tuple[bool, Dict[str, Any]]:
+        reasons = []
+        if self.store_problem is not None:
+            reasons.append(f"store cannot write: {self.store_problem}")
+        if len(self.pending) > self.conf.store.max_pending // 2:
+            reasons.append(f"store behind: {len(self.pending)} fireflies pending")
+        return not reasons, {"status": "ok" if not reasons else "degraded", "reasons": reasons,
+                             "pending": len(self.pending), "active_flows": sum(self.tally.active.values())}
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        c = self.conf
+        for addr in c.udp.bind_addresses:
+            sock = udp_listener(addr, c.udp.port, c.udp.receive_buffer)
+            tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+            self._transports.append(tr)
+            log.info("listening udp address=%s port=%d allowed_sources=%s", addr, c.udp.port,
+                     ",".join(c.udp.allowed_sources) if c.udp.allowed_sources is not None else "any")
+        if c.syslog_tcp is not None:
+            srv = await asyncio.start_server(self._tcp_client, c.syslog_tcp.bind_address, c.syslog_tcp.port,
+                                             reuse_address=True, limit=c.syslog_tcp.max_message)
+            self._servers.append(srv)
+            log.info("listening syslog-tcp address=%s port=%d", c.syslog_tcp.bind_address, c.syslog_tcp.port)
+        from .web import Web
+
+        self.web = Web(self)
+        await self.web.start()
+        self._tasks += [loop.create_task(self._flusher()), loop.create_task(self._housekeeping()),
+                        loop.create_task(self.registry.run_refresher())]
+        log.info("started store=%s trusted_relays=%s", c.store.path, ",".join(c.trusted_relays) or "none")
 
     async def stop(self) -> None:
         for tr in self._transports:
@@ -214,16 +303,26 @@ class Collector:
             self._relay.close()
         for t in self._tasks:
             t.cancel()
-        await self.flush()
+        written = await self.flush()
         if self.web:
             await self.web.stop()
         await asyncio.get_running_loop().run_in_executor(self._db, self.store.close)
         self._db.shutdown(wait=True)
-        log.info("stopped; store flushed and closed flows_started=%d flows_ended=%d rows_written=%d",
-                 sum(self.acct.started.values()), sum(self.acct.ended.values()), self.store_rows)
+        tally = self.tally
+        if written:
+            log.info("stopped; store flushed and closed flows_started=%d flows_ended=%d rows_written=%d",
+                     sum(tally.started.values()), sum(tally.ended.values()), self.store_rows)
+        else:
+            log.error("stopped; store NOT flushed: %d fireflies not written error=%r flows_started=%d",
+                      len(self.pending), self.store_problem, sum(tally.started.values()))
 
     async def run_until_stopped(self) -> None:
         await until_signalled(self.start, self.stop)
+
+
+def _unmap(addr: str) -> str:
+    """A dual-stack socket's ::ffff:a.b.c.d is the IPv4 sender a.b.c.d."""
+    return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -241,5 +340,4 @@ def run(conf: CollectorConfig, registry: RegistryHolder) -> int:
     c = Collector(conf, registry)
     run_async(c.run_until_stopped())
     return 0
-
 

@@ -1,48 +1,88 @@
-"""Where accounted flows live. `Store` is the interface the rest of the collector uses, so a
-scale-out backend (ClickHouse, OpenSearch) can be added beside SQLiteStore without touching it.
+"""Where accounted flows live. `Store` is the interface the rest of the collector uses (the
+service, the web side, the importer); SQLiteStore is the embedded one.
 
-SQLite: one file, WAL, writes batched in one transaction per flush, and two pre-aggregated
-tables (bytes and flows per minute per experiment/activity; per day per host pair) so that the
-dashboard's queries read thousands of rows, not the million flows under them. A time series for
-one host comes from its flows (indexed by address), their bytes counted at their end.
+SQLite: one file, WAL, one transaction per batch. Every firefly is kept once (`fireflies`,
+unique by identity: the same firefly received again, before or after a restart or by an import,
+changes nothing); flows are assembled from them (`flows`), and their bytes attributed to time
+(attribution.py) into pre-aggregated tables (per minute and per hour per experiment/activity; per
+day per host pair) so the dashboard reads thousands of rows, not the millions under them. All of
+it is order-independent: the same fireflies in any order give the same rows.
+
+Everything here runs on the store's own thread (the service's executor); nothing blocks the loop.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
-__all__ = [
-    "FLOW_COLUMNS",
-    "LONG_RANGE",
-    "PAIR_BUCKET",
-    "SCHEMA",
-    "UPSERT_FLOW",
-    "UPSERT_PAIR",
-    "UPSERT_TRAFFIC",
-    "UPSERT_TRAFFIC_HOUR",
-    "SQLiteStore",
-    "Store",
-    "spread",
-]
+from .attribution import DAY, HOUR, KEEP, MINUTE, FlowReports
+from .report import Report
 
-MINUTE, HOUR, DAY = 60, 3600, 86400
+__all__ = ["DAY", "FLOW_COLUMNS", "HOUR", "LONG_RANGE", "MINUTE", "PAIR_BUCKET", "IngestResult", "SQLiteStore",
+           "Store", "StoreFull"]
+
+log = logging.getLogger("scitagd.collector.store")
+
 LONG_RANGE = 2 * DAY  # longer ranges read the hourly roll-up: 60x fewer rows
 PAIR_BUCKET = DAY  # host pairs per day: the top-talker query reads days, not hours
+SCHEMA_VERSION = 2
 
-FlowRow = Tuple[Any, ...]  # see FLOW_COLUMNS
 FLOW_COLUMNS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "act", "app",
                 "reporter", "sent", "received", "state")
+Tag = Tuple[int, int]
+FlowKey = Tuple[str, str, int, str, int, float]
+
+
+class StoreFull(Exception):
+    """The store cannot write now (disk full, I/O error, locked): keep the batch, retry later."""
+
+
+@dataclass
+class IngestResult:
+    """What a batch (or an expiry pass) changed, for the counters and metrics on the loop."""
+
+    outcomes: Dict[str, int] = field(default_factory=dict)  # start/ongoing/end accounted, duplicate
+    started: Dict[Tag, int] = field(default_factory=dict)  # new flows
+    ended: Dict[Tag, int] = field(default_factory=dict)
+    expired: Dict[Tag, int] = field(default_factory=dict)
+    active: Dict[Tag, int] = field(default_factory=dict)  # change of active flows
+    bytes: Dict[Tag, int] = field(default_factory=dict)  # attributed
+    rejected: List[Tuple[Report, str]] = field(default_factory=list)  # a report the store refused
+    clamped: int = 0  # intervals spread over only their last 30 days
+    tag_conflicts: int = 0  # a firefly of a known flow with other tags (the first ones stay)
+    evicted: int = 0  # active flows closed early: collector.maxActiveFlows reached
+
+    def add(self, d: Dict[Any, int], k: Any, n: int = 1) -> None:
+        d[k] = d.get(k, 0) + n
+
+    def merge(self, o: IngestResult) -> None:
+        for name in ("outcomes", "started", "ended", "expired", "active", "bytes"):
+            mine = getattr(self, name)
+            for k, v in getattr(o, name).items():
+                mine[k] = mine.get(k, 0) + v
+        self.rejected += o.rejected
+        self.clamped += o.clamped
+        self.tag_conflicts += o.tag_conflicts
+        self.evicted += o.evicted
 
 
 class Store(Protocol):
-    def write(self, flows: Sequence[FlowRow], traffic: Dict[Tuple[int, int, int], Tuple[int, int]],
-              pairs: Dict[Tuple[int, str, str, int, int], Tuple[int, int]]) -> None: ...
+    def ingest(self, reports: Sequence[Report]) -> IngestResult: ...
+    def expire(self, now: float, max_active: int) -> IngestResult: ...
+    def retention(self, before: float) -> int: ...
+    def pin(self, lo: float, hi: float, note: str) -> None: ...
     def flows(self, start: float, end: float, exp: Optional[int] = None, act: Optional[int] = None,
               host: Optional[str] = None, state: Optional[str] = None,
               limit: int = 100) -> List[Dict[str, Any]]: ...
+    def active(self, limit: int) -> Tuple[List[Dict[str, Any]], int]: ...
+    def active_by_tag(self) -> Dict[Tag, int]: ...
     def timeseries(self, start: float, end: float, step: int, exp: Optional[int] = None,
                    act: Optional[int] = None, host: Optional[str] = None,
                    measure: str = "bytes") -> List[Tuple[int, int, int]]: ...
@@ -50,18 +90,18 @@ class Store(Protocol):
                act: Optional[int] = None, host: Optional[str] = None,
                limit: int = 50) -> List[Dict[str, Any]]: ...
     def extent(self) -> Tuple[Optional[float], Optional[float]]: ...
-    def expire(self, before: float) -> int: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
 
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flows (
   id INTEGER PRIMARY KEY,
   proto TEXT NOT NULL, src TEXT NOT NULL, sport INTEGER NOT NULL, dst TEXT NOT NULL,
   dport INTEGER NOT NULL, start REAL NOT NULL, end REAL, exp INTEGER NOT NULL,
   act INTEGER NOT NULL, app TEXT, reporter TEXT, sent INTEGER NOT NULL DEFAULT 0,
-  received INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL,
+  received INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, last REAL,
   UNIQUE (proto, src, sport, dst, dport, start)
 );
 CREATE INDEX IF NOT EXISTS flows_start ON flows (start);
@@ -71,6 +111,11 @@ CREATE INDEX IF NOT EXISTS flows_src ON flows (src, start);
 CREATE INDEX IF NOT EXISTS flows_dst ON flows (dst, start);
 CREATE INDEX IF NOT EXISTS flows_reporter ON flows (reporter, start);
 CREATE INDEX IF NOT EXISTS flows_state ON flows (state) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS fireflies (
+  fid BLOB PRIMARY KEY, flow INTEGER NOT NULL, state TEXT NOT NULL, t REAL NOT NULL,
+  sent INTEGER NOT NULL, received INTEGER NOT NULL, hostname TEXT, sender TEXT, at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fireflies_flow ON fireflies (flow, t);
 CREATE TABLE IF NOT EXISTS traffic (
   bucket INTEGER NOT NULL, exp INTEGER NOT NULL, act INTEGER NOT NULL, bytes INTEGER NOT NULL,
   flows INTEGER NOT NULL DEFAULT 0,
@@ -86,65 +131,42 @@ CREATE TABLE IF NOT EXISTS pairs (
   act INTEGER NOT NULL, bytes INTEGER NOT NULL, flows INTEGER NOT NULL,
   PRIMARY KEY (bucket, src, dst, exp, act)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (lo REAL NOT NULL, hi REAL NOT NULL, note TEXT NOT NULL);
 """
 
-UPSERT_FLOW = """
-INSERT INTO flows (proto, src, sport, dst, dport, start, end, exp, act, app, reporter, sent,
-                   received, state)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (proto, src, sport, dst, dport, start) DO UPDATE SET
-  end = COALESCE(excluded.end, end),
-  sent = MAX(sent, excluded.sent), received = MAX(received, excluded.received),
-  state = CASE WHEN state = 'active' THEN excluded.state ELSE state END,
-  app = COALESCE(excluded.app, app)
+ADD = """
+INSERT INTO {table} (bucket, exp, act, bytes, flows) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (bucket, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes, flows = flows + excluded.flows
 """
-UPSERT_TRAFFIC = """
-INSERT INTO traffic (bucket, exp, act, bytes, flows) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (bucket, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes,
-  flows = flows + excluded.flows
-"""
-UPSERT_TRAFFIC_HOUR = UPSERT_TRAFFIC.replace("traffic", "traffic_hour")
-UPSERT_PAIR = """
+ADD_PAIR = """
 INSERT INTO pairs (bucket, src, dst, exp, act, bytes, flows) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (bucket, src, dst, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes,
   flows = flows + excluded.flows
 """
+UPDATE_FLOW = ("UPDATE flows SET end = ?, sent = ?, received = ?, state = ?, last = ?, reporter = ?, app = ? "
+               "WHERE id = ?")
 
 
-def spread(start: float, end: float, nbytes: int, width: int) -> Dict[int, int]:
-    """A flow's bytes over the `width`-second buckets it spans, in proportion to the overlap."""
-    if nbytes <= 0:
-        return {}
-    if end <= start:
-        return {int(start // width) * width: nbytes}
-    out: Dict[int, int] = {}
-    dur = end - start
-    b = int(start // width) * width
-    given = 0
-    while b < end:
-        overlap = min(end, b + width) - max(start, b)
-        share = int(nbytes * overlap / dur)
-        out[b] = share
-        given += share
-        b += width
-    last = max(out)
-    out[last] += nbytes - given  # rounding: the total is exact
-    return out
+class Flow:
+    """A flow the store thread has in memory: its row's values and its reports."""
 
+    __slots__ = ("act", "app", "app_t", "end", "exp", "id", "last", "received", "reporter", "reporter_t", "reports",
+                 "sent", "state")
 
-def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:
-    sql, args = "", []
-    if exp is not None:
-        sql += " AND exp = ?"
-        args.append(exp)
-    if act is not None:
-        sql += " AND act = ?"
-        args.append(act)
-    return sql, args
+    def __init__(self, fid: int, exp: int, act: int, state: str, end: Optional[float], sent: int, received: int,
+                 reporter: str, reporter_t: float, app: Optional[str], app_t: float, last: float,
+                 reports: FlowReports) -> None:
+        self.id, self.exp, self.act, self.state, self.end = fid, exp, act, state, end
+        self.sent, self.received, self.last = sent, received, last
+        self.reporter, self.reporter_t, self.app, self.app_t = reporter, reporter_t, app, app_t
+        self.reports = reports
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    """`cache_size`: flows kept in memory between their fireflies (the active ones and the most
+    recently touched); others are read back from the file when a firefly of theirs comes."""
+
+    def __init__(self, path: str, cache_size: int = 200_000, active_timeout: float = 86400.0) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -152,33 +174,263 @@ class SQLiteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no commit's integrity
         self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"{path}: integrity check failed: {check}")
+        self._migrate()
+        self.cache: OrderedDict[FlowKey, Flow] = OrderedDict()
+        self.cache_size = cache_size
+        self.active_timeout = active_timeout
+        self.pinned: List[Tuple[float, float]] = [(lo, hi) for lo, hi in self.db.execute("SELECT lo, hi FROM pins")]
 
-    def write(self, flows: Sequence[FlowRow], traffic: Dict[Tuple[int, int, int], Tuple[int, int]],
-              pairs: Dict[Tuple[int, str, str, int, int], Tuple[int, int]]) -> None:
+    def _migrate(self) -> None:
+        db = self.db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "flows" in tables and "meta" not in tables:  # schema 1 (no fireflies, no `last`): keep every row
+            cols = {r[1] for r in db.execute("PRAGMA table_info(flows)")}
+            if "last" not in cols:
+                db.execute("ALTER TABLE flows ADD COLUMN last REAL")
+                db.execute("UPDATE flows SET last = COALESCE(end, start)")
+            log.info("store upgraded from schema 1 to %d path=%s", SCHEMA_VERSION, self.path)
+        db.executescript(SCHEMA)
+        got = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if got is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(got[0]) > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"{self.path}: schema version {got[0]} is newer than this scitagd's "
+                                        f"({SCHEMA_VERSION}): upgrade scitagd or use another store path")
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    def ingest(self, reports: Sequence[Report]) -> IngestResult:
+        """Account a batch in one transaction. A report the database refuses (which validation
+        should make impossible) is taken out and reported, the rest is written; a store that
+        cannot write now raises StoreFull with nothing changed."""
+        with self._lock:
+            try:
+                return self._ingest(reports)
+            except sqlite3.OperationalError as e:  # disk full, I/O error, locked: nothing is wrong with the batch
+                self._abort()
+                raise StoreFull(str(e)) from None
+            except (sqlite3.DatabaseError, OverflowError, ValueError) as e:
+                self._abort()
+                if len(reports) <= 1:
+                    res = IngestResult()
+                    res.rejected += [(r, f"{type(e).__name__}: {e}") for r in reports]
+                    return res
+        # one bad report must not keep the good ones out: halves, down to the bad one
+        mid = len(reports) // 2
+        res = self.ingest(reports[:mid])
+        res.merge(self.ingest(reports[mid:]))
+        return res
+
+    def _abort(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.warning("rollback failed error=%r", str(e))
+        self.cache.clear()  # memory may hold what the file does not: read it back when needed
+
+    def _ingest(self, reports: Sequence[Report]) -> IngestResult:
+        res = IngestResult()
+        db = self.db
+        minutes: Dict[Tuple[int, int, int], List[int]] = {}
+        pairs: Dict[Tuple[int, str, str, int, int], List[int]] = {}
+        dirty: Dict[int, Flow] = {}
+        db.execute("BEGIN")
+        for r in reports:
+            key = r.key
+            flow = self._flow(key)
+            new = flow is None
+            if flow is None:
+                flow = self._create(r, res, minutes, pairs)
+            elif db.execute("INSERT OR IGNORE INTO fireflies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (r.fid, flow.id, r.state, r.t, r.sent, r.received, r.hostname, r.sender,
+                             r.at)).rowcount == 0:
+                res.add(res.outcomes, "duplicate")
+                continue
+            res.add(res.outcomes, r.state)
+            if not new and (r.exp, r.act) != (flow.exp, flow.act):
+                res.tag_conflicts += 1
+            self._apply(key, flow, r, res, minutes, pairs)
+            dirty[flow.id] = flow
+        if minutes:
+            rows = [(b, e, a, v[0], v[1]) for (b, e, a), v in minutes.items() if v[0] or v[1]]
+            db.executemany(ADD.format(table="traffic"), rows)
+            hourly: Dict[Tuple[int, int, int], List[int]] = {}
+            for b, e, a, nb, nf in rows:
+                cur = hourly.setdefault((b // HOUR * HOUR, e, a), [0, 0])
+                cur[0] += nb
+                cur[1] += nf
+            db.executemany(ADD.format(table="traffic_hour"), [(*k, v[0], v[1]) for k, v in hourly.items()])
+        if pairs:
+            db.executemany(ADD_PAIR, [(*k, v[0], v[1]) for k, v in pairs.items() if v[0] or v[1]])
+        silent = time.time() - self.active_timeout
+        for f in dirty.values():
+            if f.state == "active" and f.last < silent:  # already silent for activeTimeout by its own times
+                f.state, f.end = "expired", f.last
+                res.add(res.active, (f.exp, f.act), -1)
+                res.add(res.expired, (f.exp, f.act))
+        if dirty:
+            db.executemany(UPDATE_FLOW, [(f.end, f.sent, f.received, f.state, f.last, f.reporter, f.app, f.id)
+                                         for f in dirty.values()])
+        db.execute("COMMIT")
+        self._trim_cache()
+        return res
+
+    def _flow(self, key: FlowKey) -> Optional[Flow]:
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.cache.move_to_end(key)
+            return cached
+        row = self.db.execute(
+            "SELECT id, exp, act, state, end, sent, received, reporter, app, last FROM flows WHERE proto = ? AND "
+            "src = ? AND sport = ? AND dst = ? AND dport = ? AND start = ?", key).fetchone()
+        if row is None:
+            return None
+        fid, exp, act, state, end, sent, received, reporter, app, last = row
+        kept = self.db.execute("SELECT t, sent + received FROM fireflies WHERE flow = ? ORDER BY t DESC LIMIT ?",
+                               (fid, KEEP)).fetchall()
+        floor, floor_t = 0, None
+        if len(kept) == KEEP:  # more are stored: the older ones become the base
+            older = self.db.execute("SELECT MAX(sent + received), MAX(t) FROM fireflies WHERE flow = ? AND t < ?",
+                                    (fid, kept[-1][0])).fetchone()
+            if older[0] is not None:
+                floor, floor_t = older
+        elif not kept:  # a flow from before fireflies were kept (schema 1): its bytes are the base
+            floor, floor_t = sent + received, last
+        reports = FlowReports(key[5], [(t, n) for t, n in kept], floor, floor_t)
+        first = self.db.execute("SELECT t FROM fireflies WHERE flow = ? ORDER BY t LIMIT 1", (fid,)).fetchone()
+        t0 = first[0] if first else key[5]
+        flow = Flow(fid, exp, act, state, end, sent, received, reporter or "", t0, app, t0, last or key[5], reports)
+        self.cache[key] = flow
+        return flow
+
+    def _create(self, r: Report, res: IngestResult, minutes: Dict[Tuple[int, int, int], List[int]],
+                pairs: Dict[Tuple[int, str, str, int, int], List[int]]) -> Flow:
+        cur = self.db.execute(
+            "INSERT INTO flows (proto, src, sport, dst, dport, start, end, exp, act, app, reporter, sent, received, "
+            "state, last) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 0, 0, 'active', ?)",
+            (*r.key, r.exp, r.act, r.app, r.reporter, r.t))
+        fid = int(cur.lastrowid or 0)
+        self.db.execute("INSERT INTO fireflies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (r.fid, fid, r.state, r.t, r.sent, r.received, r.hostname, r.sender, r.at))
+        flow = Flow(fid, r.exp, r.act, "active", None, 0, 0, r.reporter, r.t, r.app, r.t, r.t, FlowReports(r.start))
+        self.cache[r.key] = flow
+        tag = (r.exp, r.act)
+        res.add(res.started, tag)
+        res.add(res.active, tag)
+        _bump(minutes, (int(r.start // MINUTE) * MINUTE, r.exp, r.act), 0, 1)
+        _bump(pairs, (int(r.start // PAIR_BUCKET) * PAIR_BUCKET, r.src, r.dst, r.exp, r.act), 0, 1)
+        return flow
+
+    def _apply(self, key: FlowKey, flow: Flow, r: Report, res: IngestResult,
+               minutes: Dict[Tuple[int, int, int], List[int]],
+               pairs: Dict[Tuple[int, str, str, int, int], List[int]]) -> None:
+        """One new report of a flow: totals, state, who reported it first, and its bytes in time."""
+        flow.sent = max(flow.sent, r.sent)
+        flow.received = max(flow.received, r.received)
+        flow.last = max(flow.last, r.t)
+        # deterministic whatever the arrival order: the earliest report's reporter and application
+        if (r.t, r.reporter) < (flow.reporter_t, flow.reporter):
+            flow.reporter_t, flow.reporter = r.t, r.reporter
+        if r.app and (not flow.app or (r.t, r.app) < (flow.app_t, flow.app)):
+            flow.app_t, flow.app = r.t, r.app
+        tag = (flow.exp, flow.act)
+        if r.state == "end":
+            flow.end = r.t if flow.end is None else max(flow.end, r.t)
+            if flow.state != "ended":
+                if flow.state == "active":
+                    res.add(res.active, tag, -1)
+                res.add(res.ended, tag)
+                flow.state = "ended"
+        elif flow.state == "expired" and r.t > (flow.end or 0):
+            # a report after it was closed for silence: it was alive after all
+            flow.state, flow.end = "active", None
+            res.add(res.active, tag)
+        before = flow.reports.clamped
+        m, d = flow.reports.add(r.t, r.total, days=True)
+        res.clamped += flow.reports.clamped - before
+        for b, n in m.items():
+            _bump(minutes, (b, flow.exp, flow.act), n, 0)
+            res.add(res.bytes, tag, n)
+        for b, n in (d or {}).items():
+            _bump(pairs, (b, key[1], key[3], flow.exp, flow.act), n, 0)
+
+    def _trim_cache(self) -> None:
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    # --- expiry, retention ------------------------------------------------------------------
+
+    def expire(self, now: float, max_active: int) -> IngestResult:
+        """Close active flows silent for activeTimeout by their own event times (so a restart
+        changes nothing), and the longest-silent ones beyond `max_active`."""
+        res = IngestResult()
         with self._lock:
             db = self.db
-            db.execute("BEGIN")
             try:
-                if flows:
-                    db.executemany(UPSERT_FLOW, flows)
-                if traffic:
-                    db.executemany(UPSERT_TRAFFIC, [(*k, v[0], v[1]) for k, v in traffic.items()])
-                    hourly: Dict[Tuple[int, int, int], List[int]] = {}
-                    for (b, e, a), (nb, nf) in traffic.items():
-                        cur = hourly.setdefault((b // HOUR * HOUR, e, a), [0, 0])
-                        cur[0] += nb
-                        cur[1] += nf
-                    db.executemany(UPSERT_TRAFFIC_HOUR, [(*k, v[0], v[1]) for k, v in hourly.items()])
-                if pairs:
-                    db.executemany(UPSERT_PAIR, [(*k, v[0], v[1]) for k, v in pairs.items()])
+                db.execute("BEGIN")
+                rows = db.execute("SELECT id, exp, act, last FROM flows WHERE state = 'active' AND last < ? "
+                                  "LIMIT 100000", (now - self.active_timeout,)).fetchall()
+                n_active = db.execute("SELECT COUNT(*) FROM flows WHERE state = 'active'").fetchone()[0] - len(rows)
+                over = n_active - max_active
+                if over > 0:
+                    extra = db.execute("SELECT id, exp, act, last FROM flows WHERE state = 'active' AND last >= ? "
+                                       "ORDER BY last LIMIT ?", (now - self.active_timeout, over)).fetchall()
+                    res.evicted = len(extra)
+                    rows += extra
+                db.executemany("UPDATE flows SET state = 'expired', end = last WHERE id = ?", [(r[0],) for r in rows])
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            except sqlite3.Error as e:
+                self._abort()
+                raise StoreFull(str(e)) from None
+            gone = {r[0] for r in rows}
+            for k in [k for k, f in self.cache.items() if f.id in gone]:
+                f = self.cache[k]
+                f.state, f.end = "expired", f.last
+            for _id, exp, act, _last in rows:
+                res.add(res.expired, (exp, act))
+                res.add(res.active, (exp, act), -1)
+        return res
+
+    def pin(self, lo: float, hi: float, note: str) -> None:
+        """Exempt [lo, hi] from retention (`collector import --keep`)."""
+        with self._lock:
+            self.db.execute("INSERT INTO pins VALUES (?, ?, ?)", (lo, hi, note))
+            self.pinned.append((lo, hi))
+
+    def retention(self, before: float) -> int:
+        """Drop flows whose last activity is before `before` (with their fireflies) and older
+        aggregates, except pinned ranges. In slices, so readers never wait long."""
+        pins = " ".join(f"AND NOT ({{col}} BETWEEN {lo!r} AND {hi!r})" for lo, hi in self.pinned)
+        gone = 0
+        with self._lock:
+            db = self.db
+            while True:
+                db.execute("BEGIN")
+                ids = [r[0] for r in db.execute(
+                    f"SELECT id FROM flows WHERE COALESCE(end, last, start) < ? {pins.format(col='start')} LIMIT 5000",
+                    (before,))]
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    db.execute(f"DELETE FROM fireflies WHERE flow IN ({marks})", ids)
+                    db.execute(f"DELETE FROM flows WHERE id IN ({marks})", ids)
+                db.execute("COMMIT")
+                gone += len(ids)
+                if len(ids) < 5000:
+                    break
+            db.execute("BEGIN")
+            for table, width in (("traffic", MINUTE), ("traffic_hour", HOUR), ("pairs", PAIR_BUCKET)):
+                db.execute(f"DELETE FROM {table} WHERE bucket < ? {pins.format(col='bucket')}",
+                           (int(before) // width * width,))
+            db.execute("COMMIT")
+            if gone:
+                self.cache.clear()  # some of them may be gone: read back what is needed
+        return gone
+
+    # --- queries ----------------------------------------------------------------------------
 
     def _where(self, start: float, end: float, exp: Optional[int], act: Optional[int],
                host: Optional[str], state: Optional[str]) -> Tuple[str, List[Any]]:
@@ -202,11 +454,22 @@ class SQLiteStore:
               host: Optional[str] = None, state: Optional[str] = None,
               limit: int = 100) -> List[Dict[str, Any]]:
         where, args = self._where(start, end, exp, act, host, state)
-        order = "start DESC"
-        q = f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows WHERE {where} ORDER BY {order} LIMIT ?"
+        q = f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows WHERE {where} ORDER BY start DESC LIMIT ?"
         with self._lock:
             rows = self.db.execute(q, [*args, limit]).fetchall()
         return [dict(zip(FLOW_COLUMNS, r)) for r in rows]
+
+    def active(self, limit: int) -> Tuple[List[Dict[str, Any]], int]:
+        with self._lock:
+            rows = self.db.execute(f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows WHERE state = 'active' "
+                                   "ORDER BY start DESC LIMIT ?", (limit,)).fetchall()
+            n = self.db.execute("SELECT COUNT(*) FROM flows WHERE state = 'active'").fetchone()[0]
+        return [dict(zip(FLOW_COLUMNS, r)) for r in rows], int(n)
+
+    def active_by_tag(self) -> Dict[Tag, int]:
+        with self._lock:
+            return {(e, a): n for e, a, n in self.db.execute(
+                "SELECT exp, act, COUNT(*) FROM flows WHERE state = 'active' GROUP BY exp, act")}
 
     def timeseries(self, start: float, end: float, step: int, exp: Optional[int] = None,
                    act: Optional[int] = None, host: Optional[str] = None,
@@ -265,26 +528,33 @@ class SQLiteStore:
 
     def extent(self) -> Tuple[Optional[float], Optional[float]]:
         with self._lock:
-            lo, hi = self.db.execute("SELECT MIN(start), MAX(COALESCE(end, start)) FROM flows").fetchone()
+            lo, hi = self.db.execute("SELECT MIN(start), MAX(COALESCE(end, last, start)) FROM flows").fetchone()
         return lo, hi
 
     def count(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM flows").fetchone()[0])
 
-    def expire(self, before: float) -> int:
-        """Retention: drop flows that ended before `before`, and older aggregates."""
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN")
-            n = db.execute("DELETE FROM flows WHERE end IS NOT NULL AND end < ?", (before,)).rowcount
-            db.execute("DELETE FROM traffic WHERE bucket < ?", (int(before),))
-            db.execute("DELETE FROM traffic_hour WHERE bucket < ?", (int(before) // HOUR * HOUR,))
-            db.execute("DELETE FROM pairs WHERE bucket < ?", (int(before),))
-            db.execute("COMMIT")
-        return int(n)
-
     def close(self) -> None:
         with self._lock:
             self.db.close()
 
+
+def _bump(d: Dict[Any, List[int]], k: Any, nbytes: int, nflows: int) -> None:
+    cur = d.get(k)
+    if cur is None:
+        d[k] = [nbytes, nflows]
+    else:
+        cur[0] += nbytes
+        cur[1] += nflows
+
+
+def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:
+    sql, args = "", []
+    if exp is not None:
+        sql += " AND exp = ?"
+        args.append(exp)
+    if act is not None:
+        sql += " AND act = ?"
+        args.append(act)
+    return sql, args

@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..errors import ParamError, RegistryError
 from ..httpserver import HttpServer
 from ..registry import TAG_LABELS
+from .tally import OTHER
 
 if TYPE_CHECKING:
     from .service import Collector
@@ -26,8 +27,13 @@ __all__ = ["Web"]
 
 log = logging.getLogger("scitagd.collector.web")
 STATIC = resources.files("scitagd.collector").joinpath("static")
-_OFFSET = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+# ASCII only: Python's int()/float() also take other scripts' digits, "nan", "inf" and "1e308"
+_OFFSET = re.compile(r"^-([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhdw])$")
+_EPOCH = re.compile(r"^[0-9]{1,10}(?:\.[0-9]{1,6})?$")
+_WHOLE = re.compile(r"^[0-9]{1,9}$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_EPOCH = 4102444800.0  # 2100-01-01
+MAX_OFFSET = 20 * 365 * 86400
 
 
 def _time(q: Any, name: str, default: float) -> float:
@@ -36,24 +42,37 @@ def _time(q: Any, name: str, default: float) -> float:
         return default
     m = _OFFSET.match(v)
     if m:
-        return time.time() - float(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        return float(v)
-    except ValueError:
-        raise ParamError(name, f"{v!r}: expected epoch seconds or an offset like -6h") from None
+        back = float(m.group(1)) * _UNIT[m.group(2)]
+        if back > MAX_OFFSET:
+            raise ParamError(name, f"{v[:40]!r}: an offset of at most 20 years expected")
+        return time.time() - back
+    if not _EPOCH.match(v) or float(v) > MAX_EPOCH:
+        raise ParamError(name, f"{v[:40]!r}: expected epoch seconds (0..{MAX_EPOCH:.0f}) or an offset like -6h")
+    return float(v)
 
 
 def _int(q: Any, name: str, default: int, lo: int, hi: int) -> int:
     v = q.get(name)
     if v is None or v == "":
         return default
-    try:
-        n = int(v)
-    except ValueError:
-        raise ParamError(name, f"{v!r}: expected a whole number") from None
+    if not _WHOLE.match(v):
+        raise ParamError(name, f"{v[:40]!r}: expected a whole number {lo}..{hi}")
+    n = int(v)
     if not lo <= n <= hi:
         raise ParamError(name, f"{n}: expected {lo}..{hi}")
     return n
+
+
+def _tag_param(name: str, v: str) -> str | int:
+    """An id (ASCII digits, 0..65535) or a registry name (bounded, printable)."""
+    if _WHOLE.match(v):
+        n = int(v)
+        if n > 65535:
+            raise ParamError(name, f"{n}: expected an id 0..65535 or a registry name")
+        return n
+    if len(v) > 64 or not v.isprintable() or v.strip() != v or not v:
+        raise ParamError(name, f"{v[:40]!r}: expected an id 0..65535 or a registry name")
+    return v
 
 
 class Web:
@@ -105,14 +124,15 @@ class Web:
         e, a = q.get("experiment"), q.get("activity")
         try:
             if e not in (None, ""):
-                exp = reg.resolve(e, 0)[0]
+                exp = reg.resolve(_tag_param("experiment", e), 0)[0]
             if a not in (None, ""):
+                av = _tag_param("activity", a)
                 if exp is None:
-                    if not str(a).isdigit():
+                    if not isinstance(av, int):
                         raise ParamError("activity", "a name needs an experiment")
-                    act = int(a)
+                    act = av
                 else:
-                    act = reg.resolve(exp, a)[1]
+                    act = reg.resolve(exp, av)[1]
         except RegistryError as err:
             raise ParamError(err.field or "experiment", str(err)) from None
         return exp, act
@@ -169,13 +189,12 @@ class Web:
 
     async def active(self, request: web.Request) -> web.Response:
         limit = _int(request.query, "limit", 200, 1, 100000)
-        out = []
-        for f in sorted(self.c.acct.active.values(), key=lambda f: -f.start)[:limit]:
-            out.append(self._names({"proto": f.proto, "src": f.src, "sport": f.sport, "dst": f.dst,
-                                    "dport": f.dport, "start": f.start, "exp": f.exp, "act": f.act,
-                                    "app": f.app, "reporter": f.reporter, "sent": f.sent,
-                                    "received": f.received}))
-        return web.json_response({"flows": out, "count": len(self.c.acct.active)})
+        rows, count = await self.c.query(self.c.store.active, limit)
+        for r in rows:
+            for k in ("end", "state"):
+                r.pop(k, None)
+            self._names(r)
+        return web.json_response({"flows": rows, "count": count})
 
     async def timeseries(self, request: web.Request) -> web.Response:
         q = request.query
@@ -240,7 +259,8 @@ class Web:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "active_flows": len(self.c.acct.active)})
+        ok, body = self.c.health()
+        return web.json_response(body, status=200 if ok else 503)
 
 
 class _Metrics:
@@ -248,32 +268,34 @@ class _Metrics:
         self.c = c
 
     def collect(self) -> Iterator[Metric]:
-        c, a = self.c, self.c.acct
+        c, t = self.c, self.c.tally
         reg = c.registry.current
         labels = TAG_LABELS
 
         def lv(tag: Tuple[int, int]) -> List[str]:
-            return reg.tag_labels(*tag)
+            return ["other"] * 4 if tag == OTHER else reg.tag_labels(*tag)
 
-        for name, doc, data in (("flows_started", "Flows started", a.started),
-                                ("flows_ended", "Flows ended", a.ended),
-                                ("bytes", "Bytes of accounted flows (both directions)", a.bytes)):
+        for name, doc, data in (("flows_started", "Flows started", t.started),
+                                ("flows_ended", "Flows ended", t.ended),
+                                ("flows_expired", "Flows closed without an end (silent for activeTimeout, or "
+                                 "beyond maxActiveFlows)", t.expired),
+                                ("bytes", "Bytes of accounted flows (both directions)", t.bytes)):
             m = CounterMetricFamily(f"scitagd_collector_{name}", doc, labels=labels)
             for tag, n in list(data.items()):
                 m.add_metric(lv(tag), n)
             yield m
         g = GaugeMetricFamily("scitagd_collector_active_flows", "Flows started and not ended", labels=labels)
-        for tag, n in list(a.active_by_tag.items()):
+        for tag, n in list(t.active.items()):
             g.add_metric(lv(tag), n)
         yield g
         g = GaugeMetricFamily("scitagd_collector_throughput_bits_per_second",
                               "Bits per second accounted over the last minute", labels=labels)
-        for tag, bps in a.throughput().items():
+        for tag, bps in t.throughput().items():
             g.add_metric(lv(tag), bps)
         yield g
         m = CounterMetricFamily("scitagd_collector_datagrams", "Messages received", labels=["transport"])
-        for t, n in list(c.datagrams.items()):
-            m.add_metric([t], n)
+        for tr, n in list(c.datagrams.items()):
+            m.add_metric([tr], n)
         yield m
         m = CounterMetricFamily("scitagd_collector_rejected", "Messages rejected", labels=["reason"])
         for r, n in list(c.rejected.items()):
@@ -281,17 +303,38 @@ class _Metrics:
         yield m
         m = CounterMetricFamily("scitagd_collector_fireflies", "Fireflies accounted, by state or outcome",
                                 labels=["outcome"])
-        for s, n in list(a.states.items()):
+        for s, n in list(t.outcomes.items()):
             m.add_metric([s], n)
-        m.add_metric(["duplicate"], a.duplicates)
-        m.add_metric(["local_only"], a.local_only)
+        if "duplicate" not in t.outcomes:
+            m.add_metric(["duplicate"], 0)
+        m.add_metric(["local_only"], c.local_only)
         yield m
-        yield CounterMetricFamily("scitagd_collector_store_rows", "Flow rows written", value=c.store_rows)
-        yield CounterMetricFamily("scitagd_collector_store_errors", "Failed store flushes", value=c.store_errors)
+        m = CounterMetricFamily("scitagd_collector_tcp_refused", "Syslog-TCP connections refused or closed",
+                                labels=["reason"])
+        for r, n in list(c.tcp_refused.items()):
+            m.add_metric([r], n)
+        yield m
+        yield GaugeMetricFamily("scitagd_collector_tcp_connections", "Open syslog-TCP connections",
+                                value=sum(c.tcp_connections.values()))
+        yield CounterMetricFamily("scitagd_collector_store_rows", "Fireflies written to the store", value=c.store_rows)
+        yield CounterMetricFamily("scitagd_collector_store_errors", "Failed store flushes (batch kept)",
+                                  value=c.store_errors)
+        yield CounterMetricFamily("scitagd_collector_store_dropped", "Fireflies lost because the store could not "
+                                  "write and maxPending was reached", value=c.store_dropped)
+        yield CounterMetricFamily("scitagd_collector_store_refused", "Fireflies the database refused (the rest of "
+                                  "their batch written)", value=c.store_refused)
+        yield GaugeMetricFamily("scitagd_collector_store_up", "1 when the last flush succeeded",
+                                value=0 if c.store_problem else 1)
         yield GaugeMetricFamily("scitagd_collector_store_flows", "Flows in the store (updated every 30 s)",
                                 value=c.flows_in_store)
-        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Rows waiting for the next flush",
-                                value=len(a.rows))
+        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush",
+                                value=len(c.pending))
+        yield CounterMetricFamily("scitagd_collector_spans_clamped", "Byte intervals longer than 30 days, spread "
+                                  "over their last 30 days only", value=t.clamped)
+        yield CounterMetricFamily("scitagd_collector_tag_conflicts", "Fireflies of a known flow carrying other "
+                                  "tags (the flow keeps its first)", value=t.tag_conflicts)
+        yield CounterMetricFamily("scitagd_collector_evicted", "Active flows closed because maxActiveFlows was "
+                                  "reached", value=t.evicted)
         m = CounterMetricFamily("scitagd_collector_relayed", "Datagrams relayed", labels=["destination"])
         for d, n in list(c.relay_sent.items()):
             m.add_metric([d], n)

@@ -1,0 +1,75 @@
+"""A received firefly as the collector accounts it: one `Report`, with an identity.
+
+The identity (`fid`) is a hash of what makes a firefly itself: its flow (5-tuple and start
+time), state, event time and byte counts. The same firefly received twice, by any path (the
+peer and a relay, a live receiver and an archive import), has the same fid and counts once; the
+store enforces that across restarts.
+
+Who reported it: the sender's address, unless the sender is a trusted relay (then the syslog
+HOSTNAME it forwarded): a HOSTNAME is a claim anyone can make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import msgspec
+
+from ..errors import FireflyError
+from ..events import END, State, normalize_ip
+from ..firefly import Received, ts
+
+__all__ = ["Report", "make_report"]
+
+
+class Report(msgspec.Struct, frozen=True, gc=False):
+    fid: bytes  # 16-byte identity
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    start: float  # flow start, epoch seconds to the microsecond
+    state: State
+    t: float  # event time: end-time for an end, else current-time (else the start)
+    sent: int
+    received: int
+    exp: int
+    act: int
+    app: Optional[str]
+    reporter: str
+    hostname: Optional[str]  # what the syslog header claimed, kept for inspection
+    sender: str
+    at: float  # when it was received (wall clock)
+
+    @property
+    def key(self) -> tuple[str, str, int, str, int, float]:
+        return (self.proto, self.src, self.sport, self.dst, self.dport, self.start)
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.received
+
+
+def make_report(rec: Received, sender: str, trusted: bool, at: float, max_future: Optional[float] = None) -> Report:
+    """`max_future`: seconds an event time may be ahead of `at` (clock skew), None for archives."""
+    ff = rec.firefly
+    lc, fid, ctx = ff.flow_lifecycle, ff.flow_id, ff.context
+    start = round(ts(lc.start_time) or 0.0, 6)
+    t = (ts(lc.end_time) if lc.state == END else None) or ts(lc.current_time) or start
+    t = round(t, 6)
+    if max_future is not None:
+        for name, value in (("start-time", start), ("end-time" if lc.state == END else "current-time", t)):
+            if value > at + max_future:
+                raise FireflyError(f"flow-lifecycle.{name}: {value - at:.0f} s in the future: expected at most "
+                                   f"{max_future:.0f} s of clock skew", "future_time", f"flow-lifecycle.{name}")
+    usage = ff.usage
+    sent = (usage.sent or 0) if usage else 0
+    received = (usage.received or 0) if usage else 0
+    src, dst = normalize_ip(fid.src_ip), normalize_ip(fid.dst_ip)  # one flow, however it is spelled
+    ident = f"{fid.protocol}|{src}|{fid.src_port}|{dst}|{fid.dst_port}|{start:.6f}|{lc.state}|{t:.6f}|{sent}|{received}"
+    reporter = rec.hostname if trusted and rec.hostname else sender
+    return Report(hashlib.blake2b(ident.encode(), digest_size=16).digest(), fid.protocol, src,
+                  fid.src_port, dst, fid.dst_port, start, lc.state, t, sent, received,  # type: ignore[arg-type]
+                  ctx.experiment_id, ctx.activity_id, ctx.application, reporter, rec.hostname, sender, at)
