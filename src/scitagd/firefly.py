@@ -191,6 +191,9 @@ def _check(ff: Firefly) -> None:
         for name, n in (("received", ff.usage.received), ("sent", ff.usage.sent)):
             if n is not None and not 0 <= n <= MAX_BYTES:
                 raise FireflyError(f"usage.{name}: {n}: expected 0..2**62 bytes", "bad_usage", f"usage.{name}")
+        if (ff.usage.received or 0) + (ff.usage.sent or 0) > MAX_BYTES:
+            raise FireflyError(f"usage: sent + received = {(ff.usage.received or 0) + (ff.usage.sent or 0)}: "
+                               "expected at most 2**62 bytes", "bad_usage", "usage")
     for name, dt in (("start-time", lc.start_time), ("end-time", lc.end_time), ("current-time", lc.current_time)):
         t = ts(dt)
         if t is not None and not MIN_TIME <= t < MAX_TIME:

@@ -31,12 +31,19 @@ class Framer:
         self.max = max_message
         self.buf = b""
         self._skipping = False  # inside a bad frame or its tail: drop up to the next line end
+        self._after_frame = False  # an octet-counted frame just ended: what follows must fit
 
     def feed(self, chunk: bytes) -> List[Item]:
         """Messages (trailing CR/LF stripped, empty lines dropped) and errors, in stream order."""
         self.buf += chunk
         out: List[Item] = []
         while self.buf:
+            if self._after_frame:
+                # another frame, a line end: fine; anything else is the tail of a frame whose count
+                # was too small (that frame is rejected when parsed): skip it without another rejection
+                self._after_frame = False
+                if self.buf[:1] not in (b"\n", b"\r", b"<", b"{") and not self.buf[:1].isdigit():
+                    self._skipping = True
             if self._skipping:
                 # the next line end, or the next octet-counted frame with a PRI (streams that never
                 # send a line end)
@@ -65,10 +72,7 @@ class Framer:
                     break  # wait for the rest of the frame
                 msg, self.buf = self.buf[start:start + n], self.buf[start + n:]
                 out.append((msg.rstrip(b"\r\n"), None))
-                # what follows must be another frame, a line end, or more data: else it is the
-                # tail of a frame whose count was too small (already rejected when parsed)
-                if self.buf[:1] not in (b"", b"\n", b"\r", b"<", b"{") and not self.buf[:1].isdigit():
-                    self._skipping = True
+                self._after_frame = True
                 continue
             d = _DIGITS.match(self.buf)
             if d and self.buf[d.end():d.end() + 2] in (b" <", b" {"):
