@@ -61,6 +61,7 @@ class Collector:
         self.store_problem: Optional[str] = None  # why the store is behind, for /healthz
         self.pending: List[Report] = []
         self.tcp_connections: Dict[str, int] = {}
+        self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.tcp_refused: DefaultDict[str, int] = defaultdict(int)
         self.relay_sent: DefaultDict[str, int] = defaultdict(int)
         self.relay_failed: DefaultDict[str, int] = defaultdict(int)
@@ -156,6 +157,7 @@ class Collector:
             writer.close()
             return
         self.tcp_connections[sender] = mine + 1
+        self._tcp_writers.add(writer)
         framer = Framer(tcp.max_message)
         try:
             while True:
@@ -172,9 +174,10 @@ class Collector:
                         self._reject(err[0], err[1], sender, chunk[:512])
                     elif msg is not None:
                         self.receive(msg, sender, "tcp")
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the peer went away, or the collector stops: either way this connection is done
         finally:
+            self._tcp_writers.discard(writer)
             n = self.tcp_connections.get(sender, 1) - 1
             if n > 0:
                 self.tcp_connections[sender] = n
@@ -299,6 +302,8 @@ class Collector:
             tr.close()
         for srv in self._servers:
             srv.close()
+        for w in list(self._tcp_writers):
+            w.close()  # their readers see the end and the handlers return
         if self._relay is not None:
             self._relay.close()
         for t in self._tasks:

@@ -65,11 +65,10 @@ def _int(q: Any, name: str, default: int, lo: int, hi: int) -> int:
 
 def _tag_param(name: str, v: str) -> str | int:
     """An id (ASCII digits, 0..65535) or a registry name (bounded, printable)."""
-    if _WHOLE.match(v):
-        n = int(v)
-        if n > 65535:
-            raise ParamError(name, f"{n}: expected an id 0..65535 or a registry name")
-        return n
+    if v.isdigit() or v.isdecimal() or v.isnumeric():
+        if not (v.isascii() and len(v) <= 5 and int(v) <= 65535):
+            raise ParamError(name, f"{v[:40]!r}: expected an id 0..65535 or a registry name")
+        return int(v)
     if len(v) > 64 or not v.isprintable() or v.strip() != v or not v:
         raise ParamError(name, f"{v[:40]!r}: expected an id 0..65535 or a registry name")
     return v
