@@ -5,6 +5,7 @@ the event loop answering within 100 ms throughout (a probe in its own process)."
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -307,3 +308,28 @@ def test_long_application_is_cut(collector: Callable[..., CollectorProc]) -> Non
     c.wait(lambda: c.api("/api/v1/active")["count"] == 1)
     assert len(c.api("/api/v1/active")["flows"][0]["app"]) == 128
 
+
+
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) not installed")
+def test_file_descriptors_running_short(collector: Callable[..., CollectorProc]) -> None:  # noqa: F811
+    c = collector()
+    reconfigure(c, f"port: {c.tcp}}}", f"port: {c.tcp}, maxConnections: 1000, maxConnectionsPerSource: 1000}}")
+    assert c.proc is not None
+    subprocess.run(["prlimit", f"--pid={c.proc.pid}", "--nofile=80:80"], check=True)
+    conns = []
+    for _ in range(150):  # more than the collector may hold open
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", c.tcp))
+        except OSError:
+            s.close()
+            continue
+        conns.append(s)
+    c.wait(lambda: "file descriptors run short" in c.log.read_text(), 15)
+    for s in conns:
+        s.close()
+    c.wait(lambda: c.metrics()["scitagd_collector_tcp_connections"] == 0, 15)
+    with socket.create_connection(("127.0.0.1", c.tcp)) as s:  # it recovers: a new sender is heard
+        s.sendall(valid(1, 31000)[0] + b"\n")
+    c.wait(lambda: stored_ports(c) == [31000])
+    no_tracebacks(c)
