@@ -81,6 +81,8 @@ class Collector:
         self._tasks: List[asyncio.Task[Any]] = []
         self._throttle = Throttle(1.0)
         self._flush_lock: Optional[asyncio.Lock] = None
+        self._stopping: Optional[asyncio.Event] = None
+        self._own_tasks: List[asyncio.Task[None]] = []
         self.web: Optional[Web] = None
         n = sum(self.tally.active.values())
         if n:
@@ -235,14 +237,23 @@ class Collector:
                           why, r.src, r.sport, r.dst, r.dport)
 
     async def _flusher(self) -> None:
-        while True:
-            await asyncio.sleep(self.conf.store.flush_interval)
+        """Every flushInterval until stopped; never cancelled mid-flush (a batch the store wrote
+        must reach the counters too)."""
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.conf.store.flush_interval)
+            except asyncio.TimeoutError:
+                pass
             await self.flush()
 
     async def _housekeeping(self) -> None:
+        """Expiry, retention and the flow count every 30 s, until stopped (not cancelled mid-call:
+        what the store changed must reach the counters)."""
+        assert self._stopping is not None
         loop = asyncio.get_running_loop()
         last_retention = 0.0
-        while True:
+        while not self._stopping.is_set():
             try:
                 res = await loop.run_in_executor(self._db, self.store.expire, time.time(), self.conf.max_active_flows)
                 self.tally.apply(res)
@@ -259,7 +270,10 @@ class Collector:
                 self.flows_in_store = await loop.run_in_executor(self._db, self.store.count)
             except StoreFull as e:
                 log.error("store housekeeping failed error=%r", str(e))
-            await asyncio.sleep(30)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), 30)
+            except asyncio.TimeoutError:
+                pass
 
     async def query(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kw))
@@ -293,8 +307,10 @@ class Collector:
 
         self.web = Web(self)
         await self.web.start()
-        self._tasks += [loop.create_task(self._flusher()), loop.create_task(self._housekeeping()),
-                        loop.create_task(self.registry.run_refresher())]
+        self._stopping = asyncio.Event()
+        self._own_tasks = [loop.create_task(self._flusher(), name="flusher"),
+                           loop.create_task(self._housekeeping(), name="housekeeping")]
+        self._tasks += [loop.create_task(self.registry.run_refresher())]
         log.info("started store=%s trusted_relays=%s", c.store.path, ",".join(c.trusted_relays) or "none")
 
     async def stop(self) -> None:
@@ -308,6 +324,10 @@ class Collector:
             self._relay.close()
         for t in self._tasks:
             t.cancel()
+        if self._stopping is not None:
+            self._stopping.set()
+            for task in self._own_tasks:  # they finish what they started: the last flush takes what is pending
+                await task
         written = await self.flush()
         if self.web:
             await self.web.stop()
