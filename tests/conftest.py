@@ -147,14 +147,14 @@ def run_daemon(tmp_path: Path) -> Iterator[Any]:
     started: List[DaemonProc] = []
 
     def start(config: str, wait_for: Optional[str] = "scitagd.daemon started",
-              args: Tuple[str, ...] = ()) -> DaemonProc:
+              args: Tuple[str, ...] = (), env: Optional[dict[str, str]] = None) -> DaemonProc:
         conf = tmp_path / f"scitagd-{len(started)}.yaml"
         conf.write_text(config)
         log_path = tmp_path / f"scitagd-{len(started)}.log"
         with open(log_path, "w") as logf:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "scitagd", "run", "--config", str(conf), *args],
-                stdout=logf, stderr=subprocess.STDOUT, cwd=tmp_path,
+                stdout=logf, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, **(env or {})},
             )
         d = DaemonProc(proc, log_path, conf)
         started.append(d)

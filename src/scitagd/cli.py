@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import __version__
+from .confbase import LOG_LEVELS
 from .errors import CommandError, ScitagdError
 from .tags import (
     EXPERIMENT_MAX,
@@ -136,13 +137,27 @@ def cmd_conf(a: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CONFIG = "/etc/scitagd/scitagd.yaml"
+
+
+def config_path(given: Optional[str]) -> str:
+    """--config, else the site's default file."""
+    if given:
+        return given
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    raise CommandError(f"no --config given and {DEFAULT_CONFIG} does not exist: write one (a commented sample: "
+                       "`scitagd conf --sample`) or pass --config FILE")
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from . import logs
     from .daemon import run
 
-    conf = _load_conf(a.config)
+    path = config_path(a.config)
+    conf = _load_conf(path)
     logs.setup(a.log_level or conf.logging.level, conf.logging.flow_events)
-    return run(conf)
+    return run(conf, path)
 
 
 def cmd_marker(a: argparse.Namespace) -> int:
@@ -225,8 +240,9 @@ def parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=cmd_conf)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", required=True)
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (warn and trace as in "
+                     "flowd-go: trace is debug)")
     run.set_defaults(func=cmd_run)
 
     mk = sub.add_parser("marker", help="the eBPF marker: what is attached, counters; clean up")

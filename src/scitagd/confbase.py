@@ -19,7 +19,7 @@ from .errors import ConfigError
 __all__ = ["FlowTableConfig", "LogConfig", "RegistryConfig", "convert", "dump", "read_mapping"]
 
 S = TypeVar("S", bound=msgspec.Struct)
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")  # flowd-go's warn and trace too
 
 
 class RegistryConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -47,7 +47,7 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
     def __post_init__(self) -> None:
         if self.level.lower() not in LOG_LEVELS:
-            raise ValueError(f"level {self.level!r}: expected debug, info, warning or error")
+            raise ValueError(f"level {self.level!r}: expected one of {', '.join(LOG_LEVELS)}")
 
 
 class FlowTableConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):

@@ -9,7 +9,8 @@ import logging
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Deque, Iterator, List, Optional, Set
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Deque, Dict, Iterator, List, Optional, Set
 
 from .addresses import LocalAddresses
 from .components import Counters, Enricher, MetricsProvider, Sink, Source
@@ -24,9 +25,20 @@ from .stats import Stats
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from .wiring import Spec
+    from .wiring.enrichers import Enrichers
+    from .wiring.sinks import Exporter
+
 __all__ = ["Daemon", "StartupError", "run"]
 
 log = logging.getLogger("scitagd.daemon")
+
+
+@dataclass
+class Running:
+    spec: Spec
+    component: Any
+    providers: List[MetricsProvider]  # the metrics it registered, gone with it
 
 
 class SinkRunner:
@@ -101,11 +113,12 @@ class Daemon:
     """Sources -> flow table -> sinks, in one asyncio process. The `components.Host` of every
     component: they reach the core only through the methods in the Host section below."""
 
-    def __init__(self, conf: Config) -> None:
+    def __init__(self, conf: Config, config_path: Optional[str] = None) -> None:
         from .events import FlowTable
-        from .wiring import build
+        from .wiring import specs
 
         self.conf = conf
+        self.config_path = config_path  # read again on SIGHUP
         self.stats = Stats()
         self.table = FlowTable(conf.flow_table)
         self.registry_holder = RegistryHolder(conf.registry)
@@ -116,14 +129,37 @@ class Daemon:
         self._tasks: List[asyncio.Task[Any]] = []
         self._pending: Set[asyncio.Future[FlowEvent]] = set()
         self._stopping: Optional[asyncio.Event] = None  # made on the loop (Python 3.9 binds at creation)
-        parts = build(conf, self, self._providers)
-        self.sources: List[Source] = parts.sources
-        self.sinks: List[Sink] = parts.sinks
-        self.enrichers: List[Enricher] = parts.enrichers
-        self.finisher: Optional[Enricher] = parts.finisher
-        self.exporter = parts.exporter
+        self.reloads: Dict[str, int] = {"ok": 0, "failed": 0}
+        self.sources: List[Source] = []
+        self.sinks: List[Sink] = []
+        self.enrichers: Optional[Enrichers] = None
+        self.exporter: Optional[Exporter] = None
+        self.running: Dict[str, Running] = {}
+        built: Dict[str, Any] = {}
+        for spec in specs(conf, self, self._providers):
+            self._build(spec, built)
         if not self.sources:
             log.warning("no plugins configured: nothing will report flows")
+
+    def _build(self, spec: Spec, built: Dict[str, Any]) -> Any:
+        """Build one component; remember it and the metrics providers it registered."""
+        before = len(self._providers)
+        comp = spec.build(built)
+        built[spec.name] = comp
+        self.running[spec.name] = Running(spec, comp, self._providers[before:])
+        if spec.kind == "source":
+            self.sources.append(comp)
+        elif spec.kind == "sink":
+            self.sinks.append(comp)
+        elif spec.kind == "enricher":
+            self.enrichers = comp
+        else:
+            self.exporter = comp
+        return comp
+
+    @property
+    def finisher(self) -> Optional[Enricher]:
+        return self.enrichers.finisher if self.enrichers is not None else None
 
     # --- Host ---------------------------------------------------------------------------
 
@@ -194,39 +230,60 @@ class Daemon:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.local.refresh)
-        for sink in self.sinks:
-            try:
-                await sink.start()
-            except (OSError, RuntimeError) as e:
-                await self._teardown(drain=False)
-                raise StartupError(f"backends.{sink.name}: cannot start: {e}") from None
-            runner = SinkRunner(sink, self.stats)
-            runner.start()
-            self._runners.append(runner)
-        for enr in self.enrichers:
-            await enr.start()
-        for src in self.sources:
-            try:
-                await src.start()
-            except (OSError, ValueError) as e:
-                await self._teardown(drain=False)
-                raise StartupError(f"plugins.{src.name}: cannot start: {e}") from None
-        if self.exporter is not None:
-            try:
-                await self.exporter.start()
-            except OSError as e:
-                await self._teardown(drain=False)
-                raise StartupError(f"backends.{self.exporter.name}: cannot start: {e}") from None
+        try:
+            for sink in self.sinks:
+                await self._start_sink(sink)
+            if self.enrichers is not None:
+                await self.enrichers.start()
+            for src in self.sources:
+                await self._start_source(src)
+            if self.exporter is not None:
+                await self._start_exporter(self.exporter)
+        except StartupError:
+            await self._teardown(drain=False)
+            raise
         self._tasks.append(loop.create_task(self.registry_holder.run_refresher(), name="registry"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(loop.create_task(self._flush_flow_log(), name="flow-log"))
         if self.conf.pid_path:
             with open(self.conf.pid_path, "w") as f:
                 f.write(f"{os.getpid()}\n")
-        names = [s.name for s in self.sinks] + ([self.exporter.name] if self.exporter else [])
         log.info("started pid=%d loop=%s sources=%s sinks=%s registry=%s", os.getpid(),
                  type(loop).__module__.split(".")[0], ",".join(s.name for s in self.sources) or "none",
-                 ",".join(names) or "none", self.registry.origin)
+                 ",".join(self._sink_names()) or "none", self.registry.origin)
+
+    def _sink_names(self) -> List[str]:
+        return [s.name for s in self.sinks] + ([self.exporter.name] if self.exporter else [])
+
+    async def _start_sink(self, sink: Sink) -> None:
+        try:
+            await sink.start()
+        except (OSError, RuntimeError) as e:
+            raise StartupError(f"backends.{sink.name}: cannot start: {e}") from None
+        runner = SinkRunner(sink, self.stats)
+        runner.start()
+        self._runners.append(runner)
+
+    async def _start_source(self, src: Source) -> None:
+        try:
+            await src.start()
+        except (OSError, ValueError) as e:
+            raise StartupError(f"plugins.{src.name}: cannot start: {e}") from None
+
+    async def _start_exporter(self, exp: Exporter) -> None:
+        try:
+            await exp.start()
+        except OSError as e:
+            raise StartupError(f"backends.{exp.name}: cannot start: {e}") from None
+
+    async def _stop_sink(self, sink: Sink, drain: bool = True, handover: bool = False) -> None:
+        for r in [r for r in self._runners if r.sink is sink]:
+            if drain:
+                await r.drain(0.5)
+            await r.stop()
+            self._runners.remove(r)
+        stop = getattr(sink, "handover", None) if handover else None
+        await _bounded(stop() if stop is not None else sink.stop(), 0.5, f"backends.{sink.name}")
 
     async def _teardown(self, drain: bool) -> None:
         """Stop what runs, in order: sources, (queued events sent), tasks, enrichers, sinks.
@@ -240,14 +297,115 @@ class Daemon:
                 await r.drain(0.5)
         for t in self._tasks:
             t.cancel()
-        for enr in self.enrichers:
-            await enr.stop()
+        if self.enrichers is not None:
+            await self.enrichers.stop()
         for r in self._runners:
             await r.stop()
         for sink in self.sinks:
             await _bounded(sink.stop(), 0.5, f"backends.{sink.name}")
         if self.exporter is not None:
             await _bounded(self.exporter.stop(), 0.5, f"backends.{self.exporter.name}")
+
+    # --- reload (SIGHUP) ----------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Read the config again and apply it: a component whose section is unchanged keeps
+        running untouched (its state, its sockets, the kernel's map); a changed one is rebuilt
+        (the marker hands over: the new program REPLACEs the old one's filter, so no packet
+        leaves unmarked); the flow table keeps every flow; the registry is read again. An
+        invalid config changes nothing and says why."""
+        from .config import load
+        from .errors import ConfigError
+        from .wiring import specs
+
+        if self.config_path is None:
+            log.warning("reload: no config file to read (started without one)")
+            return False
+        try:
+            conf = load(self.config_path)
+            new_specs = {s.name: s for s in specs(conf, self, self._providers)}  # nothing built yet
+        except (ConfigError, StartupError) as e:
+            self.reloads["failed"] += 1
+            log.error("config not reloaded, the running one stays error=%r", str(e))
+            return False
+        old = self.running
+        changed = sorted(n for n in old if n not in new_specs or new_specs[n].key != old[n].spec.key)
+        added = sorted(n for n in new_specs if n not in old)
+        # take down what changes: sources first (nothing new comes in), then what they feed
+        for name in changed:
+            r = old[name]
+            if r.spec.kind == "source":
+                await _bounded(r.component.stop(), 0.5, name)
+                self.sources.remove(r.component)
+        for name in changed:
+            r = old[name]
+            if r.spec.kind == "enricher":
+                await r.component.stop()
+                self.enrichers = None
+            elif r.spec.kind == "exporter":
+                await _bounded(r.component.stop(), 0.5, name)
+                self.exporter = None
+            elif r.spec.kind == "sink" and not (name == "backends.marker" and name in new_specs):
+                await self._stop_sink(r.component)
+                self.sinks.remove(r.component)
+        for name in changed:
+            for p in old[name].providers:
+                if p in self._providers:
+                    self._providers.remove(p)
+        kept = {n: r for n, r in old.items() if n not in changed}
+        self.running = dict(kept)
+        built: Dict[str, Any] = {n: r.component for n, r in kept.items()}
+        # bring up what is new or changed, in build order (the watcher finds its enrichers)
+        failed = []
+        for spec in new_specs.values():
+            if spec.name in kept:
+                continue
+            handover = old.get(spec.name) if spec.name == "backends.marker" else None
+            if handover is not None:
+                self.running.pop(spec.name, None)
+            try:
+                comp = self._build(spec, built)
+                if spec.kind == "sink":
+                    await self._start_sink(comp)
+                    if handover is not None:  # the new program is attached: the old one may go
+                        adopt = getattr(comp, "adopt", None)
+                        if adopt is not None:
+                            await adopt(handover.component)
+                        await self._stop_sink(handover.component, handover=True)
+                        self.sinks.remove(handover.component)
+                        for p in handover.providers:
+                            if p in self._providers:
+                                self._providers.remove(p)
+                elif spec.kind == "enricher":
+                    await comp.start()
+                elif spec.kind == "source":
+                    await self._start_source(comp)
+                else:
+                    await self._start_exporter(comp)
+            except (StartupError, OSError, ValueError) as e:
+                failed.append(spec.name)
+                log.error("reload: %s not started, running without it error=%r", spec.name, str(e))
+                self.running.pop(spec.name, None)
+        # what does not need a rebuild
+        from . import logs
+
+        if conf.logging != self.conf.logging:
+            logs.setup(conf.logging.level, conf.logging.flow_events)
+        self.table.conf = conf.flow_table
+        if conf.registry != self.conf.registry:
+            self.registry_holder.reconfigure(conf.registry)
+        await self.registry_holder.refresh()
+        self.conf = conf
+        self.reloads["ok" if not failed else "failed"] += 1
+        log.info("reloaded config=%s rebuilt=%s added=%s kept=%s failed=%s active_flows=%d", self.config_path,
+                 ",".join(n for n in changed if n in new_specs) or "none", ",".join(added) or "none",
+                 ",".join(sorted(kept)) or "none", ",".join(failed) or "none", len(self.table))
+        return not failed
+
+    def status(self) -> str:
+        """One line for systemd's STATUS=."""
+        return (f"{len(self.table)} active flows; sources {','.join(s.name for s in self.sources) or 'none'}; "
+                f"sinks {','.join(self._sink_names()) or 'none'}")
 
     async def _housekeeping(self) -> None:
         period = min(5.0, max(0.05, self.conf.flow_table.expire_after / 10))
@@ -275,7 +433,7 @@ class Daemon:
 
     async def run_until_stopped(self) -> None:
         self._stopping = asyncio.Event()
-        await until_signalled(self.start, self.stop, self._stopping)
+        await until_signalled(self.start, self.stop, self._stopping, self.reload, self.status)
 
     async def stop(self) -> None:
         t0 = time.monotonic()
@@ -383,7 +541,7 @@ async def _bounded(aw: Awaitable[Any], timeout: float, what: str) -> None:
         log.warning("component did not stop in time component=%s timeout=%gs", what, timeout)
 
 
-def run(conf: Config) -> int:
-    daemon = Daemon(conf)
+def run(conf: Config, config_path: Optional[str] = None) -> int:
+    daemon = Daemon(conf, config_path)
     run_async(daemon.run_until_stopped())
     return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Dict, List, TextIO, Union
 
-__all__ = ["FlowLog", "Throttle", "flow_log", "setup", "stamp"]
+__all__ = ["LEVELS", "FlowLog", "Throttle", "flow_log", "journal_stream", "setup", "stamp"]
 
 _sec_prefix: List[Union[int, str]] = [-1, ""]
 
@@ -20,10 +21,33 @@ def stamp(t: float) -> str:
     return f"{_sec_prefix[1]}.{int((t - sec) * 1000):03d}Z"
 
 
+# syslog priorities for the journal's `<N>` line prefix (sd-daemon(3))
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+_journal = False  # stderr is the journal: it stamps lines itself and reads `<N>` as the priority
+
+
+def journal_stream() -> bool:
+    """Whether stderr is connected to the journal ($JOURNAL_STREAM names its device:inode)."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in want:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def _lead(created: float, levelno: int, levelname: str) -> str:
+    if _journal:
+        return f"<{_PRIORITY.get(levelno, 6)}>{levelname}"
+    return f"{stamp(created)} {levelname}"
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace("\n", "\\n")
-        line = f"{stamp(record.created)} {record.levelname.lower()} {record.name} {msg}"
+        line = f"{_lead(record.created, record.levelno, record.levelname.lower())} {record.name} {msg}"
         if record.exc_info:
             # Only for bugs in scitagd itself, never for user input; kept on one line.
             line += " exception=" + repr(self.formatException(record.exc_info))
@@ -64,7 +88,7 @@ class FlowLog:
         self.stream: TextIO = sys.stderr
 
     def add(self, message: str) -> None:
-        self.lines.append(f"{stamp(time.time())} info scitagd.flows {message}\n")
+        self.lines.append(f"{_lead(time.time(), logging.INFO, 'info')} scitagd.flows {message}\n")
 
     def flush(self) -> None:
         if self.lines:
@@ -86,15 +110,24 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
         super().emit(record)
 
 
+LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
+          "error": "ERROR"}
+
+
 def setup(level: str = "info", flow_events: bool = True) -> None:
+    """flowd-go's `warn` and `trace` are understood (trace is debug). Under systemd with stderr
+    to the journal, lines carry their priority as `<N>` and no timestamp (the journal adds it)."""
+    global _journal
+    _journal = journal_stream()
+    level = LEVELS.get(level.lower(), level.upper())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     h = _Handler(sys.stderr)
     flow_log.stream = sys.stderr
-    flow_log.enabled = flow_events and logging.getLevelName(level.upper()) <= logging.INFO
+    flow_log.enabled = flow_events and logging.getLevelName(level) <= logging.INFO
     h.setFormatter(_Formatter())
     root.addHandler(h)
-    root.setLevel(level.upper())
+    root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)

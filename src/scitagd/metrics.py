@@ -8,10 +8,11 @@ flowd-go's log and skopsPort are accepted.
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import Iterator, List
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .components import MetricsProvider
@@ -23,20 +24,25 @@ __all__ = ["PrometheusExporter"]
 log = logging.getLogger("scitagd.prometheus")
 
 
+class _Providers:
+    """What generate_latest() asks for: every provider's metrics, from the host's live list
+    (components come and go on a reload)."""
+
+    def __init__(self, providers: List[MetricsProvider]) -> None:
+        self.providers = providers
+
+    def collect(self) -> Iterator[Metric]:
+        for p in list(self.providers):
+            yield from p.collect()
+
+
 class PrometheusExporter:
     name = "prometheus"
 
     def __init__(self, conf: PrometheusConfig, providers: List[MetricsProvider]) -> None:
         self.conf = conf
-        self.registry = CollectorRegistry(auto_describe=False)
-        self._providers = providers  # the host's list: providers registered later still count
-        self._registered: List[MetricsProvider] = []
+        self._all = _Providers(providers)
         self._server = HttpServer(log)
-
-    def _sync(self) -> None:
-        for p in self._providers[len(self._registered):]:
-            self.registry.register(p)
-            self._registered.append(p)
 
     async def start(self) -> None:
         app = web.Application()
@@ -47,6 +53,5 @@ class PrometheusExporter:
         await self._server.stop()
 
     async def metrics(self, request: web.Request) -> web.Response:
-        self._sync()
-        body = generate_latest(self.registry)
+        body = generate_latest(self._all)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

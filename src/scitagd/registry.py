@@ -175,6 +175,14 @@ class RegistryHolder:
         if conf is not None and conf.url:
             self._load_cache()
 
+    def reconfigure(self, conf: RegistryConfig) -> None:
+        """A new `registry:` section (reload): the cache it names is read; refresh() fetches."""
+        self.conf = conf
+        if not conf.url:
+            self.current = Registry.bundled()
+        else:
+            self._load_cache()
+
     def _load_cache(self) -> None:
         path = Path(self.conf.cache_file)
         try:

@@ -11,7 +11,9 @@ import resource
 import signal
 import sys
 import time
-from typing import Any, Awaitable, Callable, Coroutine, Dict, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Optional, TypeVar
+
+from .sdnotify import Notifier
 
 __all__ = ["run_async", "until_signalled"]
 
@@ -67,23 +69,75 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 async def until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
-                          stopping: asyncio.Event | None = None) -> None:
-    """start(), then wait for SIGTERM/SIGINT (or `stopping` set by the service itself), then
-    stop(). Signals are handled on the loop, so stop() runs as ordinary loop code."""
+                          stopping: asyncio.Event | None = None,
+                          reload: Optional[Callable[[], Awaitable[Any]]] = None,
+                          status: Optional[Callable[[], str]] = None) -> None:
+    """start(), tell systemd READY=1, then run until SIGTERM/SIGINT (or `stopping` set by the
+    service itself), then stop(). SIGHUP runs `reload` (one at a time; a SIGHUP during a
+    reload runs one more after it). Signals are handled on the loop, so all of it is ordinary
+    loop code; the watchdog keep-alives come from the loop too, so a stuck loop stops them."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(exception_handler)
-    watch = loop.create_task(watch_fds(), name="fd-watch")
+    notifier = Notifier()
+    background = [loop.create_task(watch_fds(), name="fd-watch")]
     event = stopping or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, event.set)
+    reloading: Dict[str, Any] = {"task": None, "again": False}
+
+    async def run_reloads() -> None:
+        assert reload is not None
+        while True:
+            reloading["again"] = False
+            notifier.reloading()
+            try:
+                await reload()
+            finally:
+                notifier.ready(status() if status else "")
+            if not reloading["again"]:
+                break
+
+    def on_hup() -> None:
+        if reload is None:
+            log.warning("SIGHUP: nothing to reload here")
+            return
+        task = reloading["task"]
+        if task is not None and not task.done():
+            reloading["again"] = True
+            return
+        reloading["task"] = loop.create_task(run_reloads(), name="reload")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await start()
+        notifier.ready(status() if status else "")
+        if notifier.watchdog_interval or (notifier.enabled and status):
+            background.append(loop.create_task(_keepalive(notifier, status), name="sd-notify"))
         await event.wait()
     finally:
-        watch.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for t in background:
+            t.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+    task = reloading["task"]
+    if task is not None and not task.done():
+        await task  # a reload half done is finished, not torn
+    notifier.stopping()
     await stop()
+    notifier.close()
+
+
+async def _keepalive(notifier: Notifier, status: Optional[Callable[[], str]]) -> None:
+    """WATCHDOG=1 at half of WatchdogSec, STATUS= every 10 s, both from the event loop."""
+    interval = min(notifier.watchdog_interval or 10.0, 10.0)
+    last_status = 0.0
+    while True:
+        if notifier.watchdog_interval:
+            notifier.watchdog()
+        if status is not None and time.monotonic() - last_status >= 10.0:
+            last_status = time.monotonic()
+            notifier.status(status())
+        await asyncio.sleep(interval)
 
 
 async def watch_fds(period: float = 2.0, share: float = 0.9) -> None:

@@ -127,6 +127,7 @@ class KernelMarker:
         self.fds: Dict[str, int] = {}
         self.progs: Dict[str, int] = {}
         self.ncpus = 0
+        self.recreated = False  # the pinned maps were incompatible and made anew (their flows lost)
 
     # --- loading -----------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class KernelMarker:
                     os.unlink(self.pin_dir / name)
                 except FileNotFoundError:
                     pass
+            self.recreated = True
             self._load_once()
         self.ncpus = lb.check(self.L.libbpf_num_possible_cpus(), "possible cpus")
 

@@ -167,6 +167,32 @@ class MarkerSink(Sink):
             self._task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._detach_all)
 
+    async def adopt(self, old: MarkerSink) -> None:
+        """Reload: take over from the marker this one replaces. Its filters are REPLACEd by ours
+        already (check_interfaces at start); if our map is not its map (another pinPath, or
+        one recreated for another size), its entries are copied, tags and entropy as they were."""
+        if old.maps is None or self.maps is None:
+            return
+        if old.conf.pin_path == self.conf.pin_path and not (self.km is not None and self.km.recreated):
+            return
+        n = 0
+        for key, tag in old.maps.flows():
+            self.maps.put_flow(key, tag)
+            n += 1
+        self.entries = n
+        log.info("flow map entries carried over on reload entries=%d from=%s to=%s", n, old.conf.pin_path,
+                 self.conf.pin_path)
+
+    async def handover(self) -> None:
+        """Reload: stop without detaching (our successor's program is attached in our place),
+        without removing the qdisc and without touching the shared state file."""
+        if self._task:
+            self._task.cancel()
+        if self.maps:
+            self.maps.close()
+        if self.km:
+            self.km.close()
+
     def _detach_all(self) -> None:
         from ..bpf import loader
 

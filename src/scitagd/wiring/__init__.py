@@ -1,34 +1,40 @@
 """From a Config to the components that run, split by kind as flowd-go's cmd/plugins.go,
-cmd/backends.go and cmd/enrichment.go are: sources.py, sinks.py, enrichers.py. A component's
-module is imported only when its section is configured (start-up time: aiohttp alone is
-~250 ms), and cross-component settings are handed over here, in the open.
+cmd/backends.go and cmd/enrichment.go are: sources.py, sinks.py, enrichers.py.
+
+Each component is a `Spec`: its config section's name, the value it is built from (`key`), and
+how to build it. A component's module is imported only when its section is configured (start-up
+time: aiohttp alone is ~250 ms). On a reload (SIGHUP) a component whose key is unchanged keeps
+running untouched; the others are rebuilt. Cross-component needs are keys too: the watcher's key
+holds the enrichers' and the marker's pin path, so it follows them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
 
-from ..components import Enricher, Host, MetricsProvider, Sink, Source
+from ..components import Host, MetricsProvider
 from ..config import Config
-from .enrichers import build_enrichers
-from .sinks import Exporter, build_exporter, build_sinks
-from .sources import build_sources
+from .enrichers import enricher_specs
+from .sinks import exporter_specs, sink_specs
+from .sources import source_specs
 
-__all__ = ["Parts", "build"]
+__all__ = ["KINDS", "Spec", "specs"]
+
+KINDS = ("enricher", "sink", "source", "exporter")  # build order; start order: sink, enricher, source, exporter
 
 
 @dataclass
-class Parts:
-    sources: List[Source] = field(default_factory=list)
-    sinks: List[Sink] = field(default_factory=list)
-    enrichers: List[Enricher] = field(default_factory=list)
-    finisher: Optional[Enricher] = None  # the enricher that gives an end its final usage
-    exporter: Optional[Exporter] = None
+class Spec:
+    kind: str  # one of KINDS
+    name: str  # its config section, e.g. "plugins.api"
+    key: Any  # what it is built from: equal keys on reload keep the running one
+    build: Callable[[Dict[str, Any]], Any]  # given the components built so far, by name
 
 
-def build(conf: Config, host: Host, providers: List[MetricsProvider]) -> Parts:
-    enrichers, finisher, skops = build_enrichers(conf, host)
-    sinks = build_sinks(conf, host)
-    sources = build_sources(conf, host, skops)
-    return Parts(sources, sinks, enrichers, finisher, build_exporter(conf, providers))
+def specs(conf: Config, host: Host, providers: List[MetricsProvider]) -> List[Spec]:
+    out = [Spec(*s) for s in enricher_specs(conf, host)]
+    out += [Spec(*s) for s in sink_specs(conf, host)]
+    out += [Spec(*s) for s in source_specs(conf, host)]
+    out += [Spec(*s) for s in exporter_specs(conf, providers)]
+    return out

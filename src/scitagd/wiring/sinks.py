@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ..components import Host, MetricsProvider, Sink
 from ..config import Config
 from ..errors import StartupError, TagError
 from ..tags import check_activity, check_experiment
 
-__all__ = ["Exporter", "build_exporter", "build_sinks", "match_all"]
+__all__ = ["Exporter", "exporter_specs", "match_all", "sink_specs"]
 
 
 class Exporter(Protocol):
@@ -20,26 +20,41 @@ class Exporter(Protocol):
     async def stop(self) -> None: ...
 
 
-def build_sinks(conf: Config, host: Host) -> List[Sink]:
+def sink_specs(conf: Config, host: Host) -> List[Tuple[str, str, Any, Any]]:
     b = conf.backends
-    sinks: List[Sink] = []
+    out: List[Tuple[str, str, Any, Any]] = []
     if b.firefly is not None:
-        from ..sinks.firefly import FireflySink
+        fconf = b.firefly
 
-        sinks.append(FireflySink(host, b.firefly))
+        def firefly(_built: Dict[str, Any]) -> Sink:
+            from ..sinks.firefly import FireflySink
+
+            return FireflySink(host, fconf)
+
+        out.append(("sink", "backends.firefly", fconf, firefly))
     if b.marker is not None:
-        from ..sinks.marker import MarkerSink
+        mconf, match = b.marker, match_all(conf)
 
-        sinks.append(MarkerSink(host, b.marker, match_all(conf)))
-    return sinks
+        def marker(_built: Dict[str, Any]) -> Sink:
+            from ..sinks.marker import MarkerSink
+
+            return MarkerSink(host, mconf, match)
+
+        out.append(("sink", "backends.marker", (mconf, match), marker))
+    return out
 
 
-def build_exporter(conf: Config, providers: List[MetricsProvider]) -> Optional[Exporter]:
-    if conf.backends.prometheus is None:
-        return None
-    from ..metrics import PrometheusExporter
+def exporter_specs(conf: Config, providers: List[MetricsProvider]) -> List[Tuple[str, str, Any, Any]]:
+    pconf = conf.backends.prometheus
+    if pconf is None:
+        return []
 
-    return PrometheusExporter(conf.backends.prometheus, providers)
+    def build(_built: Dict[str, Any]) -> Exporter:
+        from ..metrics import PrometheusExporter
+
+        return PrometheusExporter(pconf, providers)
+
+    return [("exporter", "backends.prometheus", pconf, build)]
 
 
 def match_all(conf: Config) -> Optional[Tuple[int, int]]:

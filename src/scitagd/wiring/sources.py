@@ -5,45 +5,67 @@ sock_ops program, so it brings a watcher with no rules when none is configured."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..components import Host, Source
 from ..config import Config
 from ..errors import StartupError
 from ..sources.conf import WatcherConfig, WatchRule
+from .enrichers import enricher_key
 
-__all__ = ["build_sources", "watcher_config"]
-
-if TYPE_CHECKING:
-    from ..enrich.skops import SkopsEnricher
+__all__ = ["source_specs", "watcher_config"]
 
 
-def build_sources(conf: Config, host: Host, skops: Optional[SkopsEnricher]) -> List[Source]:
+def source_specs(conf: Config, host: Host) -> List[Tuple[str, str, Any, Any]]:
     p = conf.plugins
     if p.iperf3 is not None:
         raise StartupError("plugins.iperf3: configured but not available in this version of scitagd; "
                            "remove the section to run without it")
-    sources: List[Source] = []
+    out: List[Tuple[str, str, Any, Any]] = []
     if p.api is not None:
-        from ..sources.api import ApiSource
+        api = p.api
 
-        sources.append(ApiSource(host, p.api))
+        def build_api(_built: Dict[str, Any]) -> Source:
+            from ..sources.api import ApiSource
+
+            return ApiSource(host, api)
+
+        out.append(("source", "plugins.api", api, build_api))
     if p.namedPipe is not None:
-        from ..sources.namedpipe import NamedPipeSource
+        pipe = p.namedPipe
 
-        sources.append(NamedPipeSource(host, p.namedPipe))
+        def build_pipe(_built: Dict[str, Any]) -> Source:
+            from ..sources.namedpipe import NamedPipeSource
+
+            return NamedPipeSource(host, pipe)
+
+        out.append(("source", "plugins.namedPipe", pipe, build_pipe))
     if p.firefly is not None:
-        from ..sources.firefly import FireflySource
+        ff = p.firefly
 
-        sources.append(FireflySource(host, p.firefly))
-    watcher = watcher_config(conf, skops is not None)
+        def build_firefly(_built: Dict[str, Any]) -> Source:
+            from ..sources.firefly import FireflySource
+
+            return FireflySource(host, ff)
+
+        out.append(("source", "plugins.firefly", ff, build_firefly))
+    skops = conf.enrichers is not None and conf.enrichers.skops is not None
+    watcher = watcher_config(conf, skops)
     if watcher is not None:
-        from ..sources.watcher import WatcherSource
-
         marker = conf.backends.marker
         pin = Path(marker.pin_path) / "flows" if marker is not None else None
-        sources.append(WatcherSource(host, watcher, pin, skops))
-    return sources
+        wconf = watcher
+
+        def build_watcher(built: Dict[str, Any]) -> Source:
+            from ..sources.watcher import WatcherSource
+
+            group = built.get("enrichers")
+            return WatcherSource(host, wconf, pin, group.skops if group is not None else None)
+
+        # the skops sampler it feeds, and the map it writes into, are part of what it is
+        key = (wconf, pin, enricher_key(conf) if skops else None)
+        out.append(("source", "plugins.watcher", key, build_watcher))
+    return out
 
 
 def watcher_config(conf: Config, skops: bool) -> Optional[WatcherConfig]:
