@@ -1,8 +1,9 @@
 """The decoders' output (one `FlowRecord` per flow record or sampled packet) and their rejects.
 
 Addresses stay raw bytes (4 or 16): the hot path never formats them; `src_text`/`dst_text` do
-when someone looks. `bytes` is what the exporter counts: IPFIX/NetFlow octet counters as sent,
-sFlow/PSAMP the sampled frame's length without FCS; both scaled by the sampling rate.
+when someone looks. `bytes` are IP octets (header and payload, RFC 7012's octetDeltaCount):
+IPFIX/NetFlow counters as sent, sFlow/PSAMP the sampled packet's IP length; both scaled by the
+sampling rate.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Config (`collector.sflow`, see conf.py): bindAddresses, port (6343), allowedSour
 receiveBuffer, anyExperiment, knownActivitiesOnly.
 
 Each sampled packet becomes one FlowRecord with bytes and packets multiplied by the sample's
-sampling rate. Bytes are the frame length minus the stripped bytes (the FCS): what a capture on
-the link shows. Counter samples and other records are skipped; a sample whose records do not
+sampling rate. Bytes are IP octets, as IPFIX's octetDeltaCount counts them: the frame length
+less the stripped bytes (the FCS) less the link header. Counter samples and other records are skipped; a sample whose records do not
 add up to its length is rejected (pmacct's first datagram to an IPv6 collector is such a one).
 sFlow keeps no per-exporter state beyond the reject counters, so nothing here needs bounding
 but those. The exporter of a record is the agent address the datagram names.
@@ -160,9 +160,10 @@ class SflowDecoder:
         if pkt is None:
             self.not_ip += 1
             return
+        # frame length less the stripped FCS less the link header: IP octets, as IPFIX counts
+        nbytes = frame_len - (stripped if stripped <= frame_len else 0) - pkt.l2_length
         out.append(packet_record(self.matcher, pkt, agent, sub_agent, ingress, egress, direction,
-                                 max(frame_len - stripped, 0) if stripped <= frame_len else frame_len,
-                                 1, rate, now))
+                                 nbytes if nbytes > 0 else pkt.ip_length, 1, rate, now))
 
 
 def packet_record(matcher: TagMatcher, pkt: Packet, exporter: str, domain: int, ingress: Optional[int],

@@ -42,6 +42,10 @@ class TagMatcher:
             if exp in known and (self.pairs is None or any_experiment or (exp, act) in self.pairs):
                 table[masked] = (exp, act)
         self.accepted = sum(1 for t in table if t is not UNTAGGED)
+        # for the generated template decoders: (experiment, activity, via) in one lookup
+        untagged: Tuple[Optional[int], Optional[int], str] = (None, None, "")
+        self.rows: List[Tuple[Optional[int], Optional[int], str]] = [
+            untagged if t is UNTAGGED else (t[0], t[1], "label") for t in table]
         self.table = table
 
     @classmethod
