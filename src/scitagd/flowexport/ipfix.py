@@ -54,7 +54,7 @@ class IpfixDecoder(TemplateDecoder):
         records = 0
         for sid, start, end in sets:
             try:
-                if sid == SET_TEMPLATE or sid == SET_OPTIONS_TEMPLATE:
+                if sid in (SET_TEMPLATE, SET_OPTIONS_TEMPLATE):
                     self._templates(ex, d, odid, buf, start, end, sid == SET_OPTIONS_TEMPLATE, now, out)
                 elif sid >= 256:
                     records += self.data_set(ex, d, odid, sid, buf, start, end, float(export_time), now, out)
@@ -70,7 +70,7 @@ class IpfixDecoder(TemplateDecoder):
             tid, count = _SET.unpack_from(buf, pos)
             pos += 4
             if count == 0:
-                if tid == SET_TEMPLATE or tid == SET_OPTIONS_TEMPLATE:
+                if tid in (SET_TEMPLATE, SET_OPTIONS_TEMPLATE):
                     self.withdraw(d, tid, all_of=tid == SET_OPTIONS_TEMPLATE)
                 elif tid >= 256:
                     self.withdraw(d, tid)

@@ -5,10 +5,11 @@ receiveBuffer, anyExperiment, knownActivitiesOnly.
 
 Each sampled packet becomes one FlowRecord with bytes and packets multiplied by the sample's
 sampling rate. Bytes are IP octets, as IPFIX's octetDeltaCount counts them: the frame length
-less the stripped bytes (the FCS) less the link header. Counter samples and other records are skipped; a sample whose records do not
-add up to its length is rejected (pmacct's first datagram to an IPv6 collector is such a one).
-sFlow keeps no per-exporter state beyond the reject counters, so nothing here needs bounding
-but those. The exporter of a record is the agent address the datagram names.
+less the stripped bytes (the FCS) less the link header. Counter samples and other records are
+skipped; a sample whose records do not add up to its length is rejected (pmacct's first
+datagram to an IPv6 collector is such a one). sFlow keeps no per-exporter state beyond the
+reject counters, so nothing here needs bounding but those. The exporter of a record is the
+agent address the datagram names.
 """
 
 from __future__ import annotations

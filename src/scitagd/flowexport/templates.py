@@ -143,10 +143,11 @@ def _generate(fields: Tuple[Field, ...]) -> Callable[..., int]:
         fmt = "!"
         idx = 0
         for p, f in enumerate(run):
-            role = by_pos.get((r, p))
-            if role is None:
+            role_ = by_pos.get((r, p))
+            if role_ is None:
                 fmt += f"{f.length}x"
                 continue
+            role = role_
             if role in ADDR_ROLES:
                 fmt += f"{f.length}s"
                 expr[role] = f"v{r}[{idx}]"
