@@ -1,0 +1,166 @@
+"""asyncio UDP receivers for IPFIX, NetFlow v9 and sFlow: datagram -> decoder -> callback.
+
+`Receiver.start()` binds every `bindAddresses` entry (SO_RCVBUF = receiveBuffer; "::" takes
+IPv4 too), drops datagrams from outside `allowedSources` (counted), hands each datagram's
+records to `callback(records)`. `drops()` reads the kernel's per-socket drop counter (the
+`drops` column of /proc/net/udp and udp6 for our sockets' inodes): datagrams lost because the
+receive buffer was full, which no user-space counter can see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from ..netutil import udp_listener
+from .conf import IpfixConfig, NetflowConfig, SflowConfig
+from .ipfix import IpfixDecoder
+from .netflow9 import NetflowV9Decoder
+from .records import FlowRecord
+from .sflow import SflowDecoder
+from .tagging import TagMatcher
+
+log = logging.getLogger("scitagd.flowexport")
+
+Callback = Callable[[List[FlowRecord]], None]
+Decoder = Union[IpfixDecoder, NetflowV9Decoder, SflowDecoder]
+Config = Union[IpfixConfig, NetflowConfig, SflowConfig]
+
+
+def source_host(addr: Tuple[Any, ...]) -> str:
+    """The exporter's address as text: scope id dropped, IPv4-mapped IPv6 shown as IPv4."""
+    host = str(addr[0]).split("%", 1)[0]
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, receiver: Receiver) -> None:
+        self.datagram_received = receiver.datagram_received  # type: ignore[method-assign]
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("socket error error=%r", str(exc))
+
+
+class Receiver:
+    protocol = ""
+
+    def __init__(self, conf: Config, decoder: Decoder, callback: Callback) -> None:
+        self.conf = conf
+        self.decoder = decoder
+        self.callback = callback
+        self.nets = [ipaddress.ip_network(c, strict=False) for c in conf.allowed_sources] or None
+        self._allowed: Dict[str, bool] = {}
+        self.transports: List[asyncio.DatagramTransport] = []
+        self.sockets: List[socket.socket] = []
+        self.datagrams = 0
+        self.not_allowed = 0
+        self.callback_errors = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for addr in self.conf.bind_addresses:
+                sock = udp_listener(addr, self.conf.port, self.conf.receive_buffer)
+                self.sockets.append(sock)
+                tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+                self.transports.append(tr)
+                log.info("%s listening address=%s port=%d", self.protocol, addr, sock.getsockname()[1])
+        except OSError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for tr in self.transports:
+            tr.close()
+        self.transports.clear()
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
+
+    @property
+    def ports(self) -> List[int]:
+        return [s.getsockname()[1] for s in self.sockets]
+
+    def _is_allowed(self, host: str) -> bool:
+        ok = self._allowed.get(host)
+        if ok is None:
+            try:
+                ip = ipaddress.ip_address(host)
+                ok = any(ip in n for n in self.nets or ())
+            except ValueError:
+                ok = False
+            if len(self._allowed) > 65536:
+                self._allowed.clear()
+            self._allowed[host] = ok
+        return ok
+
+    def datagram_received(self, data: bytes, addr: Tuple[Any, ...]) -> None:
+        self.datagrams += 1
+        host = source_host(addr)
+        if self.nets is not None and not self._is_allowed(host):
+            self.not_allowed += 1
+            self.decoder.rejects.add(host, "not_allowed", f"source {host} not in allowedSources")
+            return
+        records = self.decoder.decode(data, host)
+        if records:
+            try:
+                self.callback(records)
+            except Exception:  # a consumer bug must not stop the socket
+                self.callback_errors += 1
+                log.exception("%s callback failed records=%d", self.protocol, len(records))
+
+    def drops(self) -> int:
+        """Kernel drops (receive buffer full) of this receiver's sockets since they opened."""
+        inodes = {os.fstat(s.fileno()).st_ino for s in self.sockets if s.fileno() >= 0}
+        return sum(socket_drops(inodes).values())
+
+
+def socket_drops(inodes: set[int]) -> Dict[int, int]:
+    """inode -> drops, from /proc/net/udp and /proc/net/udp6 (last column)."""
+    out: Dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and int(cols[9]) in inodes:
+                        out[int(cols[9])] = int(cols[-1])
+        except OSError:
+            continue
+    return out
+
+
+class IpfixReceiver(Receiver):
+    protocol = "ipfix"
+
+    def __init__(self, conf: IpfixConfig, matcher: TagMatcher, callback: Callback) -> None:
+        super().__init__(conf, IpfixDecoder(matcher, conf.limits()), callback)
+
+
+class NetflowReceiver(Receiver):
+    protocol = "netflow9"
+
+    def __init__(self, conf: NetflowConfig, matcher: TagMatcher, callback: Callback) -> None:
+        super().__init__(conf, NetflowV9Decoder(matcher, conf.limits()), callback)
+
+
+class SflowReceiver(Receiver):
+    protocol = "sflow"
+
+    def __init__(self, conf: SflowConfig, matcher: TagMatcher, callback: Callback) -> None:
+        super().__init__(conf, SflowDecoder(matcher, conf.max_exporters), callback)
+
+
+def matcher_for(conf: Config, registry: Optional[Any] = None) -> TagMatcher:
+    """The tag matcher a section asks for (registry: scitagd.registry.Registry, bundled if None)."""
+    from ..registry import Registry
+
+    reg = registry or Registry.bundled()
+    return TagMatcher.from_registry(reg, conf.any_experiment, conf.known_activities_only)
