@@ -11,7 +11,9 @@ import struct
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Tuple
 
-DATA = Path("/work/shared/data/flowexport")
+from ..conftest import SHARED
+
+DATA = SHARED / "data" / "flowexport"
 
 
 def frames(path: str | Path) -> Iterator[Tuple[float, bytes]]:
