@@ -198,6 +198,7 @@ class TemplateDecoder:
             d.templates[tid] = Template(tpl.compiled(key, options, scope_count), now)
         self.counters.templates += 1
         if d.held:
+            self._expire_held(ex, d, now)
             self._replay(ex, d, odid, tid, now, out)
 
     def withdraw(self, d: Domain, tid: int, all_of: Optional[bool] = None) -> None:
