@@ -74,10 +74,7 @@ def pad4(b: bytes) -> bytes:
 
 
 def sflow(samples: Sequence[bytes], agent: str = "192.0.2.1", sub_agent: int = 0, seq: int = 1) -> bytes:
-    if ":" in agent:
-        a = struct.pack("!I", 2) + ip6(agent)
-    else:
-        a = struct.pack("!I", 1) + ip4(agent)
+    a = struct.pack("!I", 2) + ip6(agent) if ":" in agent else struct.pack("!I", 1) + ip4(agent)
     return struct.pack("!I", 5) + a + struct.pack("!IIII", sub_agent, seq, 1000, len(samples)) + b"".join(samples)
 
 

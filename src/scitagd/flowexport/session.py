@@ -31,6 +31,7 @@ class Limits(msgspec.Struct, frozen=True):
     hold_time: float = 2.0
     max_held_sets: int = 64  # per exporter
     max_held_bytes: int = 1 << 20  # per exporter
+    generate_rate: float = 50.0  # template decoders generated per second (burst: 10 s worth)
 
 
 class Template:
@@ -88,6 +89,7 @@ class Counters(msgspec.Struct):
     not_ip: int = 0  # PSAMP sections that do not carry IP
     sequence_gaps: int = 0
     options_records: int = 0
+    generic_sets: int = 0  # flow sets decoded by the generic walker (generation budget spent)
 
 
 MAX_SELECTORS = 64
@@ -105,6 +107,8 @@ class TemplateDecoder:
         self.exporters: Dict[str, Exporter] = {}
         self.counters = Counters()
         self._last_sweep = 0.0
+        self._tokens = 10 * self.limits.generate_rate
+        self._tokens_at = 0.0
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -240,11 +244,14 @@ class TemplateDecoder:
                 self._hold(ex, d, tid, bytes(buf[pos:end]), export_time, now)
             return 0
         c = t.compiled
-        if c.decode is not None:
+        fn = c.decode
+        if fn is None and c.kind == "flow" and self._may_generate(now):
+            fn = c.generate()
+        if fn is not None:
             mark = len(out)
             try:
-                return c.decode(buf, pos, end, ex.name, odid, export_time, d.rate, d.selector_rates,
-                                self.matcher.rows, FlowRecord, out)
+                return fn(buf, pos, end, ex.name, odid, export_time, d.rate, d.selector_rates,
+                          self.matcher.rows, FlowRecord, out)
             except (tpl._Overrun, struct.error, IndexError) as e:
                 del out[mark:]
                 raise DecodeError("field_overrun",
@@ -255,18 +262,75 @@ class TemplateDecoder:
             return 0
         n = 0
         mark = len(out)
+        if c.kind == "flow":
+            self.counters.generic_sets += 1
         try:
             while end - pos >= max(c.min_length, 1):
                 vals, pos = tpl.walk(buf, pos, end, c.fields)
                 n += 1
                 if c.options:
                     self._options_record(d, c, vals)
+                elif c.kind == "flow":
+                    self._flow_record(d, odid, c, vals, ex.name, export_time, out)
                 else:
                     self._psamp_record(ex, d, odid, c, vals, export_time, out)
         except DecodeError:
             del out[mark:]
             raise
         return n
+
+    def _may_generate(self, now: float) -> bool:
+        """A token bucket: an exporter churning templates falls back to the generic walker
+        (correct, ~20x slower) instead of spending a core on code generation."""
+        rate = self.limits.generate_rate
+        self._tokens = min(10 * rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def _flow_record(self, d: Domain, odid: int, c: tpl.Compiled, vals: List[memoryview], exporter: str,
+                     export_time: float, out: List[FlowRecord]) -> None:
+        """The generic twin of a generated decoder (same roles, same results)."""
+        v = tpl.values(c.fields, vals)
+
+        def num(*ies: int) -> Optional[int]:
+            for ie in ies:
+                x = v.get(ie)
+                if x is not None and len(x) <= 8:
+                    return tpl.as_int(x)
+            return None
+
+        def addr(ie: int, n: int) -> Optional[bytes]:
+            x = v.get(ie)
+            return bytes(x) if x is not None and len(x) == n else None
+
+        src6, dst6, src4, dst4 = addr(27, 16), addr(28, 16), addr(8, 4), addr(12, 4)
+        fam = 6 if src6 is not None or dst6 is not None else 4
+        if src6 is not None and src4 is not None:
+            ver = num(tpl.IE_IP_VERSION)
+            fam = 4 if ver == 4 or (ver is None and src6 == bytes(16)) else 6
+        if fam == 6:
+            src, dst = src6 or bytes(16), dst6 or bytes(16)
+        else:
+            src, dst = src4 or bytes(4), dst4 or bytes(4)
+        label = num(tpl.IE_LABEL)
+        row = self.matcher.rows[label & 0x3FEFC] if label is not None else (None, None, "")
+        if label is not None:
+            label &= 0xFFFFF
+        rate = num(tpl.IE_SAMPLING_INTERVAL, tpl.IE_SAMPLER_RANDOM_INTERVAL)
+        if not rate:
+            pi, ps = num(tpl.IE_SAMPLING_PACKET_INTERVAL), num(tpl.IE_SAMPLING_PACKET_SPACE)
+            if pi and ps is not None:
+                rate = max(1, round((pi + ps) / pi))
+            else:
+                sel = num(tpl.IE_SELECTOR_ID, tpl.IE_SAMPLER_ID)
+                rate = d.selector_rates.get(sel, d.rate) if sel is not None else d.rate
+        out.append(FlowRecord(exporter, odid, num(tpl.IE_INGRESS), num(tpl.IE_EGRESS), num(tpl.IE_DIRECTION),
+                              num(tpl.IE_PROTO) or 0, fam, src, dst, num(tpl.IE_SPORT) or 0, num(tpl.IE_DPORT) or 0,
+                              label, row[0], row[1], (num(*tpl.INT_ROLES["octets"]) or 0) * rate,
+                              (num(*tpl.INT_ROLES["packets"]) or 0) * rate, export_time, row[2]))
 
     def _hold(self, ex: Exporter, d: Domain, tid: int, body: bytes, export_time: float, now: float) -> None:
         lim = self.limits

@@ -73,8 +73,16 @@ class Compiled:
         self.psamp = bool(ies & {IE_IP_HEADER_SECTION, IE_DATALINK_SECTION})
         self.has_ip = bool(ies & {IE_SRC4, IE_DST4, IE_SRC6, IE_DST6})
         self.kind = "options" if options else "psamp" if self.psamp else "flow" if self.has_ip else "other"
-        self.decode: Optional[Callable[..., int]] = _generate(fields) if self.kind == "flow" else None
-        self.source = ""
+        # generated on first use of a flow template (~1 ms for OVS's 45 fields): a flood of
+        # templates that never carry data costs nothing, and the decoder budgets generation
+        self.decode: Optional[Callable[..., int]] = None
+
+    def generate(self) -> Callable[..., int]:
+        global generated
+        if self.decode is None:
+            generated += 1
+            self.decode = _generate(self.fields)
+        return self.decode
 
 
 def check_fields(fields: List[Field], tid: int) -> None:
@@ -92,18 +100,16 @@ def check_fields(fields: List[Field], tid: int) -> None:
 
 _cache: OrderedDict[Tuple[Any, ...], Compiled] = OrderedDict()
 CACHE_SIZE = 2048
-compilations = 0
+generated = 0  # decoders generated, for tests and metrics
 
 
 def compiled(fields: Tuple[Field, ...], options: bool, scope_count: int = 0) -> Compiled:
     """Shared across exporters (many send the same templates); LRU-bounded."""
-    global compilations
     key = (fields, options, scope_count)
     c = _cache.get(key)
     if c is not None:
         _cache.move_to_end(key)
         return c
-    compilations += 1
     c = Compiled(fields, options, scope_count)
     _cache[key] = c
     if len(_cache) > CACHE_SIZE:
