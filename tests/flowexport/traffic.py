@@ -3,7 +3,7 @@
   python traffic.py udp-dump PORT FILE             inside the exporter's namespace: datagrams to FILE
   python traffic.py sink ADDR PORT                 UDP sink and TCP server (one connection at a time)
   python traffic.py udp SRC DST PORT SPORT LABEL COUNT SIZE
-  python traffic.py tcp SRC DST PORT SPORT LABEL NBYTES
+  python traffic.py tcp SRC DST PORT SPORT LABEL NBYTES [CHUNK DELAY_MS]
 The label is set with the kernel's flow label manager (IPV6_FLOWLABEL_MGR + IPV6_FLOWINFO_SEND),
 as the shared captures were made. Prints one JSON line with what was sent.
 """
@@ -43,10 +43,17 @@ def udp(src: str, dst: str, port: int, sport: int, label: int, count: int, size:
     print(json.dumps({"packets": count, "ip_bytes": count * (40 + 8 + size)}), flush=True)
 
 
-def tcp(src: str, dst: str, port: int, sport: int, label: int, nbytes: int) -> None:
+def tcp(src: str, dst: str, port: int, sport: int, label: int, nbytes: int, chunk: int = 0,
+        delay_ms: float = 0) -> None:
     s = labelled(socket.SOCK_STREAM, src, dst, sport, label)
     s.connect((dst, port, label, 0))
-    s.sendall(b"x" * nbytes)
+    if chunk:  # paced, for capture-based exporters that drop packets in bursts
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, nbytes, chunk):
+            s.sendall(b"x" * min(chunk, nbytes - i))
+            time.sleep(delay_ms / 1000)
+    else:
+        s.sendall(b"x" * nbytes)
     s.shutdown(socket.SHUT_WR)
     while s.recv(65536):
         pass
@@ -120,7 +127,8 @@ def main(argv: list) -> None:
     elif cmd == "udp":
         udp(args[0], args[1], int(args[2]), int(args[3]), int(args[4], 0), int(args[5]), int(args[6]))
     elif cmd == "tcp":
-        tcp(args[0], args[1], int(args[2]), int(args[3]), int(args[4], 0), int(args[5]))
+        tcp(args[0], args[1], int(args[2]), int(args[3]), int(args[4], 0), int(args[5]),
+            *(int(a) for a in args[6:8]))
     else:
         raise SystemExit(f"unknown command {cmd}")
 
