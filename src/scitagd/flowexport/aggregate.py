@@ -63,56 +63,77 @@ class Aggregator:
         self.false_positive_rate = false_positive_rate
         self.buckets: Dict[Key, List[int]] = {}
         self.exporters: Dict[str, Dict[Tuple[int, Optional[int]], None]] = {}
-        self.tags: Dict[Tuple[int, int], None] = {}
+        self.tags: Dict[Tuple[Optional[int], Optional[int]], None] = {}
         self.overflow = {"exporter": 0, "interface": 0, "tag": 0}
         self.unconfirmed: Dict[str, int] = {}  # label-tagged bytes outside marking_prefixes
         self._prefixes = _Prefixes(marking_prefixes)
         self.rows_emitted = 0
+        self._places: Dict[Tuple[str, int, Optional[int]], Tuple[str, int, Optional[int]]] = {}
 
     def add(self, records: Iterable[FlowRecord]) -> None:
         buckets = self.buckets
-        exporters = self.exporters
+        get = buckets.get
+        places = self._places
         tags = self.tags
         interval = self.interval
         check = self._prefixes if self._prefixes else None
+        last_t = None
+        minute = 0
         for r in records:
-            ex = r.exporter
-            ifaces = exporters.get(ex)
-            if ifaces is None:
-                if len(exporters) >= self.max_exporters:
-                    self.overflow["exporter"] += 1
-                    ex = "other"
-                    ifaces = exporters.setdefault(ex, {})
-                else:
-                    ifaces = exporters[ex] = {}
+            t = r.time
+            if t != last_t:  # records of one message share their time
+                minute = int(t) // interval * interval
+                last_t = t
             d = r.direction
             iface = r.egress if d == 1 and r.egress is not None else r.ingress
-            dom = r.domain
-            if (dom, iface) not in ifaces:
-                if len(ifaces) >= self.max_interfaces:
-                    self.overflow["interface"] += 1
-                    dom = iface = OTHER
-                ifaces[(dom, iface)] = None
+            place = places.get((r.exporter, r.domain, iface))
+            if place is None:
+                place = self._place(r.exporter, r.domain, iface)
             exp = r.experiment
             act = r.activity
             if exp is not None:
                 if check is not None and r.via == "label" and not check.either(r.src, r.dst):
-                    self.unconfirmed[ex] = self.unconfirmed.get(ex, 0) + r.bytes
+                    self.unconfirmed[place[0]] = self.unconfirmed.get(place[0], 0) + r.bytes
                     exp = act = None
                 elif (exp, act) not in tags:
                     if len(tags) >= self.max_tags:
                         self.overflow["tag"] += 1
                         exp = act = OTHER
                     else:
-                        tags[(exp, act)] = None  # type: ignore[index]
-            key = (int(r.time) // interval * interval, ex, dom, iface, d, r.family, exp, act)
-            b = buckets.get(key)
+                        tags[(exp, act)] = None
+            key = (minute, place[0], place[1], place[2], d, r.family, exp, act)
+            b = get(key)
             if b is None:
                 buckets[key] = [r.bytes, r.packets, 1]
             else:
                 b[0] += r.bytes
                 b[1] += r.packets
                 b[2] += 1
+
+    def _place(self, exporter: str, domain: int, iface: Optional[int]) -> Tuple[str, int, Optional[int]]:
+        """(exporter, domain, interface) as counted: folded into "other" past the limits. Cached
+        while the cache is within the limits' product, so its size is bounded too."""
+        ex = exporter
+        ifaces = self.exporters.get(ex)
+        if ifaces is None:
+            if len(self.exporters) >= self.max_exporters:
+                self.overflow["exporter"] += 1
+                ex = "other"
+                ifaces = self.exporters.setdefault(ex, {})
+            else:
+                ifaces = self.exporters[ex] = {}
+        dom: int = domain
+        ifc = iface
+        if (dom, ifc) not in ifaces:
+            if len(ifaces) >= self.max_interfaces:
+                self.overflow["interface"] += 1
+                dom = ifc = OTHER
+            ifaces[(dom, ifc)] = None
+        place = (ex, dom, ifc)
+        bound = (self.max_exporters + 1) * (self.max_interfaces + 1)
+        if ex == exporter and dom == domain and len(self._places) < bound:
+            self._places[(exporter, domain, iface)] = place  # only places that were not folded
+        return place
 
     def flush(self, now: float | None = None, everything: bool = False) -> List[Row]:
         """Emit (and forget) the buckets of minutes ended more than `grace` s ago."""

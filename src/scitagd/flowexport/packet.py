@@ -8,6 +8,7 @@ SciTags tag directly (SPEC.md section 3): `[0x1E][3][exp hi][exp lo][act]`.
 
 from __future__ import annotations
 
+import struct
 from typing import Optional, Tuple
 
 import msgspec
@@ -18,6 +19,10 @@ ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_VLAN_OLD = 0x0800, 0x86DD, 0x8100, 0
 _EXT_HEADERS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})  # walked to find TCP/UDP
 _MAX_EXT_HEADERS = 8
 _MAX_VLAN_TAGS = 2
+_IP6 = struct.Struct("!IHBx16s16s")
+_IP4 = struct.Struct("!BxHxxHxB2x4s4s")
+_U16 = struct.Struct("!H")
+_PORTS = struct.Struct("!HH")
 
 
 class PacketError(ValueError):
@@ -47,7 +52,7 @@ def parse_ethernet(data: bytes | memoryview) -> Optional[Packet]:
     n = len(data)
     if n < 14:
         raise PacketError("truncated", f"Ethernet header is {n} bytes: expected >= 14")
-    etype = data[12] << 8 | data[13]
+    (etype,) = _U16.unpack_from(data, 12)
     off = 14
     tags = 0
     while etype in (ETH_VLAN, ETH_QINQ, ETH_VLAN_OLD):
@@ -56,7 +61,7 @@ def parse_ethernet(data: bytes | memoryview) -> Optional[Packet]:
             raise PacketError("bad_header", f"more than {_MAX_VLAN_TAGS} VLAN tags")
         if n < off + 4:
             raise PacketError("truncated", f"VLAN tag cut at byte {n}")
-        etype = data[off + 2] << 8 | data[off + 3]
+        (etype,) = _U16.unpack_from(data, off + 2)
         off += 4
     if etype == ETH_IPV6:
         return _parse_ipv6(data, off)
@@ -79,7 +84,8 @@ def parse_ip(data: bytes | memoryview) -> Packet:
 
 def _ports(data: bytes | memoryview, off: int, proto: int) -> Tuple[int, int]:
     if proto in (6, 17, 132, 136) and len(data) >= off + 4:
-        return data[off] << 8 | data[off + 1], data[off + 2] << 8 | data[off + 3]
+        sport, dport = _PORTS.unpack_from(data, off)
+        return sport, dport
     return 0, 0
 
 
@@ -87,19 +93,16 @@ def _parse_ipv6(data: bytes | memoryview, off: int) -> Packet:
     n = len(data)
     if n < off + 40:
         raise PacketError("truncated", f"IPv6 header cut at byte {n - off} of 40")
-    if data[off] >> 4 != 6:
-        raise PacketError("bad_header", f"IPv6 header with version {data[off] >> 4}")
-    label = (data[off + 1] & 0x0F) << 16 | data[off + 2] << 8 | data[off + 3]
-    plen = data[off + 4] << 8 | data[off + 5]
-    nh = data[off + 6]
-    src = bytes(data[off + 8:off + 24])
-    dst = bytes(data[off + 24:off + 40])
+    vtcfl, plen, nh, src, dst = _IP6.unpack_from(data, off)
+    if vtcfl >> 28 != 6:
+        raise PacketError("bad_header", f"IPv6 header with version {vtcfl >> 28}")
+    label = vtcfl & 0xFFFFF
     l2 = off
     off += 40
     ext_tag: Optional[Tuple[int, int]] = None
     via = ""
     fragment_tail = False
-    for _ in range(_MAX_EXT_HEADERS):
+    for _ in range(_MAX_EXT_HEADERS if nh in _EXT_HEADERS else 0):
         if nh not in _EXT_HEADERS or n < off + 8:
             break
         if nh == 44:  # fragment header: 8 bytes; only the first fragment has ports
@@ -138,16 +141,12 @@ def _parse_ipv4(data: bytes | memoryview, off: int) -> Packet:
     n = len(data)
     if n < off + 20:
         raise PacketError("truncated", f"IPv4 header cut at byte {n - off} of 20")
-    vihl = data[off]
+    vihl, total, frag_off, proto, src, dst = _IP4.unpack_from(data, off)
     if vihl >> 4 != 4:
         raise PacketError("bad_header", f"IPv4 header with version {vihl >> 4}")
     ihl = (vihl & 0x0F) * 4
     if ihl < 20:
         raise PacketError("bad_header", f"IPv4 header length {ihl}: expected >= 20")
-    total = data[off + 2] << 8 | data[off + 3]
-    frag_off = (data[off + 6] << 8 | data[off + 7]) & 0x1FFF
-    proto = data[off + 9]
-    src = bytes(data[off + 12:off + 16])
-    dst = bytes(data[off + 16:off + 20])
+    frag_off &= 0x1FFF
     sport, dport = (0, 0) if frag_off else _ports(data, off + ihl, proto)
     return Packet(4, src, dst, proto, sport, dport, None, None, "", total, off)

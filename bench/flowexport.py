@@ -1,0 +1,240 @@
+"""Flow-export decoding: records/s on one core, decode + aggregate, against a pure-Python reference.
+
+Workloads, all built from the real captures in shared/data/flowexport:
+  ipfix-ovs-mtu   OVS 3.1's templates (45-49 fields, variable-length interface names) and its
+                  data records replicated into 1400-byte messages (what OVS sends: ~5 records)
+  ipfix-ovs-64k   the same records packed into ~64 KB messages (bulk: per-message cost gone)
+  ipfix-fixed     a router-like fixed-length IPv6 template (10 fields), 1400-byte messages
+  sflow           OVS's flow samples (raw header, 128 bytes) packed 6 per datagram
+Each run decodes every message and adds the records to the per-minute Aggregator, repeated for
+about --seconds; the median of --runs is printed with the ratio to the reference: the `ipfix`
+package from PyPI (pure Python, namedict per record) in a venv of its own (--ref-venv, made on
+first use), decoding the same messages in the same run, pinned to the same CPU.
+
+  python bench/flowexport.py [--seconds 1] [--runs 5] [--cpu 1] [--ref-venv .bench-ipfix-venv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from scitagd.flowexport.aggregate import Aggregator  # noqa: E402
+from scitagd.flowexport.ipfix import IpfixDecoder  # noqa: E402
+from scitagd.flowexport.sflow import SflowDecoder  # noqa: E402
+from scitagd.flowexport.tagging import TagMatcher  # noqa: E402
+from scitagd.registry import Registry  # noqa: E402
+from scitagd.tags import encode_flow_label  # noqa: E402
+
+DATA = Path(os.environ.get("SCITAGD_SHARED", REPO.parent / "shared")) / "data" / "flowexport"
+EXPORTER = "192.0.2.1"
+
+REF_SCRIPT = r"""
+import statistics, struct, sys, time
+import ipfix.ie, ipfix.message
+ipfix.ie.use_iana_default()
+data = open(sys.argv[1], "rb").read()
+msgs, i = [], 0
+while i < len(data):
+    (n,) = struct.unpack_from("!I", data, i); msgs.append(data[i + 4:i + 4 + n]); i += 4 + n
+ntemplates, seconds, runs = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+rates = []
+for _ in range(runs):
+    mb = ipfix.message.MessageBuffer()
+    for m in msgs[:ntemplates]:
+        mb.from_bytes(m)
+        for _r in mb.namedict_iterator():
+            pass
+    acc, n, t0 = {}, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for m in msgs[ntemplates:]:
+            mb.from_bytes(m)
+            for r in mb.namedict_iterator():
+                k = (r.get("flowLabelIPv6", 0) & 0x3FEFC, r.get("ingressInterface"), r.get("flowDirection"))
+                acc[k] = acc.get(k, 0) + r.get("octetDeltaCount", 0)
+                n += 1
+    rates.append(n / (time.perf_counter() - t0))
+print(statistics.median(rates))
+"""
+
+
+def udp_payloads(path: Path) -> List[bytes]:
+    data = path.read_bytes()
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        eth = struct.unpack_from("!H", frame, 12)[0]
+        l4 = 14 + (40 if eth == 0x86DD else (frame[14] & 15) * 4)
+        out.append(frame[l4 + 8:])
+    return out
+
+
+def ipfix_msg(sets: bytes, seq: int, odid: int = 123) -> bytes:
+    return struct.pack("!HHIII", 10, 16 + len(sets), 1_700_000_000, seq, odid) + sets
+
+
+def ovs_workload(limit: int) -> Tuple[List[bytes], List[bytes], int]:
+    """(template messages, data messages, records) from the OVS capture, records replicated."""
+    msgs = udp_payloads(DATA / "ovs-ipfix.pcap")
+    templates = [m for m in msgs if struct.unpack_from("!H", m, 16)[0] in (2, 3)]
+    records: List[Tuple[int, bytes]] = []
+    for m in msgs:
+        sid, slen = struct.unpack_from("!HH", m, 16)
+        if sid >= 256 and len(m) == 16 + slen and sid != 462:
+            records.append((sid, m[20:20 + slen - 4]))
+    out, seq, total = [], 0, 0
+    for i in range(64):
+        tid, rec = records[i % len(records)]
+        k = max(1, (limit - 20) // len(rec))
+        out.append(ipfix_msg(struct.pack("!HH", tid, 4 + k * len(rec)) + rec * k, seq))
+        seq += k
+        total += k
+    return templates, out, total
+
+
+def fixed_workload() -> Tuple[List[bytes], List[bytes], int]:
+    spec = [(61, 1), (10, 4), (4, 1), (27, 16), (28, 16), (31, 4), (7, 2), (11, 2), (1, 8), (2, 8)]
+    tmpl = struct.pack("!HH", 400, len(spec)) + b"".join(struct.pack("!HH", *f) for f in spec)
+    templates = [ipfix_msg(struct.pack("!HH", 2, 4 + len(tmpl)) + tmpl, 0)]
+    src, dst = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002")
+    out, seq, total = [], 0, 0
+    for i in range(64):
+        recs = b""
+        for j in range(24):  # 58-byte records: 24 per 1400-byte message
+            n = i * 24 + j
+            label = encode_flow_label(2 + n % 3, n % 20, n % 32) if n % 4 else (n * 7919) & 0xFFFFF
+            recs += struct.pack("!BIB16s16sIHHQQ", n % 2, 1 + n % 8, 6, src, dst, label, 40000 + n % 1000, 443,
+                                1000 + n, 1 + n % 10)
+        out.append(ipfix_msg(struct.pack("!HH", 400, 4 + len(recs)) + recs, seq))
+        seq += 24
+        total += 24
+    return templates, out, total
+
+
+def sflow_workload() -> Tuple[List[bytes], int]:
+    samples: List[bytes] = []
+    for m in udp_payloads(DATA / "ovs-sflow.pcap"):
+        off = 28  # IPv4 agent
+        (n,) = struct.unpack_from("!I", m, 24)
+        for _ in range(n):
+            fmt, ln = struct.unpack_from("!II", m, off)
+            if fmt == 1:
+                samples.append(m[off:off + 8 + ln])
+            off += 8 + ln
+    out = []
+    for i in range(64):
+        chunk = [samples[(i * 6 + j) % len(samples)] for j in range(6)]
+        out.append(struct.pack("!IIIIIII", 5, 1, 0x7F000001, 0, i, 1000, 6) + b"".join(chunk))
+    return out, 64 * 6
+
+
+def measure(fn: Callable[[], int], seconds: float, runs: int) -> float:
+    rates = []
+    for _ in range(runs):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            n += fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def ours_ipfix(templates: List[bytes], data: List[bytes], matcher: TagMatcher) -> Callable[[], int]:
+    dec = IpfixDecoder(matcher)
+    agg = Aggregator(lambda rows: None)
+    for m in templates:
+        dec.decode(m, EXPORTER, 1000.0)
+    assert dec.rejects.counts == {}, dec.rejects.counts
+
+    def run() -> int:
+        n = 0
+        for m in data:
+            recs = dec.decode(m, EXPORTER, 1001.0)
+            agg.add(recs)
+            n += len(recs)
+        return n
+
+    return run
+
+
+def ours_sflow(data: List[bytes], matcher: TagMatcher) -> Callable[[], int]:
+    dec = SflowDecoder(matcher)
+    agg = Aggregator(lambda rows: None)
+
+    def run() -> int:
+        n = 0
+        for m in data:
+            recs = dec.decode(m, EXPORTER, 1001.0)
+            agg.add(recs)
+            n += len(recs)
+        return n
+
+    return run
+
+
+def reference(venv: Path, templates: List[bytes], data: List[bytes], seconds: float, runs: int,
+              cpu: int) -> float | None:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True)
+        r2 = subprocess.run([str(py), "-m", "pip", "install", "-q", "ipfix==0.9.7"], capture_output=True, text=True)
+        if r.returncode or r2.returncode:
+            print(f"reference: cannot make {venv} with the ipfix package: {r2.stderr.strip()[-200:]}")
+            return None
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        for m in templates + data:
+            f.write(struct.pack("!I", len(m)) + m)
+    try:
+        r = subprocess.run(["taskset", "-c", str(cpu), str(py), "-c", REF_SCRIPT, f.name, str(len(templates)),
+                            str(seconds), str(runs)], capture_output=True, text=True, timeout=600)
+    finally:
+        os.unlink(f.name)
+    if r.returncode:
+        print(f"reference failed: {r.stderr.strip()[-300:]}")
+        return None
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cpu", type=int, default=1)
+    ap.add_argument("--ref-venv", type=Path, default=REPO / ".bench-ipfix-venv")
+    args = ap.parse_args()
+    os.sched_setaffinity(0, {args.cpu})
+    matcher = TagMatcher.from_registry(Registry.bundled())
+    results: Dict[str, Dict[str, float | None]] = {}
+    for name, (templates, data, _records) in {
+        "ipfix-ovs-mtu": ovs_workload(1400),
+        "ipfix-ovs-64k": ovs_workload(65000),
+        "ipfix-fixed": fixed_workload(),
+    }.items():
+        ours = measure(ours_ipfix(templates, data, matcher), args.seconds, args.runs)
+        ref = reference(args.ref_venv, templates, data, args.seconds, args.runs, args.cpu)
+        results[name] = {"records_per_s": round(ours), "reference_per_s": round(ref) if ref else None,
+                         "ratio": round(ours / ref, 1) if ref else None}
+        print(f"{name:15s} {ours:12,.0f} records/s   reference (ipfix package) "
+              f"{ref or 0:10,.0f}/s   ratio {ours / ref if ref else float('nan'):6.1f}", flush=True)
+    sflow, _ = sflow_workload()
+    rate = measure(ours_sflow(sflow, matcher), args.seconds, args.runs)
+    results["sflow"] = {"samples_per_s": round(rate)}
+    print(f"{'sflow':15s} {rate:12,.0f} samples/s (no pure-Python sFlow reference in the same run)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
