@@ -122,6 +122,7 @@ class SflowDecoder:
         if egress == 0x3FFFFFFF:
             egress = None
         direction = DIR_INGRESS if sindex == ingress else DIR_EGRESS if sindex == egress else None
+        matcher = self.matcher
         for j in range(nrec):
             if off + 8 > end:
                 raise DecodeError("truncated", f"flow sample {i} record {j} at byte {off}")
@@ -130,41 +131,45 @@ class SflowDecoder:
             rend = off + rlen
             if rend > end or rlen % 4:
                 raise DecodeError("bad_length", f"flow sample {i} record {j} length {rlen}: {end - off} left")
-            if rfmt == 1:
-                self._raw_header(buf, off, rend, agent, sub_agent, ingress, egress, direction, rate, now, out)
-            else:
+            if rfmt != 1:
                 self.skipped += 1
+                off = rend
+                continue
+            # record 1, raw packet header (inlined: this is the hot path)
+            if off + 16 > rend:
+                raise DecodeError("truncated", f"raw header record is {rend - off} bytes: expected >= 16")
+            proto, frame_len, stripped, hlen = _RAW.unpack_from(buf, off)
+            if off + 16 + hlen > rend:
+                raise DecodeError("bad_length", f"sampled header length {hlen}: record has {rend - off - 16} bytes")
+            hdr = buf[off + 16:off + 16 + hlen]
             off = rend
+            pkt: Optional[Packet]
+            try:
+                if proto == HEADER_ETHERNET:
+                    pkt = parse_ethernet(hdr)
+                elif proto in (HEADER_IPV4, HEADER_IPV6):
+                    pkt = parse_ip(hdr)
+                else:
+                    pkt = None
+            except PacketError:
+                pkt = None
+            if pkt is None:
+                self.not_ip += 1
+                continue
+            # frame length less the stripped FCS less the link header: IP octets, as IPFIX counts
+            nbytes = frame_len - (stripped if stripped <= frame_len else 0) - pkt.l2_length
+            if nbytes <= 0:
+                nbytes = pkt.ip_length
+            if pkt.ext_tag is None and pkt.flow_label is not None:
+                tag = matcher.rows[pkt.flow_label & 0x3FEFC]
+                out.append(FlowRecord(agent, sub_agent, ingress, egress, direction, pkt.protocol, pkt.family,
+                                      pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.flow_label, tag[0], tag[1],
+                                      nbytes * rate, rate, now, tag[2]))
+            else:
+                out.append(packet_record(matcher, pkt, agent, sub_agent, ingress, egress, direction, nbytes, 1,
+                                         rate, now))
         if off != end:
             raise DecodeError("bad_length", f"flow sample {i}: {end - off} bytes after its {nrec} records")
-
-    def _raw_header(self, buf: memoryview, off: int, end: int, agent: str, sub_agent: int,
-                    ingress: Optional[int], egress: Optional[int], direction: Optional[int],
-                    rate: int, now: float, out: List[FlowRecord]) -> None:
-        if off + 16 > end:
-            raise DecodeError("truncated", f"raw header record is {end - off} bytes: expected >= 16")
-        proto, frame_len, stripped, hlen = _RAW.unpack_from(buf, off)
-        off += 16
-        if off + hlen > end:
-            raise DecodeError("bad_length", f"sampled header length {hlen}: record has {end - off} bytes")
-        hdr = buf[off:off + hlen]
-        pkt: Optional[Packet]
-        try:
-            if proto == HEADER_ETHERNET:
-                pkt = parse_ethernet(hdr)
-            elif proto in (HEADER_IPV4, HEADER_IPV6):
-                pkt = parse_ip(hdr)
-            else:
-                pkt = None
-        except PacketError:
-            pkt = None
-        if pkt is None:
-            self.not_ip += 1
-            return
-        # frame length less the stripped FCS less the link header: IP octets, as IPFIX counts
-        nbytes = frame_len - (stripped if stripped <= frame_len else 0) - pkt.l2_length
-        out.append(packet_record(self.matcher, pkt, agent, sub_agent, ingress, egress, direction,
-                                 nbytes if nbytes > 0 else pkt.ip_length, 1, rate, now))
 
 
 def packet_record(matcher: TagMatcher, pkt: Packet, exporter: str, domain: int, ingress: Optional[int],
