@@ -9,9 +9,13 @@ Workloads, all built from the real captures in shared/data/flowexport:
 Each run decodes every message and adds the records to the per-minute Aggregator, repeated for
 about --seconds; the median of --runs is printed with the ratio to the reference: the `ipfix`
 package from PyPI (pure Python, namedict per record) in a venv of its own (--ref-venv, made on
-first use), decoding the same messages in the same run, pinned to the same CPU.
+first use), decoding the same messages in the same run, pinned to the same CPU, and tshark's rate
+(flow label field extraction, its start-up subtracted). Then the soak: a receiver process
+(IpfixReceiver + Aggregator on --cpu, 64 MiB receive buffer) offered ipfix-ovs-mtu at 80% of the
+rate just measured for --soak seconds by a sender on the other CPU: records decoded vs sent, and
+the kernel's drop counter of the receiving socket.
 
-  python bench/flowexport.py [--seconds 1] [--runs 5] [--cpu 1] [--ref-venv .bench-ipfix-venv]
+  python bench/flowexport.py [--seconds 1] [--runs 5] [--cpu 1] [--soak 30] [--ref-venv DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import struct
 import subprocess
@@ -27,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -254,12 +259,110 @@ def tshark_rate_ipfix(templates: List[bytes], data: List[bytes], records: int, c
     return rate * (records * reps) / len(payloads)
 
 
+def receiver_main(port: int) -> None:
+    """The soak's receiver process: IpfixReceiver + Aggregator; totals as JSON on SIGTERM."""
+    import asyncio
+    import signal
+
+    import msgspec
+
+    from scitagd.flowexport.conf import IpfixConfig
+    from scitagd.flowexport.receiver import IpfixReceiver, matcher_for
+
+    async def run() -> None:
+        conf = msgspec.convert({"bindAddresses": ["127.0.0.1"], "port": port, "receiveBuffer": 64 << 20},
+                               IpfixConfig)
+        agg = Aggregator(lambda rows: None)
+        count = [0]
+
+        def on_records(recs: List[Any]) -> None:
+            count[0] += len(recs)
+            agg.add(recs)
+
+        rx = IpfixReceiver(conf, matcher_for(conf), on_records)
+        await rx.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        print(json.dumps({"records": count[0], "datagrams": rx.datagrams, "kernel_drops": rx.drops(),
+                          "rejects": rx.decoder.rejects.total(),
+                          "rcvbuf": rx.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}), flush=True)
+        await rx.stop()
+
+    asyncio.run(run())
+
+
+def soak(rate: float, seconds: float, cpu_rx: int, cpu_tx: int) -> Dict[str, Any]:
+    """Offer OVS-template IPFIX (1400-byte messages) at `rate` records/s for `seconds` to a
+    receiver process; count what it decoded and what the kernel dropped."""
+    templates, data, records = ovs_workload(1400)
+    per_msg = records / len(data)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rx = subprocess.Popen(["taskset", "-c", str(cpu_rx), sys.executable, __file__, "--receiver", str(port)],
+                          stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        os.sched_setaffinity(0, {cpu_tx})
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.connect(("127.0.0.1", port))
+        for m in templates:
+            tx.send(m)
+        counts = [_records_in(m) for m in data]
+        sent_records = sent = 0
+        msg_rate = rate / per_msg
+        seq = 0
+        t0 = time.perf_counter()
+        while True:
+            el = time.perf_counter() - t0
+            if el >= seconds:
+                break
+            due = int(el * msg_rate) - sent
+            if due <= 0:
+                time.sleep(0.0005)
+                continue
+            for _ in range(min(due, 200)):
+                i = sent % len(data)
+                tx.send(data[i][:8] + struct.pack("!I", seq) + data[i][12:])  # sequence numbers in order
+                seq = (seq + counts[i]) & 0xFFFFFFFF
+                sent_records += counts[i]
+                sent += 1
+        time.sleep(1.0)
+        rx.send_signal(15)
+        out, _ = rx.communicate(timeout=30)
+        got = json.loads(out.strip().splitlines()[-1])
+        got.update({"offered_records_per_s": round(rate), "sent_records": sent_records, "seconds": seconds,
+                    "lost_records": sent_records - got["records"]})
+        return got
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+
+
+_COUNTER: List[IpfixDecoder] = []
+
+
+def _records_in(m: bytes) -> int:
+    if not _COUNTER:
+        _COUNTER.append(IpfixDecoder(TagMatcher(any_experiment=True)))
+        for t in ovs_workload(1400)[0]:
+            _COUNTER[0].decode(t, EXPORTER, 1.0)
+    return len(_COUNTER[0].decode(m, EXPORTER, 1.0))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--receiver":
+        receiver_main(int(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=1)
     ap.add_argument("--ref-venv", type=Path, default=REPO / ".bench-ipfix-venv")
+    ap.add_argument("--soak", type=float, default=30.0, help="seconds at 80%% of the ipfix-ovs-mtu rate (0: skip)")
     args = ap.parse_args()
     os.sched_setaffinity(0, {args.cpu})
     matcher = TagMatcher.from_registry(Registry.bundled())
@@ -284,6 +387,13 @@ def main() -> None:
     ts = tshark_rate(sflow, samples // len(sflow), 6343, "sflow", "ipv6.flow", args.cpu, repeat=10000)
     results["sflow"] = {"samples_per_s": round(rate), "tshark_per_s": round(ts) if ts else None}
     print(f"{'sflow':15s} {rate:12,.0f} samples/s   tshark {ts or 0:9,.0f}/s (x{rate / ts if ts else 0:.1f})")
+    if args.soak:
+        target = 0.8 * float(results["ipfix-ovs-mtu"]["records_per_s"] or 0)
+        r = soak(target, args.soak, args.cpu, 1 - args.cpu if args.cpu in (0, 1) else 0)
+        results["soak"] = r
+        print(f"soak            {r['offered_records_per_s']:,} records/s offered for {r['seconds']:.0f} s: "
+              f"{r['records']:,} of {r['sent_records']:,} decoded, lost {r['lost_records']}, kernel drops "
+              f"{r['kernel_drops']}, receive buffer {r['rcvbuf']:,} bytes")
     print(json.dumps(results))
 
 

@@ -61,12 +61,45 @@ def need(*tools: str) -> None:
 FlowKey = Tuple[str, str, int, int, int]
 
 
-class Net:
+class Procs:
+    """Processes started in namespaces, each stopped by its pid on close()."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: List[subprocess.Popen[bytes]] = []
+
+    def start(self, ns: NetNS, cmd: List[str], log: str, env: Optional[Dict[str, str]] = None,
+              ready: Optional[bytes] = None) -> subprocess.Popen[bytes]:
+        out = open(self.tmp / log, "wb")
+        p = subprocess.Popen(ns.cmd(*cmd), stdout=out, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {})})
+        out.close()
+        self.procs.append(p)
+        if ready is not None:
+            wait_for(lambda: ready in (self.tmp / log).read_bytes(), 10, f"{cmd[0]} did not start: {log}")
+        return p
+
+    def dump(self, ns: NetNS, port: int, name: str) -> Path:
+        path = self.tmp / f"{name}.bin"
+        self.start(ns, [*TRAFFIC, "udp-dump", str(port), str(path)], f"{name}.log", ready=b"ready")
+        return path
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+class Net(Procs):
     """Hosts A and B (and optionally a switch namespace between them), processes by pid."""
 
     def __init__(self, tmp: Path, switch: bool) -> None:
-        self.tmp = tmp
-        self.procs: List[subprocess.Popen[bytes]] = []
+        super().__init__(tmp)
         self.spaces: List[NetNS] = []
         self._sink = False
         try:
@@ -100,26 +133,10 @@ class Net:
         self.spaces.append(ns)
         return ns
 
-    def start(self, ns: NetNS, cmd: List[str], log: str, env: Optional[Dict[str, str]] = None,
-              ready: Optional[bytes] = None) -> subprocess.Popen[bytes]:
-        out = open(self.tmp / log, "wb")
-        p = subprocess.Popen(ns.cmd(*cmd), stdout=out, stderr=subprocess.STDOUT,
-                             env={**os.environ, **(env or {})})
-        out.close()
-        self.procs.append(p)
-        if ready is not None:
-            wait_for(lambda: ready in (self.tmp / log).read_bytes(), 10, f"{cmd[0]} did not start: {log}")
-        return p
-
     def sink(self) -> None:
         if not self._sink:
             self._sink = True
             self.start(self.b, [*TRAFFIC, "sink", B, "5001"], "sink.log", ready=b"ready")
-
-    def dump(self, ns: NetNS, port: int, name: str) -> Path:
-        path = self.tmp / f"{name}.bin"
-        self.start(ns, [*TRAFFIC, "udp-dump", str(port), str(path)], f"{name}.log", ready=b"ready")
-        return path
 
     def run(self, ns: NetNS, *args: str, timeout: float = 60) -> Dict[str, Any]:
         r = subprocess.run(ns.cmd(*TRAFFIC, *args), capture_output=True, text=True, timeout=timeout)
@@ -127,14 +144,7 @@ class Net:
         return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        super().close()
         for ns in self.spaces:
             ns.close()
 
@@ -231,39 +241,47 @@ def check(recs: List[FlowRecord], truth: Dict[FlowKey, Tuple[int, int]]) -> None
     assert per_exp[2] == truth[(A, B, 6, 40022, 5001)][0]
 
 
+def start_ovs(procs: Procs, sw: NetNS, tmp: Path) -> Tuple[Path, Path]:
+    """ovsdb-server and ovs-vswitchd in the switch namespace with a private db/run dir, a
+    userspace (netdev) bridge of pa and pb exporting IPFIX and sFlow at sampling 1 to dumps."""
+    env = {k: str(tmp) for k in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR")}
+    env["OVS_PKGDATADIR"] = "/usr/share/openvswitch"
+    db = f"unix:{tmp}/db.sock"
+    sh("ovsdb-tool", "create", f"{tmp}/conf.db", "/usr/share/openvswitch/vswitch.ovsschema")
+    procs.start(sw, ["ovsdb-server", f"{tmp}/conf.db", f"--remote=punix:{tmp}/db.sock",
+                     f"--unixctl={tmp}/ovsdb.ctl", f"--log-file={tmp}/ovsdb.log"], "ovsdb.out", env)
+    wait_for(lambda: (tmp / "db.sock").exists(), 10, "ovsdb-server socket")
+
+    def vsctl(*args: str) -> None:
+        r = subprocess.run(["ovs-vsctl", f"--db={db}", "--timeout=10", *args], capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=20)
+        assert r.returncode == 0, f"ovs-vsctl {args}: {r.stderr}"
+
+    vsctl("--no-wait", "init")
+    procs.start(sw, ["ovs-vswitchd", db, f"--unixctl={tmp}/vswitchd.ctl", f"--log-file={tmp}/vswitchd.log"],
+                "vswitchd.out", env)
+    # OVS sends from connected UDP sockets: the dumps must listen before export starts
+    ipfix = procs.dump(sw, 4739, "ipfix")
+    sflow = procs.dump(sw, 6343, "sflow")
+    vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
+          "--", "add-port", "br0", "pa", "--", "add-port", "br0", "pb")
+    # cache_max_flows: one record per flow (else one per packet); enable-output-sampling=true
+    # turns OVS 3.1's egress copy off (it reads the key backwards)
+    vsctl("--", "set", "Bridge", "br0", "ipfix=@i", "--", "--id=@i", "create", "IPFIX",
+          'targets="127.0.0.1:4739"', "sampling=1", "obs_domain_id=77", "cache_active_timeout=5",
+          "cache_max_flows=4096", "other_config:enable-output-sampling=true")
+    vsctl("--", "--id=@s", "create", "sFlow", "agent=lo", 'target="127.0.0.1:6343"', "header=128",
+          "sampling=1", "polling=0", "--", "set", "bridge", "br0", "sflow=@s")
+    time.sleep(1)
+    return ipfix, sflow
+
+
 def test_open_vswitch_ipfix_and_sflow(tmp: Path, matcher: TagMatcher) -> None:
     need("ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ethtool")
     net = Net(tmp, switch=True)
     try:
-        sw = net.sw
-        assert sw is not None
-        env = {k: str(tmp) for k in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR", "OVS_PKGDATADIR")}
-        env["OVS_PKGDATADIR"] = "/usr/share/openvswitch"
-        db = f"unix:{tmp}/db.sock"
-        sh("ovsdb-tool", "create", f"{tmp}/conf.db", "/usr/share/openvswitch/vswitch.ovsschema")
-        net.start(sw, ["ovsdb-server", f"{tmp}/conf.db", f"--remote=punix:{tmp}/db.sock",
-                       f"--unixctl={tmp}/ovsdb.ctl", f"--log-file={tmp}/ovsdb.log"], "ovsdb.out", env)
-        wait_for(lambda: (tmp / "db.sock").exists(), 10, "ovsdb-server socket")
-
-        def vsctl(*args: str) -> None:
-            r = subprocess.run(["ovs-vsctl", f"--db={db}", "--timeout=10", *args], capture_output=True,
-                               text=True, env={**os.environ, **env}, timeout=20)
-            assert r.returncode == 0, f"ovs-vsctl {args}: {r.stderr}"
-
-        vsctl("--no-wait", "init")
-        net.start(sw, ["ovs-vswitchd", db, f"--unixctl={tmp}/vswitchd.ctl", f"--log-file={tmp}/vswitchd.log"],
-                  "vswitchd.out", env)
-        # OVS sends from connected UDP sockets: the dumps must listen before export starts
-        ipfix = net.dump(sw, 4739, "ipfix")
-        sflow = net.dump(sw, 6343, "sflow")
-        vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
-              "--", "add-port", "br0", "pa", "--", "add-port", "br0", "pb")
-        vsctl("--", "set", "Bridge", "br0", "ipfix=@i", "--", "--id=@i", "create", "IPFIX",
-              'targets="127.0.0.1:4739"', "sampling=1", "obs_domain_id=77", "cache_active_timeout=5",
-              "cache_max_flows=4096", "other_config:enable-output-sampling=true")
-        vsctl("--", "--id=@s", "create", "sFlow", "agent=lo", 'target="127.0.0.1:6343"', "header=128",
-              "sampling=1", "polling=0", "--", "set", "bridge", "br0", "sflow=@s")
-        time.sleep(1)
+        assert net.sw is not None
+        ipfix, sflow = start_ovs(net, net.sw, tmp)
         truth = send_flows(net, tmp / "truth.cap")
 
         dec, recs = collect(ipfix, lambda: IpfixDecoder(matcher), lambda r: r.direction == 0, truth, 30)
@@ -316,3 +334,76 @@ def test_pmacctd_sfprobe(tmp: Path, matcher: TagMatcher) -> None:
         check(recs, truth)
     finally:
         net.close()
+
+
+def test_open_vswitch_with_scitagd_marker(tmp: Path, matcher: TagMatcher) -> None:
+    """scitagd's own eBPF marker tags A's flows (label strategy); OVS between A and B exports
+    them: the collector side's per-experiment bytes for the link equal what A sent."""
+    need("ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ethtool")
+    from ..lab import A_ADDR, B_ADDR, TOOLS
+    from ..lab import Lab as MarkerLab
+
+    lab = MarkerLab(tmp)  # takes the lab lock: the marker shares the host with other labs
+    procs = Procs(tmp)
+    sw = None
+    try:
+        # put the switch between A and B: A's veth peer moves into the switch namespace as pa
+        sw = NetNS("fs")
+        lab.b.exec("ip", "link", "set", "b0", "netns", sw.name)
+        sw.exec("ip", "link", "set", "b0", "name", "pa")
+        sh("ip", "link", "add", "b1", "netns", lab.b.name, "type", "veth", "peer", "name", "pb", "netns", sw.name)
+        for dev in ("pa", "pb"):
+            sw.exec("ip", "link", "set", dev, "up")
+        lab.b.exec("ip", "link", "set", "b1", "up")
+        lab.b.exec("ip", "addr", "add", f"{B_ADDR}/64", "dev", "b1", "nodad")
+        lab.a.exec("ethtool", "-K", "a0", "tx", "off")
+        lab.b.exec("ethtool", "-K", "b1", "tx", "off")
+        lab.b.exec("sysctl", "-qw", "net.ipv6.auto_flowlabels=0")
+        ipfix, _sflow = start_ovs(procs, sw, tmp)
+
+        d = lab.daemon("markingStrategy: label")
+        d.wait_log("attached interface=a0")
+        tcp_tag, udp_tag = (3, 14), (2, 3)
+        d.send(f"start tcp {A_ADDR} 40031 {B_ADDR} 5031 {tcp_tag[0]} {tcp_tag[1]}",
+               f"start udp {A_ADDR} 41031 {B_ADDR} 6031 {udp_tag[0]} {udp_tag[1]}")
+        d.wait_log("flow start", count=2)
+        time.sleep(0.2)
+        cap = lab.capture("b1")
+        server = lab.server(5031)
+        procs.start(lab.b, [*TRAFFIC, "sink", B_ADDR, "6031"], "sink.log", ready=b"ready")
+        client = lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, "5031", "40031", str(400_000)])
+        assert lab.result(client) == lab.result(server)
+        udp = subprocess.run(lab.a.cmd(*TRAFFIC, "udp", A_ADDR, B_ADDR, "6031", "41031", "0", "40", "300"),
+                             capture_output=True, text=True, timeout=60)
+        assert udp.returncode == 0, udp.stderr
+        pkts = cap.stop()
+        truth: Dict[FlowKey, List[int]] = defaultdict(lambda: [0, 0])
+        for p in pkts:
+            if p.proto in (6, 17) and {p.sport, p.dport} & {5031, 6031}:
+                t = truth[(p.src, p.dst, p.proto, p.sport, p.dport)]
+                t[0] += 40 + p.payload_len
+                t[1] += 1
+        a_tcp, a_udp = (A_ADDR, B_ADDR, 6, 40031, 5031), (A_ADDR, B_ADDR, 17, 41031, 6031)
+        assert truth[a_udp] == [40 * 348, 40] and truth[a_tcp][0] > 400_000
+        want = {k: (v[0], v[1]) for k, v in truth.items()}
+        dec, recs = collect(ipfix, lambda: IpfixDecoder(matcher), lambda r: r.direction == 0, want, 30)
+        got = per_flow(recs)
+        for key, v in want.items():
+            assert got.get(key, (0, 0))[:2] == v, f"{key}: exported {got.get(key)}, on the wire {v}"
+        assert got[a_tcp][2] == {tcp_tag} and got[a_udp][2] == {udp_tag}
+        assert got[(B_ADDR, A_ADDR, 6, 5031, 40031)][2] == {(None, None)}  # B does not mark
+        rows: List[Row] = []
+        agg = Aggregator(rows.extend)
+        agg.add(recs)
+        agg.flush(everything=True)
+        per_tag: Dict[Tuple[Optional[int], Optional[int]], int] = defaultdict(int)
+        for row in rows:
+            per_tag[(row.experiment, row.activity)] += row.bytes
+        assert per_tag[tcp_tag] == truth[a_tcp][0] and per_tag[udp_tag] == truth[a_udp][0]
+        assert dec.rejects.counts == {}
+        d.stop()
+    finally:
+        procs.close()
+        lab.close()
+        if sw is not None:
+            sw.close()

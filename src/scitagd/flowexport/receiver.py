@@ -26,6 +26,7 @@ from .tagging import TagMatcher
 
 log = logging.getLogger("scitagd.flowexport")
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 Callback = Callable[[List[FlowRecord]], None]
 Decoder = Union[IpfixDecoder, NetflowV9Decoder, SflowDecoder]
 Config = Union[IpfixConfig, NetflowConfig, SflowConfig]
@@ -68,9 +69,14 @@ class Receiver:
             for addr in self.conf.bind_addresses:
                 sock = udp_listener(addr, self.conf.port, self.conf.receive_buffer)
                 self.sockets.append(sock)
+                try:  # past net.core.rmem_max when we may (root): exporters send in bursts
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.conf.receive_buffer)
+                except OSError:
+                    pass
                 tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
                 self.transports.append(tr)
-                log.info("%s listening address=%s port=%d", self.protocol, addr, sock.getsockname()[1])
+                log.info("%s listening address=%s port=%d receive_buffer=%d", self.protocol, addr,
+                         sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         except OSError:
             await self.stop()
             raise
