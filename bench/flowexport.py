@@ -285,12 +285,20 @@ def receiver_main(port: int) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print("ready", flush=True)
         await stop.wait()
+        import resource
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         print(json.dumps({"records": count[0], "datagrams": rx.datagrams, "kernel_drops": rx.drops(),
+                          "cpu_seconds": round(cpu.ru_utime + cpu.ru_stime, 1),
                           "rejects": rx.decoder.rejects.total(),
                           "rcvbuf": rx.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}), flush=True)
         await rx.stop()
 
-    asyncio.run(run())
+    try:
+        import uvloop  # as the collector runs
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
 
 
 def soak(rate: float, seconds: float, cpu_rx: int, cpu_tx: int) -> Dict[str, Any]:
@@ -329,7 +337,11 @@ def soak(rate: float, seconds: float, cpu_rx: int, cpu_tx: int) -> Dict[str, Any
                 seq = (seq + counts[i]) & 0xFFFFFFFF
                 sent_records += counts[i]
                 sent += 1
-        time.sleep(1.0)
+        # let the receiver drain its socket (it may lag behind; what the kernel dropped is gone)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _rx_queue(port) > 0:
+            time.sleep(0.2)
+        time.sleep(0.5)
         rx.send_signal(15)
         out, _ = rx.communicate(timeout=30)
         got = json.loads(out.strip().splitlines()[-1])
@@ -340,6 +352,17 @@ def soak(rate: float, seconds: float, cpu_rx: int, cpu_tx: int) -> Dict[str, Any
         if rx.poll() is None:
             rx.kill()
             rx.wait()
+
+
+def _rx_queue(port: int) -> int:
+    """Bytes waiting in the receive queue of the UDP socket bound to `port` (/proc/net/udp)."""
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if int(cols[1].split(":")[1], 16) == port:
+                return int(cols[4].split(":")[1], 16)
+    return 0
 
 
 _COUNTER: List[IpfixDecoder] = []
@@ -363,7 +386,11 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=1)
     ap.add_argument("--ref-venv", type=Path, default=REPO / ".bench-ipfix-venv")
     ap.add_argument("--soak", type=float, default=30.0, help="seconds at 80%% of the ipfix-ovs-mtu rate (0: skip)")
+    ap.add_argument("--soak-only", type=float, default=0, help="just the soak, at this many records/s")
     args = ap.parse_args()
+    if args.soak_only:
+        print(json.dumps(soak(args.soak_only, args.soak, args.cpu, 1 - args.cpu if args.cpu in (0, 1) else 0)))
+        return
     os.sched_setaffinity(0, {args.cpu})
     matcher = TagMatcher.from_registry(Registry.bundled())
     results: Dict[str, Dict[str, float | None]] = {}
@@ -393,7 +420,7 @@ def main() -> None:
         results["soak"] = r
         print(f"soak            {r['offered_records_per_s']:,} records/s offered for {r['seconds']:.0f} s: "
               f"{r['records']:,} of {r['sent_records']:,} decoded, lost {r['lost_records']}, kernel drops "
-              f"{r['kernel_drops']}, receive buffer {r['rcvbuf']:,} bytes")
+              f"{r['kernel_drops']}, receive buffer {r['rcvbuf']:,} bytes, receiver CPU {r['cpu_seconds']} s")
     print(json.dumps(results))
 
 
