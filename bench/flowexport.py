@@ -384,7 +384,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=1)
-    ap.add_argument("--ref-venv", type=Path, default=REPO / ".bench-ipfix-venv")
+    ap.add_argument("--ref-venv", type=Path, default=Path(tempfile.gettempdir()) / "scitagd-bench-ipfix-venv")
     ap.add_argument("--soak", type=float, default=30.0, help="seconds at 80%% of the ipfix-ovs-mtu rate (0: skip)")
     ap.add_argument("--soak-only", type=float, default=0, help="just the soak, at this many records/s")
     args = ap.parse_args()
