@@ -57,6 +57,7 @@ class Receiver:
         self.callback = callback
         self.nets = [ipaddress.ip_network(c, strict=False) for c in conf.allowed_sources] or None
         self._allowed: Dict[str, bool] = {}
+        self._hosts: Dict[str, str] = {}
         self.transports: List[asyncio.DatagramTransport] = []
         self.sockets: List[socket.socket] = []
         self.datagrams = 0
@@ -108,7 +109,11 @@ class Receiver:
 
     def datagram_received(self, data: bytes, addr: Tuple[Any, ...]) -> None:
         self.datagrams += 1
-        host = source_host(addr)
+        host = self._hosts.get(addr[0])
+        if host is None:
+            if len(self._hosts) > 65536:
+                self._hosts.clear()
+            host = self._hosts[addr[0]] = source_host(addr)
         if self.nets is not None and not self._is_allowed(host):
             self.not_allowed += 1
             self.decoder.rejects.add(host, "not_allowed", f"source {host} not in allowedSources")
