@@ -28,8 +28,9 @@ from scitagd.flowexport.ipfix import IpfixDecoder
 from scitagd.flowexport.records import FlowRecord
 from scitagd.flowexport.sflow import SflowDecoder
 from scitagd.flowexport.tagging import TagMatcher
-from scitagd.labtools import read_capture
-from scitagd.netlab import NetNS, sh
+from scitagd.lab.netlab import TOOLS as LABTOOLS
+from scitagd.lab.netlab import NetNS, sh
+from scitagd.lab.tools import read_capture
 from scitagd.registry import Registry
 from scitagd.tags import encode_flow_label
 
@@ -37,7 +38,6 @@ from ..conftest import IS_ROOT
 from .traffic import read_dump
 
 TRAFFIC = [sys.executable, str(Path(__file__).with_name("traffic.py"))]
-LABTOOLS = [sys.executable, "-m", "scitagd.labtools"]
 A, B = "fd00:79::1", "fd00:79::2"
 CMS_AI = encode_flow_label(3, 14, 0b11011)
 ATLAS = encode_flow_label(2, 3, 0b00101)  # atlas / Data Brokering

@@ -32,6 +32,8 @@ import msgspec
 
 from .records import FlowRecord
 
+__all__ = ["OTHER", "Aggregator", "Observation", "PathIndex", "Row"]
+
 OTHER = -1
 Key = Tuple[int, str, int, Optional[int], Optional[int], int, Optional[int], Optional[int]]
 

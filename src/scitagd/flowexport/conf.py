@@ -26,6 +26,8 @@ import msgspec
 from ..netutil import check_bind_address, check_port
 from .session import Limits
 
+__all__ = ["IpfixConfig", "NetflowConfig", "SflowConfig", "TemplateProtocolConfig"]
+
 
 def _check_cidrs(key: str, cidrs: List[str]) -> None:
     for c in cidrs:

@@ -20,7 +20,9 @@ import struct
 from typing import List
 
 from .records import DecodeError, FlowRecord
-from .session import TemplateDecoder, parse_template_fields
+from .session import Domain, Exporter, TemplateDecoder, parse_template_fields
+
+__all__ = ["IpfixDecoder"]
 
 _HDR = struct.Struct("!HHIII")  # version, length, export time, sequence, observation domain
 _SET = struct.Struct("!HH")
@@ -64,7 +66,7 @@ class IpfixDecoder(TemplateDecoder):
                 self.rejects.add(source, e.reason, e.detail)
         self.check_sequence(ex, d, seq, records)
 
-    def _templates(self, ex, d, odid: int, buf: memoryview, pos: int, end: int,  # type: ignore[no-untyped-def]
+    def _templates(self, ex: Exporter, d: Domain, odid: int, buf: memoryview, pos: int, end: int,
                    options: bool, now: float, out: List[FlowRecord]) -> None:
         while end - pos >= 4:
             tid, count = _SET.unpack_from(buf, pos)

@@ -20,6 +20,8 @@ from . import templates as tpl
 from .records import DecodeError, FlowRecord
 from .session import Domain, Exporter, TemplateDecoder, parse_template_fields
 
+__all__ = ["NetflowV9Decoder"]
+
 _HDR = struct.Struct("!HHIIII")  # version, count, uptime, unix secs, sequence, source id
 _SET = struct.Struct("!HH")
 SET_TEMPLATE, SET_OPTIONS_TEMPLATE = 0, 1

@@ -13,7 +13,10 @@ from typing import Optional, Tuple
 
 import msgspec
 
+from ..errors import InputError
 from ..tags import EXT_OPTION_TYPE, NEXT_HEADER_DESTINATION, NEXT_HEADER_HOP_BY_HOP
+
+__all__ = ["Packet", "PacketError", "parse_ethernet", "parse_ip"]
 
 ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_VLAN_OLD = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100
 _EXT_HEADERS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})  # walked to find TCP/UDP
@@ -25,12 +28,11 @@ _U16 = struct.Struct("!H")
 _PORTS = struct.Struct("!HH")
 
 
-class PacketError(ValueError):
+class PacketError(InputError):
     """A sampled header that is not a parseable IP packet; `reason` is a stable key."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(detail, reason)
 
 
 class Packet(msgspec.Struct, gc=False):

@@ -24,6 +24,9 @@ from .records import FlowRecord
 from .sflow import SflowDecoder
 from .tagging import TagMatcher
 
+__all__ = ["IpfixReceiver", "NetflowReceiver", "Receiver", "SflowReceiver", "matcher_for", "socket_drops",
+           "source_host"]
+
 log = logging.getLogger("scitagd.flowexport")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)

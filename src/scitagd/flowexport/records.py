@@ -16,6 +16,10 @@ from typing import Deque, Dict, Optional, Tuple
 
 import msgspec
 
+from ..errors import InputError
+
+__all__ = ["DIR_EGRESS", "DIR_INGRESS", "DecodeError", "FlowRecord", "Reject", "Rejects"]
+
 log = logging.getLogger("scitagd.flowexport")
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
@@ -74,12 +78,11 @@ class Reject(msgspec.Struct, frozen=True):
     detail: str
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
     """Raised inside a decoder, caught at its entry point and turned into a counted Reject."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(detail, reason)
         self.detail = detail
 
 

@@ -22,6 +22,8 @@ from .records import DecodeError, FlowRecord, Rejects
 from .sflow import packet_record
 from .tagging import TagMatcher
 
+__all__ = ["Counters", "Domain", "Exporter", "Limits", "Template", "TemplateDecoder", "parse_template_fields"]
+
 
 class Limits(msgspec.Struct, frozen=True):
     max_exporters: int = 1024

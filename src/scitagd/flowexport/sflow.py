@@ -23,6 +23,8 @@ from .packet import Packet, PacketError, parse_ethernet, parse_ip
 from .records import DIR_EGRESS, DIR_INGRESS, DecodeError, FlowRecord, Rejects
 from .tagging import UNTAGGED, TagMatcher
 
+__all__ = ["SflowDecoder", "packet_record"]
+
 _U32 = struct.Struct("!I")
 _HDR = struct.Struct("!III")  # sub-agent, sequence, uptime  (after the agent address)
 _SAMPLE = struct.Struct("!II")

@@ -17,6 +17,8 @@ from typing import Iterable, List, Optional, Tuple
 from ..registry import Registry
 from ..tags import EXPERIMENT_MAX, EXPERIMENT_MIN, FLOW_LABEL_MASK, decode_flow_label
 
+__all__ = ["UNTAGGED", "Tag", "TagMatcher"]
+
 Tag = Tuple[Optional[int], Optional[int]]
 UNTAGGED: Tag = (None, None)
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .records import DecodeError
 
+__all__ = ["SCOPE", "VARLEN", "Compiled", "Field", "as_int", "check_fields", "compiled", "values", "walk"]
+
 VARLEN = 0xFFFF
 SCOPE = -1  # NetFlow v9 options scope fields: their type numbers are not IEs
 
