@@ -43,6 +43,7 @@ PSAMP = real("softflowd-psamp.pcap")[:20]
 def assert_bounded(dec: IpfixDecoder | NetflowV9Decoder) -> None:
     lim = dec.limits
     assert len(dec.exporters) <= lim.max_exporters
+    assert dec.total_templates == dec.template_count() <= lim.max_total_templates
     for ex in dec.exporters.values():
         assert len(ex.domains) <= lim.max_domains
         assert ex.held_sets <= lim.max_held_sets and ex.held_bytes <= lim.max_held_bytes
@@ -140,6 +141,20 @@ def test_template_flood_is_bounded_and_cheap() -> None:
     assert dec.counters.generic_sets > 500  # the rest decoded the slow, correct way
     assert dec.rejects.counts.get((EX, "template_limit"), 0) > 0
     assert elapsed < 10, elapsed
+
+
+def test_total_template_limit() -> None:
+    dec = IpfixDecoder(MATCHER, Limits(max_total_templates=20))
+    for i in range(10):
+        dec.decode(b.ipfix([b.set_(2, b.template(300, b.FLOW6) + b.template(301, b.FLOW6) + b.template(302, b.FLOW6))]),
+                   f"192.0.2.{i}", 100.0)
+    # the 21st template and every later one (a set stops at its first refused template)
+    assert dec.template_count() == 20 and dec.rejects.total("template_limit") == 4
+    dec.decode(b.ipfix([b.set_(2, struct.pack("!HH", 2, 0))]), "192.0.2.0", 101.0)  # withdraw all
+    assert_bounded(dec)
+    assert dec.template_count() == 17
+    dec.sweep(100.0 + 1801)
+    assert dec.template_count() == dec.total_templates == 0
 
 
 def test_exporter_and_domain_limits() -> None:

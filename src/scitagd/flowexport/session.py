@@ -33,6 +33,7 @@ class Limits(msgspec.Struct, frozen=True):
     hold_time: float = 2.0
     max_held_sets: int = 64  # per exporter
     max_held_bytes: int = 1 << 20  # per exporter
+    max_total_templates: int = 65536  # over all exporters and domains
     generate_rate: float = 50.0  # template decoders generated per second (burst: 10 s worth)
 
 
@@ -111,6 +112,7 @@ class TemplateDecoder:
         self._last_sweep = 0.0
         self._tokens = 10 * self.limits.generate_rate
         self._tokens_at = 0.0
+        self.total_templates = 0
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -140,11 +142,10 @@ class TemplateDecoder:
     def exporter(self, source: str, now: float) -> Exporter:
         ex = self.exporters.get(source)
         if ex is None:
+            if len(self.exporters) >= self.limits.max_exporters and now - self._last_sweep >= 1.0:
+                self.sweep(now)  # at most once a second: a flood of new sources must not sweep each time
             if len(self.exporters) >= self.limits.max_exporters:
-                self.sweep(now)
-                if len(self.exporters) >= self.limits.max_exporters:
-                    raise DecodeError("exporter_limit",
-                                      f"{len(self.exporters)} exporters known: maxExporters reached")
+                raise DecodeError("exporter_limit", f"{len(self.exporters)} exporters known: maxExporters reached")
             ex = self.exporters[source] = Exporter(source, now)
         ex.last_seen = now
         return ex
@@ -166,6 +167,7 @@ class TemplateDecoder:
             ex = self.exporters.pop(name)
             for d in ex.domains.values():
                 self.counters.expired_templates += len(d.templates)
+                self.total_templates -= len(d.templates)
                 self.counters.undecodable_sets += len(d.held)
         for ex in self.exporters.values():
             for d in ex.domains.values():
@@ -173,6 +175,7 @@ class TemplateDecoder:
                 for t in old:
                     del d.templates[t]
                 self.counters.expired_templates += len(old)
+                self.total_templates -= len(old)
                 self._expire_held(ex, d, now)
 
     def _expire_held(self, ex: Exporter, d: Domain, now: float) -> None:
@@ -196,10 +199,15 @@ class TemplateDecoder:
         if cur is not None and cur.compiled.fields == key and cur.compiled.options == options:
             cur.refreshed = now
         else:
-            if cur is None and len(d.templates) >= self.limits.max_templates:
-                raise DecodeError("template_limit",
-                                  f"template {tid} in domain {odid}: {len(d.templates)} known, maxTemplates reached")
-            if cur is not None:
+            if cur is None:
+                if len(d.templates) >= self.limits.max_templates:
+                    raise DecodeError("template_limit", f"template {tid} in domain {odid}: {len(d.templates)} known, "
+                                      "maxTemplates reached")
+                if self.total_templates >= self.limits.max_total_templates:
+                    raise DecodeError("template_limit",
+                                      f"template {tid}: {self.total_templates} templates known over all exporters")
+                self.total_templates += 1
+            else:
                 self.counters.template_changes += 1
             d.templates[tid] = Template(tpl.compiled(key, options, scope_count), now)
         self.counters.templates += 1
@@ -211,10 +219,12 @@ class TemplateDecoder:
         """One template, or (all_of set) every (options) template of the domain."""
         self.counters.withdrawals += 1
         if all_of is None:
-            d.templates.pop(tid, None)
+            if d.templates.pop(tid, None) is not None:
+                self.total_templates -= 1
         else:
             for t in [t for t, v in d.templates.items() if v.compiled.options == all_of]:
                 del d.templates[t]
+                self.total_templates -= 1
 
     def _replay(self, ex: Exporter, d: Domain, odid: int, tid: int, now: float, out: List[FlowRecord]) -> None:
         mine = [h for h in d.held if h.tid == tid]
@@ -240,6 +250,7 @@ class TemplateDecoder:
         if t is not None and now - t.refreshed > self.limits.template_timeout:
             del d.templates[tid]
             self.counters.expired_templates += 1
+            self.total_templates -= 1
             t = None
         if t is None:
             if hold:
