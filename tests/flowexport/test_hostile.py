@@ -44,6 +44,7 @@ def assert_bounded(dec: IpfixDecoder | NetflowV9Decoder) -> None:
     lim = dec.limits
     assert len(dec.exporters) <= lim.max_exporters
     assert dec.total_templates == dec.template_count() <= lim.max_total_templates
+    assert dec.total_held_bytes == sum(ex.held_bytes for ex in dec.exporters.values()) <= lim.max_total_held_bytes
     for ex in dec.exporters.values():
         assert len(ex.domains) <= lim.max_domains
         assert ex.held_sets <= lim.max_held_sets and ex.held_bytes <= lim.max_held_bytes
@@ -141,6 +142,16 @@ def test_template_flood_is_bounded_and_cheap() -> None:
     assert dec.counters.generic_sets > 500  # the rest decoded the slow, correct way
     assert dec.rejects.counts.get((EX, "template_limit"), 0) > 0
     assert elapsed < 10, elapsed
+
+
+def test_held_data_bounded_over_all_exporters() -> None:
+    dec = IpfixDecoder(MATCHER, Limits(max_total_held_bytes=10_000))
+    for i in range(50):
+        dec.decode(b.ipfix([b.set_(300, b"\0" * 1000)]), f"192.0.2.{i}", 100.0)
+    assert_bounded(dec)
+    assert dec.total_held_bytes == 10_000 and dec.counters.undecodable_sets == 40
+    dec.sweep(103.0)  # held past holdTime: counted undecodable, memory back
+    assert dec.total_held_bytes == 0 and dec.counters.undecodable_sets == 50
 
 
 def test_total_template_limit() -> None:

@@ -33,6 +33,7 @@ class Limits(msgspec.Struct, frozen=True):
     hold_time: float = 2.0
     max_held_sets: int = 64  # per exporter
     max_held_bytes: int = 1 << 20  # per exporter
+    max_total_held_bytes: int = 16 << 20  # over all exporters
     max_total_templates: int = 65536  # over all exporters and domains
     generate_rate: float = 50.0  # template decoders generated per second (burst: 10 s worth)
 
@@ -113,6 +114,7 @@ class TemplateDecoder:
         self._tokens = 10 * self.limits.generate_rate
         self._tokens_at = 0.0
         self.total_templates = 0
+        self.total_held_bytes = 0
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class TemplateDecoder:
         timeout = self.limits.template_timeout
         for name in [n for n, ex in self.exporters.items() if now - ex.last_seen > timeout]:
             ex = self.exporters.pop(name)
+            self.total_held_bytes -= ex.held_bytes
             for d in ex.domains.values():
                 self.counters.expired_templates += len(d.templates)
                 self.total_templates -= len(d.templates)
@@ -186,6 +189,7 @@ class TemplateDecoder:
             if now - h.arrived > self.limits.hold_time:
                 ex.held_sets -= 1
                 ex.held_bytes -= len(h.body)
+                self.total_held_bytes -= len(h.body)
                 self.counters.undecodable_sets += 1
                 self.rejects.add(ex.name, "no_template",
                                  f"data set for template {h.tid} and no template within {self.limits.hold_time} s")
@@ -234,6 +238,7 @@ class TemplateDecoder:
         for h in mine:
             ex.held_sets -= 1
             ex.held_bytes -= len(h.body)
+            self.total_held_bytes -= len(h.body)
             self.counters.held_decoded += 1
             body = memoryview(h.body)
             try:
@@ -348,13 +353,15 @@ class TemplateDecoder:
     def _hold(self, ex: Exporter, d: Domain, tid: int, body: bytes, export_time: float, now: float) -> None:
         lim = self.limits
         self._expire_held(ex, d, now)
-        if ex.held_sets >= lim.max_held_sets or ex.held_bytes + len(body) > lim.max_held_bytes:
+        if (ex.held_sets >= lim.max_held_sets or ex.held_bytes + len(body) > lim.max_held_bytes
+                or self.total_held_bytes + len(body) > lim.max_total_held_bytes):
             self.counters.undecodable_sets += 1
             self.rejects.add(ex.name, "no_template", f"data set for unknown template {tid}; hold buffer full")
             return
         d.held.append(Held(tid, body, export_time, now))
         ex.held_sets += 1
         ex.held_bytes += len(body)
+        self.total_held_bytes += len(body)
         self.counters.held_sets += 1
 
     def _options_record(self, d: Domain, c: tpl.Compiled, vals: List[memoryview]) -> None:
