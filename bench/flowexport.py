@@ -424,7 +424,8 @@ def main() -> None:
         results["soak"] = r
         print(f"soak            {r['offered_records_per_s']:,} records/s offered for {r['seconds']:.0f} s: "
               f"{r['records']:,} of {r['sent_records']:,} decoded, lost {r['lost_records']}, kernel drops "
-              f"{r['kernel_drops']}, receive buffer {r['rcvbuf']:,} bytes, receiver CPU {r['cpu_seconds']} s")
+              f"{r['kernel_drops']}, receive buffer {r['rcvbuf']:,} bytes, receiver CPU {r['cpu_seconds']} s "
+              f"({r['records'] / max(r['cpu_seconds'], 0.1):,.0f} records per receiver CPU second)")
     print(json.dumps(results))
 
 

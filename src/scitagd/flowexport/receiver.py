@@ -43,14 +43,6 @@ def source_host(addr: Tuple[Any, ...]) -> str:
     return host
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, receiver: Receiver) -> None:
-        self.datagram_received = receiver.datagram_received  # type: ignore[method-assign]
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("socket error error=%r", str(exc))
-
-
 class Receiver:
     protocol = ""
 
@@ -61,7 +53,9 @@ class Receiver:
         self.nets = [ipaddress.ip_network(c, strict=False) for c in conf.allowed_sources] or None
         self._allowed: Dict[str, bool] = {}
         self._hosts: Dict[str, str] = {}
-        self.transports: List[asyncio.DatagramTransport] = []
+        self._buf = bytearray(65536)
+        self._view = memoryview(self._buf)
+        self._readers: List[Tuple[asyncio.AbstractEventLoop, int]] = []
         self.sockets: List[socket.socket] = []
         self.datagrams = 0
         self.not_allowed = 0
@@ -77,8 +71,10 @@ class Receiver:
                     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.conf.receive_buffer)
                 except OSError:
                     pass
-                tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-                self.transports.append(tr)
+                # a reader that drains the socket into one reused buffer: no transport, no bytes
+                # object per datagram (~25% of the receive path at 4 records per datagram)
+                loop.add_reader(sock.fileno(), self._drain, sock)
+                self._readers.append((loop, sock.fileno()))
                 log.info("%s listening address=%s port=%d receive_buffer=%d", self.protocol, addr,
                          sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         except OSError:
@@ -86,9 +82,9 @@ class Receiver:
             raise
 
     async def stop(self) -> None:
-        for tr in self.transports:
-            tr.close()
-        self.transports.clear()
+        for loop, fd in self._readers:
+            loop.remove_reader(fd)
+        self._readers.clear()
         for s in self.sockets:
             s.close()
         self.sockets.clear()
@@ -110,7 +106,22 @@ class Receiver:
             self._allowed[host] = ok
         return ok
 
-    def datagram_received(self, data: bytes, addr: Tuple[Any, ...]) -> None:
+    def _drain(self, sock: socket.socket) -> None:
+        """Up to 256 datagrams per wake-up (then the loop runs other work), decoded in place."""
+        view = self._view
+        for _ in range(256):
+            try:
+                n, addr = sock.recvfrom_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("%s socket error error=%r", self.protocol, str(e))
+                return
+            self.datagram_received(view[:n], addr)
+
+    def datagram_received(self, data: bytes | memoryview, addr: Tuple[Any, ...]) -> None:
+        """One datagram (also usable without sockets: tests, replays). `data` is only read
+        during the call."""
         self.datagrams += 1
         host = self._hosts.get(addr[0])
         if host is None:

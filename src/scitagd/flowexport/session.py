@@ -118,7 +118,7 @@ class TemplateDecoder:
 
     # --- entry point ----------------------------------------------------------------------
 
-    def decode(self, data: bytes, source: str, now: float | None = None) -> List[FlowRecord]:
+    def decode(self, data: bytes | memoryview, source: str, now: float | None = None) -> List[FlowRecord]:
         """All records of one datagram. Never raises: a malformed message is counted as a
         reject (per exporter, with a reason) and whatever it carried before the fault is kept
         only if it was complete sets."""

@@ -46,7 +46,7 @@ class SflowDecoder:
         self.skipped = 0  # counter samples, unknown sample and record formats
         self.not_ip = 0
 
-    def decode(self, data: bytes, source: str, now: float | None = None) -> List[FlowRecord]:
+    def decode(self, data: bytes | memoryview, source: str, now: float | None = None) -> List[FlowRecord]:
         """Every record of one datagram; [] and a counted reject when it is malformed."""
         out: List[FlowRecord] = []
         self.datagrams += 1
