@@ -1,10 +1,11 @@
-"""Live exporters: Open vSwitch (IPFIX and sFlow), softflowd (PSAMP), pmacctd (sFlow via sfprobe).
+"""Live exporters: Open vSwitch (IPFIX and sFlow; also with scitagd's eBPF marker tagging the
+sender), softflowd (PSAMP and NetFlow v9), pmacctd (sFlow via sfprobe).
 
 Traffic with flow labels we set (the kernel's flow label manager) crosses a real exporter in
 network namespaces made here; the exporter's datagrams are captured by a UDP dump inside its
 namespace, decoded with scitagd.flowexport and compared per flow with what was sent (UDP: the
 sender's own count; TCP: a raw capture on the receiving host). Every process is stopped by its
-pid and every namespace deleted, also on failure. About 15 s per exporter.
+pid and every namespace deleted, also on failure. 7-12 s per test, ~60 s in all.
 """
 
 from __future__ import annotations
