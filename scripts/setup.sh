@@ -9,7 +9,7 @@ want_test=0
 pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
-    pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang clang-format llvm libbpf-dev ethtool chromium prometheus)
+    pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang clang-format llvm libbpf-dev ethtool chromium prometheus openvswitch-switch softflowd pmacct tshark)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
