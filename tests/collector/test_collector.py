@@ -388,3 +388,25 @@ def test_grafana_dashboard_uses_exported_metrics(collector: Callable[..., Collec
     c.wait(lambda: c.metrics().get('scitagd_collector_fireflies_total{outcome="end"}', 0) == 2)
     exported = {k.split("{")[0] for k in c.metrics()}
     assert used <= exported, used - exported
+
+
+def test_collector_reload(collector: Callable[..., CollectorProc], udp_receiver: Any) -> None:
+    c = collector()
+    w = samples()[0]["wire"].encode()
+    c.send(w)
+    c.wait(lambda: c.metrics().get('scitagd_collector_fireflies_total{outcome="start"}', 0) == 1)
+    downstream = udp_receiver("127.0.0.1")
+    text = c.conf.read_text()
+    c.conf.write_text(text.replace("  http:", f'  relay: ["127.0.0.1:{downstream.port}"]\n  http:'))
+    assert c.proc is not None
+    c.proc.send_signal(signal.SIGHUP)
+    c.wait(lambda: "scitagd.collector reloaded" in c.log.read_text())
+    assert "changed=relay" in c.log.read_text()
+    w2 = samples()[1]["wire"].encode()
+    c.send(w2)
+    assert downstream.recv(1) == [w2]  # the new relay list is in force
+    assert c.metrics()['scitagd_collector_fireflies_total{outcome="start"}'] == 1  # accounting went on
+    c.conf.write_text(text.replace("retentionDays", "retentionDayz"))
+    c.proc.send_signal(signal.SIGHUP)
+    c.wait(lambda: "config not reloaded" in c.log.read_text())
+    assert c.proc.poll() is None and "Traceback" not in c.log.read_text()

@@ -42,8 +42,9 @@ T = TypeVar("T")
 
 
 class Collector:
-    def __init__(self, conf: CollectorConfig, registry: RegistryHolder) -> None:
+    def __init__(self, conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[str] = None) -> None:
         self.conf = conf
+        self.config_path = config_path  # read again on SIGHUP
         self.registry = registry
         self.store = SQLiteStore(conf.store.path, conf.store.cache_flows, conf.active_timeout)
         self.tally = Tally(lambda e, a: self.registry.current.activity_name(e, a) is not None)
@@ -292,17 +293,8 @@ class Collector:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         c = self.conf
-        for addr in c.udp.bind_addresses:
-            sock = udp_listener(addr, c.udp.port, c.udp.receive_buffer)
-            tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-            self._transports.append(tr)
-            log.info("listening udp address=%s port=%d allowed_sources=%s", addr, c.udp.port,
-                     ",".join(c.udp.allowed_sources) if c.udp.allowed_sources is not None else "any")
-        if c.syslog_tcp is not None:
-            srv = await asyncio.start_server(self._tcp_client, c.syslog_tcp.bind_address, c.syslog_tcp.port,
-                                             reuse_address=True, limit=c.syslog_tcp.max_message)
-            self._servers.append(srv)
-            log.info("listening syslog-tcp address=%s port=%d", c.syslog_tcp.bind_address, c.syslog_tcp.port)
+        await self._start_udp()
+        await self._start_tcp()
         from .web import Web
 
         self.web = Web(self)
@@ -312,6 +304,25 @@ class Collector:
                            loop.create_task(self._housekeeping(), name="housekeeping")]
         self._tasks += [loop.create_task(self.registry.run_refresher())]
         log.info("started store=%s trusted_relays=%s", c.store.path, ",".join(c.trusted_relays) or "none")
+
+    async def _start_udp(self) -> None:
+        loop = asyncio.get_running_loop()
+        u = self.conf.udp
+        for addr in u.bind_addresses:
+            sock = udp_listener(addr, u.port, u.receive_buffer)
+            tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+            self._transports.append(tr)
+            log.info("listening udp address=%s port=%d allowed_sources=%s", addr, u.port,
+                     ",".join(u.allowed_sources) if u.allowed_sources is not None else "any")
+
+    async def _start_tcp(self) -> None:
+        t = self.conf.syslog_tcp
+        if t is None:
+            return
+        srv = await asyncio.start_server(self._tcp_client, t.bind_address, t.port, reuse_address=True,
+                                         limit=t.max_message)
+        self._servers.append(srv)
+        log.info("listening syslog-tcp address=%s port=%d", t.bind_address, t.port)
 
     async def stop(self) -> None:
         for tr in self._transports:
@@ -342,7 +353,73 @@ class Collector:
                       len(self.pending), self.store_problem, sum(tally.started.values()))
 
     async def run_until_stopped(self) -> None:
-        await until_signalled(self.start, self.stop)
+        await until_signalled(self.start, self.stop, reload=self.reload, status=self.status)
+
+    def status(self) -> str:
+        h = self.health()[1]
+        return f"{h['active_flows']} active flows; {self.store_rows} fireflies stored; {h['status']}"
+
+    async def reload(self) -> bool:
+        """SIGHUP: read the file again. Listeners whose settings changed are rebound, the relay
+        list, trusted relays, local networks, retention and timeouts take effect; accounting and
+        the store go on untouched (store.path cannot change without a restart). An invalid
+        file changes nothing."""
+        from .. import logs
+        from ..errors import ConfigError
+        from .conf import load
+
+        if self.config_path is None:
+            log.warning("reload: no config file to read (started without one)")
+            return False
+        try:
+            f = await asyncio.get_running_loop().run_in_executor(None, load, self.config_path)
+        except ConfigError as e:
+            log.error("config not reloaded, the running one stays error=%r", str(e))
+            return False
+        new, old = f.collector, self.conf
+        if new.store.path != old.store.path:
+            log.error("config not reloaded: store.path changed (%s -> %s); restart the collector for that",
+                      old.store.path, new.store.path)
+            return False
+        changed = [k for k in ("udp", "syslog_tcp", "http", "relay", "trusted_relays", "local_networks",
+                               "drop_local_only", "active_timeout", "max_active_flows", "max_clock_skew", "samples",
+                               "store") if getattr(new, k) != getattr(old, k)]
+        self.conf = new
+        self.store.active_timeout = new.active_timeout
+        self.samples = deque(self.samples, maxlen=new.samples)
+        self._trusted = NetSet(new.trusted_relays)
+        self._local = NetSet(new.local_networks)
+        self._drop_local = new.drop_local_only and bool(self._local)
+        self._udp_allowed = NetSet(new.udp.allowed_sources) if new.udp.allowed_sources is not None else None
+        tcp = new.syslog_tcp
+        self._tcp_allowed = NetSet(tcp.allowed_sources) if tcp and tcp.allowed_sources is not None else None
+        if "relay" in changed:
+            if self._relay is not None:
+                self._relay.close()
+            self._relay = Relay([parse_hostport("relay", r, 10514) for r in new.relay],
+                                self._relayed_one, self._relay_failed) if new.relay else None
+        try:
+            if "udp" in changed:
+                for tr in self._transports:
+                    tr.close()
+                self._transports = []
+                await self._start_udp()
+            if "syslog_tcp" in changed:
+                for srv in self._servers:
+                    srv.close()
+                self._servers = []
+                await self._start_tcp()
+            if "http" in changed and self.web is not None:
+                await self.web.stop()
+                await self.web.start()
+        except OSError as e:
+            log.error("reload: a listener could not be started error=%r", str(e))
+        if f.logging.level:
+            logs.setup(f.logging.level, False)
+        self.registry.reconfigure(f.registry)
+        await self.registry.refresh()
+        log.info("reloaded config=%s changed=%s", self.config_path, ",".join(changed) or "nothing")
+        return True
 
 
 def _unmap(addr: str) -> str:
@@ -361,8 +438,8 @@ class _Udp(asyncio.DatagramProtocol):
         log.warning("udp socket error error=%r", str(exc))
 
 
-def run(conf: CollectorConfig, registry: RegistryHolder) -> int:
-    c = Collector(conf, registry)
+def run(conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[str] = None) -> int:
+    c = Collector(conf, registry, config_path)
     run_async(c.run_until_stopped())
     return 0
 
