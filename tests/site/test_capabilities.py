@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -211,6 +211,13 @@ def cgroup_prog_ids(path: str) -> List[int]:
         return [ids[i] for i in range(cnt.value)]
     finally:
         os.close(fd)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def proc_status(pid: int) -> Dict[str, str]:
@@ -502,3 +509,49 @@ def test_collector_runs_without_capabilities(site: Site, tmp_path: Path) -> None
     assert os.path.exists(f"/proc/{p.pid}/root/var/lib/scitagd/collector.sqlite")
     p.send_signal(signal.SIGTERM)
     assert p.wait(15) == 0, log.read_text()
+
+
+# --- MemoryDenyWriteExecute= as systemd < 256 enforces it (seccomp) -------------------------------
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace missing")
+def test_no_call_that_seccomp_write_execute_filter_refuses(site: Site, tmp_path: Path) -> None:
+    """EL9's systemd enforces MemoryDenyWriteExecute= with seccomp, not PR_SET_MDWE: it refuses
+    mmap(PROT_WRITE|PROT_EXEC), mprotect/pkey_mprotect(PROT_EXEC) and shmat(SHM_EXEC) with
+    EPERM. Traced through a run with the marker, the watcher's ring buffer and libbpf's print
+    callback, the only such call must be libffi's W+X probe, refused here and handled (it falls
+    back to a memfd mapped twice, which both variants allow)."""
+    trace = tmp_path / "strace.txt"
+    sb = Sandbox(site.uid, site.uid, CAPS, files={"scitagd.yaml": site.config()})
+    argv = sb.argv(site.lab.a.name, ["/usr/bin/python3", "-m", "scitagd", "run", "--config",
+                                     "/run/scitagd-code/scitagd.yaml"])
+    log = tmp_path / "traced.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e",
+                              "trace=mmap,mprotect,pkey_mprotect,shmat", *argv],
+                             stdout=out, stderr=subprocess.STDOUT, env=sb.env())
+    site.lab.procs.append(p)
+    deadline = time.monotonic() + 60
+    while "scitagd.daemon started" not in log.read_text(errors="replace"):
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    pid = int(re.findall(r"started pid=(\d+)", log.read_text())[0])  # strace's tracee, not strace
+    try:
+        srv = site.lab.server(5001)
+        r = subprocess.run(site.in_cgroup(*TOOLS, "tcp-client", B_ADDR, "5001", "40502", "1000"),
+                           capture_output=True, text=True)  # through the ring buffer callback
+        site.lab.result(srv)
+        wait_for(lambda: "flow end source=watcher" in log.read_text(), 10)
+        os.kill(pid, signal.SIGTERM)
+        assert p.wait(30) == 0, log.read_text()
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    calls = trace.read_text().splitlines()
+    wx = [c for c in calls if re.search(r"mmap\(.*PROT_WRITE\|PROT_EXEC", c)]
+    exec_gain = [c for c in calls if re.search(r"(mprotect|pkey_mprotect)\(.*PROT_EXEC", c)]
+    shm = [c for c in calls if "SHM_EXEC" in c]
+    assert exec_gain == [] and shm == [], exec_gain + shm
+    assert wx and all(c.endswith("= -1 EACCES (Permission denied)") for c in wx), wx
+    assert r.returncode == 0
