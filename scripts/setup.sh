@@ -10,8 +10,9 @@ pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
     pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang llvm libbpf-dev ethtool chromium prometheus)
-    # Site packaging (tests/site): rpmbuild and unpacking, systemd's unit checks, strace for W^X.
-    pkgs+=(rpm rpm2cpio cpio zstd systemd strace)
+    # Site packaging (tests/site): rpmbuild and unpacking, systemd's unit checks, strace for W^X,
+    # libseccomp's Python binding to apply the units' SystemCallFilter=/RestrictAddressFamilies=.
+    pkgs+=(rpm rpm2cpio cpio zstd systemd strace python3-seccomp)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -29,7 +29,7 @@ from scitagd.netlab import A_ADDR, B_ADDR, TOOLS, Lab
 from scitagd.tags import decode_flow_label
 
 from ..conftest import IS_ROOT
-from .unitsandbox import REPO, Sandbox, free_id, parse_unit, system_python_matches, unit_caps
+from .unitsandbox import REPO, Sandbox, free_id, parse_unit, seccomp_missing, system_python_matches, unit_caps
 
 COLLECTOR_UNIT = REPO / "packaging" / "systemd" / "scitagd-collector.service"
 CAPS = unit_caps()
@@ -259,6 +259,8 @@ def test_unit_capabilities_mark_on_the_wire(site: Site) -> None:
     eff = int(st["CapEff"], 16)
     assert eff == sum(1 << CAP_BITS[c] for c in CAPS), st["CapEff"]
     assert int(st["CapBnd"], 16) == eff and st["NoNewPrivs"] == "1"
+    if seccomp_missing() is None:  # the system call and address family filters
+        assert (st["Seccomp"], st["Seccomp_filters"]) == ("2", "2"), st
     maps = Path(f"/proc/{d.proc.pid}/maps").read_text().splitlines()
     assert not [m for m in maps if "wx" in m.split()[1]], "a writable+executable mapping exists"
     assert any("memfd:libffi" in m for m in maps), "ctypes callbacks not mapped through libffi's memfd"
@@ -341,8 +343,8 @@ def test_each_capability_is_needed(site: Site, dropped: str, feature: str) -> No
         assert "Traceback" not in text
         return
     # CAP_PERFMON: the programs load, but as unprivileged code (Spectre v1/v4 mitigations):
-    # speculation barriers all through the per-packet path, and on kernels before 6.13 rather
-    # a rejection of the pointer arithmetic they replace.
+    # speculation barriers all through the per-packet path (older verifiers may reject parts
+    # of it instead).
     assert dropped == "perfmon"
     text = d.wait_log("scitagd.daemon started")
     ids = ([int(x) for x in re.findall(r"prog_id=(\d+)", text)] if feature == "marker"
@@ -350,6 +352,32 @@ def test_each_capability_is_needed(site: Site, dropped: str, feature: str) -> No
     assert ids
     barriers = {i: nospec_barriers(i) for i in ids}
     assert all(n >= 20 for n in barriers.values()), barriers
+    assert d.stop() == 0
+
+
+def test_sock_diag_needs_no_capability(site: Site) -> None:
+    """enrichers.netlink (and the watcher's polling fallback) read tcp_info through sock_diag,
+    which the kernel answers for any user: sampled here with an empty capability set."""
+    conf = site.tmp / "netlink-only.yaml"
+    conf.write_text("plugins:\n  namedPipe: {pipePath: /run/scitagd/flowd}\n"
+                    "enrichers: {period: 50, netlink: {}}\n"
+                    "backends:\n  prometheus: {bindAddress: 127.0.0.1, port: 9464}\n")
+    d = site.daemon([], conf)
+    d.wait_log("scitagd.daemon started")
+    assert int(proc_status(d.proc.pid)["CapEff"], 16) == 0
+    lab = site.lab
+    srv = lab.server(5003)
+    d.send(f"start tcp {A_ADDR} 40601 {B_ADDR} 5003 4 2")
+    d.wait_log("flow start")
+    hold = lab.start(lab.a, [sys.executable, "-c", HOLD, B_ADDR, "5003", "40601", "20"])
+    deadline = time.monotonic() + 10
+    sampled: Dict[str, float] = {}
+    while time.monotonic() < deadline and not sampled:
+        time.sleep(0.2)
+        sampled = {k: v for k, v in d.metrics().items()
+                   if k.startswith("flow_tcp_bytes_acked_total") and 'flavour="netlink"' in k and v > 0}
+    assert hold.wait(20) == 0 and sampled, d.text()
+    lab.result(srv)
     assert d.stop() == 0
 
 
@@ -413,6 +441,15 @@ try:
     mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC); out["wx"] = "allowed"
 except OSError as e:
     out["wx"] = errno.errorcode[e.errno]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace(2, os.getppid(), None, None)  # PTRACE_PEEKDATA of a process not traced: ESRCH, or the filter's EPERM
+out["ptrace"] = errno.errorcode[ctypes.get_errno()]
+import socket
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW); out["af_packet"] = "allowed"
+except OSError as e:
+    out["af_packet"] = errno.errorcode[e.errno]
 cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)
 out["callback"] = ctypes.cast(cb, ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int))(41)
 print(json.dumps(out))
@@ -431,6 +468,10 @@ print(json.dumps(out))
         assert got[p] == "rw", (p, got[p])
     assert got["/root"] == []
     assert got["wx"] == "EACCES" and got["callback"] == 42
+    if seccomp_missing() is None:  # SystemCallFilter=@system-service bpf, RestrictAddressFamilies=
+        assert got["ptrace"] == "EPERM" and got["af_packet"] == "EAFNOSUPPORT", got
+    else:
+        assert got["ptrace"] == "ESRCH" and got["af_packet"] == "EPERM", got
 
 
 # --- what the missing CAP_SYS_ADMIN costs today ---------------------------------------------

@@ -17,12 +17,14 @@ MemoryDenyWriteExecute and file-system directives are read from it and emulated 
 - User=/Group= as a numeric uid/gid that no account uses (a dedicated user with no
   supplementary groups; /etc/passwd is not touched), AmbientCapabilities= /
   CapabilityBoundingSet= through setpriv, NoNewPrivileges= (--no-new-privs);
-- MemoryDenyWriteExecute=: prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) before exec (inherited
-  by the daemon; the kernel then refuses any W+X mapping, as systemd's seccomp filter does).
+- SystemCallFilter= (allow list, groups expanded by systemd-analyze, SystemCallErrorNumber=)
+  and RestrictAddressFamilies= as seccomp filters (python3-seccomp; skipped, and said so by
+  `Sandbox.seccomp_why`, when it is missing), and MemoryDenyWriteExecute= as
+  prctl(PR_SET_MDWE): unitexec.py, the last step before exec, as in systemd.
 
-Not emulated: SystemCallFilter=, RestrictAddressFamilies= and the other seccomp-based
-settings (systemd-analyze verify checks their syntax; the daemon's system calls are all in
-@system-service plus bpf).
+Not emulated: the other seccomp-based settings (RestrictNamespaces=, LockPersonality=, ...),
+PrivateDevices=, ProtectKernel*= beyond the read-only /sys; systemd-analyze verify checks
+their syntax.
 
 The code runs as installed: the package and its dependencies bind-mounted read-only to a
 world-readable place, started by the system interpreter (/usr/bin/python3).
@@ -41,6 +43,32 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging" / "systemd" / "scitagd.service"
 CODE = "/run/scitagd-code"  # where the package appears inside the sandbox (read-only)
 SYSTEM_PYTHON = "/usr/bin/python3"
+FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16, "AF_PACKET": 17}
+
+
+def syscall_group(items: List[str]) -> List[str]:
+    """System call names of a SystemCallFilter= allow list, @groups expanded as systemd does."""
+    import subprocess
+
+    out: List[str] = []
+    for item in items:
+        if not item.startswith("@"):
+            out.append(item)
+            continue
+        r = subprocess.run(["systemd-analyze", "syscall-filter", item], capture_output=True, text=True, check=True)
+        body = [line.strip() for line in r.stdout.splitlines()[1:]]
+        out += syscall_group([b for b in body if b and not b.startswith("#")])
+    return sorted(set(out))
+
+
+def seccomp_missing() -> Optional[str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("systemd-analyze") is None:
+        return "systemd-analyze missing"
+    r = subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True)
+    return "python3-seccomp missing" if r.returncode else None
 
 
 def parse_unit(path: Path = UNIT) -> Dict[str, List[str]]:
@@ -101,6 +129,7 @@ class Sandbox:
     files: Dict[str, Path] = field(default_factory=dict)  # name in CODE -> host file (configs)
     setup: List[str] = field(default_factory=list)  # shell lines, as root, before ExecStartPre=
     mdwe: Optional[bool] = None  # None: as the unit says
+    seccomp: Optional[bool] = None  # None: as the unit says, where python3-seccomp is installed
     unit: Dict[str, List[str]] = field(default_factory=parse_unit)
 
     def _user_dirs(self) -> List[str]:
@@ -148,6 +177,20 @@ class Sandbox:
         lines.append(f"mount --bind {q(str(self.code_site))} {CODE}/site")
         for name, host in self.files.items():
             lines.append(f"install -m 0644 {q(str(host))} {CODE}/{q(name)}")
+        # What systemd applies last (seccomp, W^X) is done by unitexec.py; its inputs go in now.
+        lines.append(f"install -m 0644 {q(str(Path(__file__).with_name('unitexec.py')))} {CODE}/unitexec.py")
+        ux = [SYSTEM_PYTHON, f"{CODE}/unitexec.py"]
+        use_seccomp = self.seccomp if self.seccomp is not None else seccomp_missing() is None
+        if use_seccomp:
+            calls = syscall_group(_words(u, "SystemCallFilter"))
+            if calls:
+                assert not any(c.startswith("~") for c in calls), "deny lists are not emulated"
+                lines.append(f"printf '%s\\n' {' '.join(calls)} > {CODE}/syscalls.txt")
+                ux += ["--syscalls", f"{CODE}/syscalls.txt", "--errno",
+                       (u.get("Service.SystemCallErrorNumber") or ["EPERM"])[-1]]
+            fams = _words(u, "RestrictAddressFamilies")
+            if fams:
+                ux += ["--families", ",".join(str(FAMILIES[f]) for f in fams)]
         # PrivateTmp=, ProtectHome=.
         if _yes(u, "PrivateTmp"):
             lines += ["mount -t tmpfs -o mode=1777 tmpfs /tmp", "mount -t tmpfs -o mode=1777 tmpfs /var/tmp"]
@@ -180,7 +223,7 @@ class Sandbox:
                 "case \"$mp\" in /proc|/proc/*|/dev|/dev/*) continue;; esac; "
                 f"case ' {keep} ' in *\" $mp \"*) continue;; esac; "
                 "mount -o remount,bind,ro \"$mp\" 2>/dev/null || true; done")
-        # The drop: user, capabilities, no new privileges, W^X.
+        # The drop: user, capabilities, no new privileges; then seccomp and W^X (unitexec.py).
         capset = ",".join(f"+{c}" for c in self.caps)
         sp = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
               f"--inh-caps=-all{',' + capset if capset else ''}",
@@ -188,11 +231,9 @@ class Sandbox:
               f"--bounding-set=-all{',' + capset if capset else ''}"]
         if _yes(u, "NoNewPrivileges"):
             sp.append("--no-new-privs")
-        mdwe = _yes(u, "MemoryDenyWriteExecute") if self.mdwe is None else self.mdwe
-        inner = list(cmd)
-        if mdwe:
-            inner = [SYSTEM_PYTHON, "-c", MDWE_EXEC, *inner]
-        lines.append("exec " + " ".join(q(a) for a in [*sp, "--", *inner]))
+        if _yes(u, "MemoryDenyWriteExecute") if self.mdwe is None else self.mdwe:
+            ux.append("--mdwe")
+        lines.append("exec " + " ".join(q(a) for a in [*sp, "--", *ux, *cmd]))
         return "\n".join(lines)
 
     def argv(self, netns: Optional[str], cmd: Sequence[str]) -> List[str]:
@@ -211,13 +252,6 @@ class Sandbox:
             if dirs:
                 e[key.upper().replace("DIRECTORY", "_DIRECTORY")] = ":".join(f"{base}/{d}" for d in dirs)
         return e
-
-
-# prctl(PR_SET_MDWE=65, PR_MDWE_REFUSE_EXEC_GAIN=1), then exec: the flag is inherited across execve.
-MDWE_EXEC = ("import ctypes,os,sys;l=ctypes.CDLL(None,use_errno=True);"
-             "r=l.prctl(65,1,0,0,0);"
-             "r==0 or sys.exit('PR_SET_MDWE: '+os.strerror(ctypes.get_errno()));"
-             "os.execvp(sys.argv[1],sys.argv[1:])")
 
 
 def free_id() -> int:
