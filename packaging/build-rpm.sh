@@ -70,34 +70,40 @@ phase "wheel"
 # 2-3. Dependencies and the private tree, per architecture.
 py39=$(find_python39 || true)
 [ -n "$py39" ] || echo "build-rpm: no CPython 3.9 here: the bundled code ships without .pyc (compiled in memory at each start)" >&2
+tree_for() {  # the private site-packages of one architecture, as a source tarball
+    local arch=$1 tree=$work/tree-$1/site-packages
+    local target=(--only-binary=:all: --python-version 3.9 --implementation cp --abi cp39 --platform "manylinux2014_$arch")
+    local_install() {
+        pipq install --no-deps --no-index --require-hashes --no-compile "${target[@]}" --find-links "$cache/$arch" \
+            --target "$tree" -r packaging/rpm/requirements-el9.txt
+    }
+    if ! local_install 2>/dev/null; then  # not all in the cache yet (or a hash differs): from PyPI
+        pipq download --no-deps --require-hashes "${target[@]}" -d "$cache/$arch" -r packaging/rpm/requirements-el9.txt
+        local_install
+    fi
+    rm -rf "$tree/bin"
+    pipq install --no-deps --no-index --no-compile "${target[@]}" --target "$tree" "$wheel"
+    rm -rf "$tree/bin"  # console scripts for this host's Python; packaging/rpm/scitagd.py replaces them
+    if [ -n "$py39" ]; then
+        "$py39" -m compileall -q -j0 "$tree" >/dev/null
+    fi
+    tar -czf "$work/scitagd-$version-py39-$arch.tar.gz" -C "$work/tree-$arch" site-packages
+}
+pids=()
 for arch in x86_64 aarch64; do
-    tree=$work/tree-$arch/site-packages
-    mkdir -p "$tree"
+    mkdir -p "$work/tree-$arch/site-packages"
     want=0
     for a in "${arches[@]}"; do [ "$a" = "$arch" ] && want=1; done
     [ "$srpm" = 1 ] && want=1  # the SRPM carries both trees
     if [ "$want" = 1 ]; then
-        target=(--only-binary=:all: --python-version 3.9 --implementation cp --abi cp39 --platform "manylinux2014_$arch")
-        local_install() {
-            pipq install --no-deps --no-index --require-hashes --no-compile "${target[@]}" --find-links "$cache/$arch" \
-                --target "$tree" -r packaging/rpm/requirements-el9.txt
-        }
-        if ! local_install 2>/dev/null; then  # not all in the cache yet (or a hash differs): from PyPI
-            pipq download --no-deps --require-hashes "${target[@]}" -d "$cache/$arch" -r packaging/rpm/requirements-el9.txt
-            local_install
-        fi
-        rm -rf "$tree/bin"
-        pipq install --no-deps --no-index --no-compile "${target[@]}" --target "$tree" "$wheel"
-        phase "dependencies $arch"
-        rm -rf "$tree/bin"  # console scripts for this host's Python; packaging/rpm/scitagd.py replaces them
-        if [ -n "$py39" ]; then
-            "$py39" -m compileall -q -j0 "$tree" >/dev/null
-            phase "byte-compiled $arch"
-        fi
+        tree_for "$arch" &  # both architectures at once: mostly waiting on PyPI
+        pids+=($!)
+    else
+        tar -czf "$work/scitagd-$version-py39-$arch.tar.gz" -C "$work/tree-$arch" site-packages
     fi
-    tar -czf "$work/scitagd-$version-py39-$arch.tar.gz" -C "$work/tree-$arch" site-packages
 done
-phase "source tarballs"
+for pid in "${pids[@]}"; do wait "$pid"; done
+phase "dependencies, byte-compiled, source tarballs"
 
 # 4. rpmbuild.
 top=$work/rpmbuild
@@ -116,10 +122,14 @@ if [ -z "$(rpm --eval '%{?systemd_post:1}')" ]; then
     export HOME=$work/home
 fi
 rpm -q rpm >/dev/null 2>&1 || opts+=(--nodeps)  # not an RPM-based host: BuildRequires cannot be checked
+pids=()
 for arch in "${arches[@]}"; do
-    rpmbuild -bb --quiet --target "$arch-redhat-linux" "${opts[@]}" --define "dist .el9" "$top/SPECS/scitagd.spec"
-    phase "rpmbuild $arch"
+    rpmbuild -bb --quiet --target "$arch-redhat-linux" "${opts[@]}" --define "dist .el9" \
+        --define "_builddir $top/BUILD-$arch" "$top/SPECS/scitagd.spec" &
+    pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
+phase "rpmbuild ${arches[*]}"
 if [ "$srpm" = 1 ]; then
     rpmbuild -bs --quiet "${opts[@]}" --define "dist .el9" "$top/SPECS/scitagd.spec" >/dev/null
     cp "$top"/SRPMS/*.src.rpm "$out/"

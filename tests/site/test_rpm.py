@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} mi
 ARCHES = {"x86_64": 62, "aarch64": 183}  # ELF e_machine
 VERSION = re.search(r'^version = "(.*)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)  # type: ignore[union-attr]
 PRIV = "usr/lib/scitagd/site-packages"
-BUILD_BUDGET_S = 120  # CI's whole run must stay under 20 minutes
+BUILD_BUDGET_S = 150  # a tripwire: ~35 s with a warm wheel cache, ~70 s cold on an idle machine
 
 
 @pytest.fixture(scope="module")
