@@ -182,9 +182,10 @@ class Sandbox:
         ux = [SYSTEM_PYTHON, f"{CODE}/unitexec.py"]
         use_seccomp = self.seccomp if self.seccomp is not None else seccomp_missing() is None
         if use_seccomp:
-            calls = syscall_group(_words(u, "SystemCallFilter"))
+            words = _words(u, "SystemCallFilter")
+            assert not any(w.startswith("~") for w in words), "deny lists are not emulated"
+            calls = syscall_group(words)
             if calls:
-                assert not any(c.startswith("~") for c in calls), "deny lists are not emulated"
                 lines.append(f"printf '%s\\n' {' '.join(calls)} > {CODE}/syscalls.txt")
                 ux += ["--syscalls", f"{CODE}/syscalls.txt", "--errno",
                        (u.get("Service.SystemCallErrorNumber") or ["EPERM"])[-1]]
