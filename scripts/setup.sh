@@ -10,6 +10,11 @@ pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
     pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang clang-format llvm libbpf-dev ethtool chromium prometheus openvswitch-switch softflowd pmacct tshark)
+    # Site packaging (tests/site): rpmbuild and unpacking, systemd's unit checks, strace for W^X,
+    # libseccomp's Python binding to apply the units' SystemCallFilter=/RestrictAddressFamilies=,
+    # and the Debian package's dependencies, to run it as installed.
+    pkgs+=(rpm rpm2cpio cpio zstd systemd strace python3-seccomp)
+    pkgs+=(python3-aiohttp python3-yaml python3-prometheus-client python3-pyroute2 python3-uvloop)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
