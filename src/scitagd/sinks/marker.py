@@ -198,7 +198,7 @@ class MarkerSink(Sink):
 
         for name, att in list(self.attached.items()):
             try:
-                loader.detach(att.ifindex, self.conf.tc_priority)
+                loader.detach(att.ifindex, self.conf.tc_priority, self._prog_ids)
                 log.info("detached interface=%s", name)
                 if self.conf.remove_qdisc and att.owns_qdisc:
                     others = loader.other_filters(att.ifindex, self.conf.tc_priority)
