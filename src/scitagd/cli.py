@@ -212,6 +212,12 @@ def cmd_collector(a: argparse.Namespace) -> int:
     return run_collector(cconf, RegistryHolder(conf.registry), path)
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(_load_conf(config_path(a.config)), a.json)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .lab.demo import main as demo_main
 
@@ -278,6 +284,12 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--keep", action="store_true", help="exempt the imported time range from retention "
                      "(archives older than collector.store.retentionDays)")
     imp.set_defaults(func=cmd_collector, import_files=True)
+
+    doc = sub.add_parser("doctor", help="check this host against the config: kernel, BTF, bpffs, cgroup v2, "
+                         "libbpf, capabilities, interfaces, sysctls, registry cache, listeners, collectors")
+    doc.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")
