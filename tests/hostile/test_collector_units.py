@@ -81,7 +81,7 @@ def test_a_report_the_database_refuses_does_not_hold_back_the_others(tmp_path: P
     good = [report(firefly(sport=p, sent=10)) for p in range(3000, 3100)]
     import msgspec
 
-    poison = msgspec.structs.replace(good[0], fid=b"x" * 16, sport=4000, sent=2**70)  # no int64 holds it
+    poison = msgspec.structs.replace(good[0], sport=4000, sent=2**70)  # no int64 holds it
     res = store.ingest([*good[:50], poison, *good[50:]])
     assert [r.sport for r, _ in res.rejected] == [4000] and "Overflow" in res.rejected[0][1]
     assert res.outcomes["start"] == 100

@@ -34,6 +34,8 @@ def spread(t0: float, t1: float, nbytes: int, width: int = MINUTE) -> Tuple[Buck
     Returns (bucket start -> bytes, whether the span was clamped to MAX_SPAN)."""
     if nbytes <= 0:
         return {}, False
+    if int(t0 // width) == int(t1 // width) and t1 >= t0:  # within one bucket: most intervals
+        return {int(t1 // width) * width: nbytes}, False
     clamped = False
     if t1 - t0 > MAX_SPAN:
         t0, clamped = t1 - MAX_SPAN, True
@@ -133,9 +135,26 @@ class FlowReports:
                 _add(days, spread(t0, t1, n, DAY)[0], sign)
 
     def add(self, t: float, total: int, days: bool = False) -> Tuple[Buckets, Optional[Buckets]]:
+        t = max(t, self.start)
+        times = self.times
+        if t >= self.base_t and (not times or t >= times[-1]):
+            # the common case, a report later than all others: one new interval at the end
+            prev_t = times[-1] if times else self.base_t
+            prev = self.cum[-1] if times else self.base_cum
+            cum = total if total > prev else prev
+            times.append(t)
+            self.totals.append(total)
+            self.cum.append(cum)
+            if len(times) > KEEP:
+                self._fold()
+            if cum == prev:
+                return {}, {} if days else None
+            m, clamped = spread(prev_t, t, cum - prev)
+            if clamped:
+                self.clamped += 1
+            return m, spread(prev_t, t, cum - prev, DAY)[0] if days else None
         minutes: Buckets = {}
         day_buckets: Optional[Buckets] = {} if days else None
-        t = max(t, self.start)
         if t < self.base_t:
             # inside what was folded away: only an excess over the running maximum counts
             excess = total - self.maximum
