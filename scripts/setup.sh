@@ -10,6 +10,7 @@ pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
     pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang llvm libbpf-dev ethtool chromium prometheus)
+    pkgs+=(clickhouse-server)  # the collector's ClickHouse store against a real 18.16
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
