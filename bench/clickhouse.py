@@ -20,7 +20,6 @@ import resource
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -202,22 +201,31 @@ def cmd_run(a: argparse.Namespace) -> None:
             store = ClickHouseStore(client, "bench", active_timeout=86400)
             files = sorted((d / "rowbinary").glob("*.bin"))
             assert srv.proc is not None
+            # baseline in the same run: the same RowBinary into a table without views
+            client.execute("DROP DATABASE IF EXISTS bench_plain")
+            client.execute("CREATE DATABASE bench_plain")
+            client.execute("CREATE TABLE bench_plain.fireflies AS bench.fireflies")
+            cpu0, t0, n0 = server_cpu(srv.proc.pid), time.monotonic(), 0
+            for f in files[:3]:
+                client.insert("bench_plain.fireflies", f.read_bytes())
+            n0 = int(query(client, "SELECT count() FROM bench_plain.fireflies")[0][0])
+            took0, cpu_0 = time.monotonic() - t0, server_cpu(srv.proc.pid) - cpu0
+            print(f"baseline ingest, no views: {n0} fireflies in {took0:.1f} s = {n0 / took0:,.0f} rows/s "
+                  f"(server CPU {cpu_0 / n0 * 1e6:.2f} us/firefly)")
+            client.execute("DROP DATABASE bench_plain")
             cpu0, t0 = server_cpu(srv.proc.pid), time.monotonic()
             c0 = resource.getrusage(resource.RUSAGE_SELF)
 
             for f in files:
-                data = f.read_bytes()
-                req = urllib.request.Request(srv.url + "?query=INSERT+INTO+bench.fireflies+FORMAT+RowBinary",
-                                             data=data, method="POST")
-                urllib.request.urlopen(req, timeout=600).read()
+                client.insert("bench.fireflies", f.read_bytes())
             took = time.monotonic() - t0
             c1 = resource.getrusage(resource.RUSAGE_SELF)
             n = int(query(client, "SELECT count() FROM bench.fireflies")[0][0])
             cpu = server_cpu(srv.proc.pid) - cpu0
             print(f"ingest: {n} fireflies in {took:.1f} s = {n / took:,.0f} rows/s (server CPU {cpu:.1f} s = "
                   f"{cpu / n * 1e6:.2f} us/firefly, client CPU {c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime:.1f} s, "
-                  f"with flows_mv and dirty_mv)")
-        sq = SQLiteStore(str(d / "collector.sqlite")) if (d / "collector.sqlite").exists() else None
+                  f"with flows_mv, flows_host_mv and dirty_mv)")
+        sq = SQLiteStore(str(d / "collector.sqlite")) if (d / "collector.sqlite").exists() and not a.no_sqlite else None
         results: Dict[str, Dict[str, float]] = {}
         if sq is not None:
             for name, fn in queries(sq, end).items():
@@ -269,6 +277,7 @@ def main() -> None:
     r.add_argument("--reload", action="store_true")
     r.add_argument("--quick", action="store_true", help="SQLite queries once (they take seconds)")
     r.add_argument("--skip-rebuild", action="store_true")
+    r.add_argument("--no-sqlite", action="store_true")
     r.add_argument("--methods", default=f"{POINT},{SPREAD}")
     r.set_defaults(func=cmd_run)
     a = p.parse_args()

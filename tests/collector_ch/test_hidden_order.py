@@ -22,6 +22,7 @@ from scitagd.collector.ch.writer import ClickHouseWriter
 from .data import expected, generated, producers
 
 ALL = (0, 1 << 32)
+HOSTS = ("10.1.0.1", "2001:db8::2", "127.0.0.1")
 
 
 def fireflies() -> List[FireflyRow]:
@@ -88,7 +89,13 @@ def api(store: ClickHouseStore) -> Dict[str, Any]:
             "series": store.timeseries(*ALL, 60), "series_flows": store.timeseries(*ALL, 60, measure="flows"),
             "hourly": store.timeseries(0, 4e9, 3600),
             "by_activity": store.totals("activity", *ALL, limit=1000),
-            "pairs": store.totals("pair", *ALL, limit=1000), "count": store.count()}
+            "pairs": store.totals("pair", *ALL, limit=1000), "count": store.count(),
+            "host": {h: sorted(store.flows(*ALL, host=h, limit=100_000), key=lambda f: (f["start"], f["src"], f["sport"]))
+                     for h in HOSTS},
+            "host_series": {h: store.timeseries(*ALL, 3600, host=h) for h in HOSTS},
+            "host_pairs": {h: store.totals("pair", *ALL, host=h, limit=1000) for h in HOSTS},
+            "reporter": sorted(store.flows(*ALL, host="site0.example.org", limit=100_000),
+                               key=lambda f: (f["start"], f["src"], f["sport"]))}
 
 
 @pytest.mark.parametrize("method", [POINT, SPREAD])
@@ -120,6 +127,11 @@ def test_order_split_and_duplicates_do_not_matter(backend: Any, dbname: str, met
             assert (f["sent"], f["received"]) == (w["sent"], w["received"])
             assert f["state"] == ("ended" if w["end"] else "expired")
             assert round(f["end"] * 1e6) == (w["end"] or w["last"])
+    r = results[0]
+    for h in HOSTS:
+        assert r["host"][h] == [f for f in r["flows"] if h in (f["src"], f["dst"])]
+        assert sum(n for _, _, n in r["host_series"][h]) == sum(f["sent"] + f["received"] for f in r["host"][h])
+    assert r["reporter"] and r["reporter"] == [f for f in r["flows"] if f["reporter"] == "site0.example.org"]
     assert results[0] == results[1] == results[2]
     assert results[0]["count"] == len(want["flows"])
     assert sum(b for _, _, b in results[0]["series"]) == sum(

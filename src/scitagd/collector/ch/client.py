@@ -47,15 +47,18 @@ def query(client: Client, sql: str) -> List[List[Any]]:
 class HttpClient:
     """Synchronous HTTP client (run in the store's executor thread)."""
 
-    def __init__(self, url: str, user: str = "default", password: str = "", timeout: float = 60.0) -> None:
+    def __init__(self, url: str, user: str = "default", password: str = "", timeout: float = 60.0,
+                 settings: Optional[dict] = None) -> None:
         self.url = url.rstrip("/") + "/"
         self.timeout = timeout
+        self.settings = dict(settings or {})
         self.headers = {"Content-Type": "application/octet-stream"}
         if user != "default" or password:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
 
     def _post(self, body: bytes, params: Optional[dict] = None) -> str:
+        params = {**self.settings, **(params or {})}
         url = self.url + ("?" + urllib.parse.urlencode(params) if params else "")
         req = urllib.request.Request(url, data=body, headers=self.headers, method="POST")
         try:

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..attribution import CAP_MINUTES, METHODS, POINT
 from .client import Client, query
-from .schema import REBUILT, _ident
+from .schema import REBUILT, _ident, plain_table
 
 log = logging.getLogger("scitagd.collector.ch")
 
@@ -96,7 +96,7 @@ class Rebuilder:
             return
         db, t = self.db, self.tag
         for name in REBUILT:
-            self.c.execute(f"CREATE TABLE IF NOT EXISTS {db}.{name}_stage_{t} AS {db}.{name}{self.sfx}")
+            self.c.execute(plain_table(db, name, f"{name}_stage_{t}"))
         self.c.execute(f"CREATE TABLE IF NOT EXISTS {db}.contrib_stage_{t} (day Date, m UInt64, "
                        "src FixedString(16), dst FixedString(16), exp UInt32, act UInt32, b UInt64, f UInt64) "
                        "ENGINE = Memory")
@@ -135,6 +135,8 @@ class Rebuilder:
                   f"exp, act, sum(b), sum(f) FROM {cs} GROUP BY day, bucket, exp, act")
         c.execute(f"INSERT INTO {db}.pairs_day_stage_{t} SELECT day, toDateTime(intDiv(m, 1440) * 86400) AS bucket, "
                   f"src, dst, exp, act, sum(b), sum(f) FROM {cs} GROUP BY day, bucket, src, dst, exp, act")
+        c.execute(f"INSERT INTO {db}.pairs_total_day_stage_{t} SELECT day, bucket, src, dst, sum(bytes), sum(flows) "
+                  f"FROM {db}.pairs_day_stage_{t} GROUP BY day, bucket, src, dst")
         for name in REBUILT:
             c.execute(f"ALTER TABLE {db}.{name}{s} REPLACE PARTITION {day} FROM {db}.{name}_stage_{t}")
         c.execute(f"TRUNCATE TABLE {db}.contrib_stage_{t}")

@@ -11,10 +11,13 @@ traffic, and a day's traffic can be rebuilt and swapped in atomically):
   fireflies       raw, append-only, duplicates kept (they are harmless downstream)
   flows           AggregatingMergeTree fed by flows_mv: one row per flow after merges; only
                   order-free, duplicate-free aggregates (max, argMin on a total order)
+  flows_host      the same, once per end of the flow, sorted by that address (flows_host_mv):
+                  a host's flows are an index range, not a scan of every flow of the period
   dirty           start day -> latest insert time (fed by dirty_mv): which days to rebuild
   traffic_minute  SummingMergeTree: bytes and flows started per minute per experiment/activity
   traffic_hour    the same per hour
   pairs_day       bytes and flows per day per host pair and experiment/activity
+  pairs_total_day the same over all experiments (5x fewer rows: the dashboard's top pairs)
   rebuilds        when each day was last rebuilt and how (ReplacingMergeTree, read with argMax)
   schema_version  one row per applied version
 
@@ -28,9 +31,10 @@ from __future__ import annotations
 from typing import List, Optional
 
 SCHEMA_VERSION = 1
-TABLES = ("fireflies", "flows", "dirty", "traffic_minute", "traffic_hour", "pairs_day", "rebuilds")
+TABLES = ("fireflies", "flows", "flows_host", "dirty", "traffic_minute", "traffic_hour", "pairs_day",
+          "pairs_total_day", "rebuilds")
 DAY_TABLES = TABLES  # every one of them is partitioned by toYYYYMMDD(start day)
-REBUILT = ("traffic_minute", "traffic_hour", "pairs_day")
+REBUILT = ("traffic_minute", "traffic_hour", "pairs_day", "pairs_total_day")
 
 FLOW_KEY = "start, src, dst, sport, dport, proto, start_frac, exp, act"
 
@@ -53,6 +57,7 @@ _COLUMNS = {
   end_t AggregateFunction(max, UInt64), last_t AggregateFunction(max, UInt64),
   app AggregateFunction(argMin, String, Tuple(UInt8, UInt64, String)),
   reporter AggregateFunction(argMin, String, Tuple(UInt8, UInt64, String))""",
+    "flows_host": "\n  host FixedString(16),",
     "dirty": """
   day Date, ingested AggregateFunction(max, DateTime)""",
     "traffic_minute": """
@@ -62,27 +67,33 @@ _COLUMNS = {
     "pairs_day": """
   day Date, bucket DateTime, src FixedString(16), dst FixedString(16), exp UInt32, act UInt32,
   bytes UInt64, flows UInt64""",
+    "pairs_total_day": """
+  day Date, bucket DateTime, src FixedString(16), dst FixedString(16), bytes UInt64, flows UInt64""",
     "rebuilds": """
   day Date, built DateTime, method Enum8('point' = 1, 'spread' = 2), seconds Float32""",
 }
+
+_COLUMNS["flows_host"] += _COLUMNS["flows"]
 
 # engine name (single node), partition expression, sort key
 _LAYOUT = {
     "fireflies": ("MergeTree()", "start", f"{FLOW_KEY}, t"),
     "flows": ("AggregatingMergeTree()", "start", FLOW_KEY),
+    "flows_host": ("AggregatingMergeTree()", "start", f"host, {FLOW_KEY}"),
     "dirty": ("AggregatingMergeTree()", "day", "day"),
     "traffic_minute": ("SummingMergeTree()", "day", "bucket, exp, act"),
     "traffic_hour": ("SummingMergeTree()", "day", "bucket, exp, act"),
     "pairs_day": ("SummingMergeTree()", "day", "bucket, src, dst, exp, act"),
+    "pairs_total_day": ("SummingMergeTree()", "day", "bucket, src, dst"),
     "rebuilds": ("ReplacingMergeTree(built)", "day", "day"),
 }
 
-_FLOWS_MV = f"""SELECT {FLOW_KEY},
+_FLOWS_MV = f"""SELECT {{host}}{FLOW_KEY},
   maxState(sent) AS sent, maxState(received) AS received,
   maxState(if(state = 'end', t, toUInt64(0))) AS end_t, maxState(t) AS last_t,
   argMinState(app, (app = '', t, app)) AS app,
   argMinState(reporter, (reporter = '', t, reporter)) AS reporter
-FROM {{src}} GROUP BY {FLOW_KEY}"""
+FROM {{src}}{{join}} GROUP BY {{host}}{FLOW_KEY}"""
 
 _DIRTY_MV = "SELECT toDate(start) AS day, maxState(now()) AS ingested FROM {src} GROUP BY day"
 
@@ -109,7 +120,9 @@ def ddl(database: str = "scitagd", cluster: Optional[str] = None, replicated: bo
                    f"PARTITION BY toYYYYMMDD({part}) ORDER BY ({order})")
     suffix = "_local" if cluster else ""
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.flows_mv TO {db}.flows{suffix} AS "
-               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}"))
+               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="", join=""))
+    out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.flows_host_mv TO {db}.flows_host{suffix} AS "
+               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="host, ", join=" ARRAY JOIN [src, dst] AS host"))
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.dirty_mv TO {db}.dirty{suffix} AS "
                + _DIRTY_MV.format(src=f"{db}.fireflies{suffix}"))
     if cluster:
@@ -125,6 +138,14 @@ def ddl(database: str = "scitagd", cluster: Optional[str] = None, replicated: bo
     return out
 
 
+def plain_table(db: str, name: str, as_name: str) -> str:
+    """`name`'s columns and single-node engine under another name: the rebuild's staging tables
+    (never `CREATE .. AS` a Replicated table, which would join its replication path)."""
+    engine, part, order = _LAYOUT[name]
+    return (f"CREATE TABLE IF NOT EXISTS {db}.{as_name} ({_COLUMNS[name]}\n) ENGINE = {engine} "
+            f"PARTITION BY toYYYYMMDD({part}) ORDER BY ({order})")
+
+
 def _ident(name: str) -> str:
     if not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name):
         raise ValueError(f"{name!r}: expected a ClickHouse identifier (letters, digits, _)")
@@ -136,3 +157,20 @@ def render(database: str = "scitagd", cluster: Optional[str] = None) -> str:
     head = [f"-- scitagd collector schema version {SCHEMA_VERSION}"
             + (f", cluster {cluster}: run on every node" if cluster else "")]
     return "\n".join(head + [s + ";\n" for s in ddl(database, cluster)])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m scitagd.collector.ch.schema [--database D] [--cluster NAME]` until the CLI
+    grows `scitagd collector schema`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="scitagd collector schema", description="print the ClickHouse DDL")
+    p.add_argument("--database", default="scitagd")
+    p.add_argument("--cluster", default=None, help="Replicated local tables + Distributed, run on every node")
+    a = p.parse_args(argv)
+    print(render(a.database, a.cluster))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,9 +18,15 @@ from .rows import addr16, addr_text
 from .schema import DAY_TABLES, SCHEMA_VERSION, _ident, ddl
 
 FLOW_WINDOWS = (HOUR, 6 * HOUR, DAY, 7 * DAY, 31 * DAY)  # newest flows first, widened as needed
-HOST_SERIES_LOOKBACK = 7 * DAY  # a host's series counts flows that started at most this long before `from`
+# A flow overlapping [from, to) is looked for among flows that started at most this long before
+# `from` (flows, host series): the merge cost stays bounded by the window, not by the retention.
+MAX_FLOW_AGE = 7 * DAY
 _FLOW_COLS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "act", "app", "reporter",
               "sent", "received", "state")
+
+
+_SUS = "(toUInt64(start) * 1000000 + start_frac)"
+_KEY_HASH = "cityHash64(src, dst, sport, dport, toUInt32(start), start_frac, proto, exp, act)"
 
 
 def _q(s: str) -> str:
@@ -70,7 +76,7 @@ class ClickHouseStore:
 
     # --- flows ----------------------------------------------------------------------------
 
-    def _flow_select(self, where: List[str], having: List[str], now_us: int) -> str:
+    def _flow_select(self, where: List[str], having: List[str], now_us: int, table: str = "flows") -> str:
         db = self.db
         exp_before = now_us - int(self.active_timeout * 1e6)
         return f"""
@@ -80,26 +86,31 @@ SELECT proto, hex(src), sport, hex(dst), dport, toUInt32(start), start_frac, exp
   if(e > 0, 'ended', if(l < {exp_before}, 'expired', 'active')) AS st,
   if(e > 0, e, if(l < {exp_before}, l, toUInt64(0))) AS fin,
   toUInt64(start) * 1000000 + start_frac AS sus
-FROM {db}.flows WHERE {" AND ".join(where)}
+FROM {db}.{table} WHERE {" AND ".join(where)}
 GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
 {"HAVING " + " AND ".join(having) if having else ""}"""
 
     def _flow_filters(self, exp: Optional[int], act: Optional[int], host: Optional[str],
-                      state: Optional[str]) -> Tuple[List[str], List[str]]:
-        where, having = [], []
+                      state: Optional[str]) -> Tuple[str, List[str], List[str], List[str]]:
+        """(table, where, having, the same host test on raw fireflies)."""
+        where, having, raw = [], [], []
+        table = "flows"
         if exp is not None:
             where.append(f"exp = {int(exp)}")
         if act is not None:
             where.append(f"act = {int(act)}")
         if host:
-            # the reporter is an aggregate: the address test and it are one OR, after the merge
-            alts = [f"rep = {_q(host)}"]
+            # An address is matched against the flow's ends (a key: filtered before the merge),
+            # a name against the reporter (an aggregate: after it).
             if _is_ip(host):
-                alts += [f"src = {_fs(host)}", f"dst = {_fs(host)}"]
-            having.append("(" + " OR ".join(alts) + ")")
+                table = "flows_host"
+                where.append(f"host = {_fs(host)}")
+                raw.append(f"(src = {_fs(host)} OR dst = {_fs(host)})")
+            else:
+                having.append(f"rep = {_q(host)}")
         if state:
             having.append(f"st = {_q(state)}")
-        return where, having
+        return table, where, having, raw
 
     def _flow_dict(self, r: List[Any]) -> Dict[str, Any]:
         (proto, src, sport, dst, dport, start, frac, exp, act, app, rep, s, rc, _e, _l, st, fin, _sus) = r
@@ -111,27 +122,51 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
     def flows(self, start: float, end: float, exp: Optional[int] = None, act: Optional[int] = None,
               host: Optional[str] = None, state: Optional[str] = None,
               limit: int = 100) -> List[Dict[str, Any]]:
-        """Newest first, like SQLite's; read window by window back from `end` until `limit`."""
+        """Newest first, like SQLite's. Merging aggregate states costs ~5 us a flow on 18.16, so
+        only flows that can be in the answer are merged: first those that started in the range,
+        newest first, window by window back from `end`, keys picked before any merge (batches
+        growing 4x while filters on merged values reject them); then those that started before
+        it (at most MAX_FLOW_AGE) and have a firefly since its start, or one recent enough to be
+        active. Rows are narrowed by start second (PREWHERE) before any key is hashed."""
         now_us = int(time.time() * 1e6)
-        where0, having = self._flow_filters(exp, act, host, state)
-        having = [*having, f"(fin = 0 OR fin >= {int(start * 1e6)})"]
-        hi = _t(end)
+        s_us, e_us = int(start * 1e6), int(min(end, 1 << 32) * 1e6)
+        table, where0, having, raw = self._flow_filters(exp, act, host, state)
+        having = [*having, f"(fin = 0 OR fin >= {s_us})"]
         out: List[Dict[str, Any]] = []
-        prev = hi
+        prev = e_us
         for w in (*FLOW_WINDOWS, None):
-            lo = 0 if w is None else max(0, hi - w)
-            if lo >= prev:
+            lo_us = s_us if w is None else max(s_us, e_us - w * 1_000_000)
+            if lo_us >= prev:
                 continue
-            where = [*where0, f"start >= toDateTime({lo})", f"start < toDateTime({prev})"]
-            if prev == hi:
-                where[-1] = f"toUInt64(start) * 1000000 + start_frac < {int(min(end, 1 << 32) * 1e6)}"
-                where.append(f"start < toDateTime({prev})")
-            sql = (self._flow_select(where, having, now_us) +
-                   f" ORDER BY start DESC, start_frac DESC LIMIT {int(limit) - len(out)}")
-            out += [self._flow_dict(r) for r in query(self.c, sql)]
-            if len(out) >= limit or lo == 0:
+            rng = [f"start >= toDateTime({lo_us // 1_000_000})", f"start <= toDateTime({prev // 1_000_000})",
+                   f"{_SUS} >= {lo_us}", f"{_SUS} < {prev}"]
+            offset, batch = 0, max(2 * limit, 256)
+            while len(out) < limit:
+                keys = query(self.c, f"SELECT DISTINCT {_KEY_HASH} AS h, toUInt32(start) AS st, start_frac "
+                                     f"FROM {self.db}.{table} WHERE {' AND '.join(where0 + rng)} "
+                                     f"ORDER BY st DESC, start_frac DESC, h LIMIT {batch} OFFSET {offset}")
+                if not keys:
+                    break
+                lo, hi = min(int(k[1]) for k in keys), max(int(k[1]) for k in keys)
+                where = [*where0, *rng, f"start >= toDateTime({lo})", f"start <= toDateTime({hi})",
+                         f"{_KEY_HASH} IN ({', '.join(str(int(k[0])) for k in keys)})"]
+                sql = self._flow_select(where, having, now_us, table) + " ORDER BY start DESC, start_frac DESC"
+                out += [self._flow_dict(r) for r in query(self.c, sql)][: limit - len(out)]
+                if len(keys) < batch:
+                    break
+                offset, batch = offset + batch, batch * 4
+            if len(out) >= limit or lo_us == s_us:
                 break
-            prev = lo
+            prev = lo_us
+        floor = max(0, int(start) - MAX_FLOW_AGE)
+        if len(out) < limit and s_us > floor * 1_000_000:
+            since = max(0, min(s_us, now_us - int(self.active_timeout * 1e6)))
+            cond = f"start >= toDateTime({floor}) AND start <= toDateTime({_t(start)}) AND {_SUS} < {s_us}"
+            sub = (f"SELECT {_KEY_HASH} FROM {self.db}.fireflies PREWHERE t >= {since} WHERE {cond}"
+                   + "".join(f" AND {r}" for r in raw))
+            sql = (self._flow_select([*where0, cond, f"{_KEY_HASH} IN ({sub})"], having, now_us, table)
+                   + f" ORDER BY start DESC, start_frac DESC LIMIT {limit - len(out)}")
+            out += [self._flow_dict(r) for r in query(self.c, sql)]
         return out
 
     # --- series and totals --------------------------------------------------------------
@@ -143,11 +178,16 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
         key = "act" if exp is not None else "exp"
         tags = "".join(f" AND {k} = {int(v)}" for k, v in (("exp", exp), ("act", act)) if v is not None)
         if host:
-            where, having = self._flow_filters(exp, act, host, None)
-            where.append(f"start >= toDateTime({max(0, int(start) - HOST_SERIES_LOOKBACK)})")
-            where.append(f"start < toDateTime({_t(end)})")
+            table, where, having, raw = self._flow_filters(exp, act, host, None)
+            floor = max(0, int(start) - MAX_FLOW_AGE)
+            since = min(int(start * 1e6), int((time.time() - self.active_timeout) * 1e6))
+            sub = (f"SELECT {_KEY_HASH} FROM {self.db}.fireflies PREWHERE t >= {max(0, since)} WHERE "
+                   f"start >= toDateTime({floor}) AND {_SUS} < {int(start * 1e6)}"
+                   + "".join(f" AND {r}" for r in raw))
+            where += [f"start >= toDateTime({floor})", f"start < toDateTime({_t(end)})",
+                      f"({_SUS} >= {int(start * 1e6)} OR {_KEY_HASH} IN ({sub}))"]
             val = "1" if measure == "flows" else "s + r"
-            inner = self._flow_select(where, having, int(time.time() * 1e6))
+            inner = self._flow_select(where, having, int(time.time() * 1e6), table)
             sql = (f"SELECT intDiv(intDiv(ts, 1000000), {step}) * {step} AS b, {key}, sum(v) AS n FROM ("
                    f"SELECT {key}, {val} AS v, if(fin > 0, fin, sus) AS ts "
                    f"FROM ({inner})) WHERE ts >= {int(start * 1e6)} AND ts < {int(min(end, 1 << 32) * 1e6)} "
@@ -172,7 +212,8 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
                 tags += f" AND (src = {_fs(host)} OR dst = {_fs(host)})" if _is_ip(host) else " AND 0"
             cols = {"pair": "src, dst", "experiment": "exp", "activity": "exp, act"}[by]
             sel = "hex(src), hex(dst)" if by == "pair" else cols
-            table, lo = "pairs_day", int(start // DAY) * DAY
+            untagged = by == "pair" and exp is None and act is None and not host
+            table, lo = ("pairs_total_day" if untagged else "pairs_day"), int(start // DAY) * DAY
         else:
             cols = sel = {"experiment": "exp", "activity": "exp, act"}[by]
             table, width = ("traffic_hour", HOUR) if end - start > LONG_RANGE else ("traffic_minute", MINUTE)
