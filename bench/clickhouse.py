@@ -253,6 +253,67 @@ def cmd_run(a: argparse.Namespace) -> None:
         srv.stop()
 
 
+def cmd_ingest(a: argparse.Namespace) -> None:
+    """Server CPU per firefly with the full schema against a table without views (the same
+    rows, alternating, median of --runs), and the collector's CPU per firefly to encode."""
+    from scitagd.collector.ch.client import HttpClient, query
+    from scitagd.collector.ch.rows import check, from_received
+    from scitagd.collector.ch.schema import ddl
+    from scitagd.firefly import parse
+    from tests.collector_ch.chserver import ClickHouseServer
+
+    d = Path(a.dir)
+    files = sorted((d / "rowbinary").glob("*.bin"))[: a.files]
+    data = [f.read_bytes() for f in files]
+    srv = ClickHouseServer(Path(a.tmp), http_port=a.port or None)
+    srv.start()
+    try:
+        assert srv.proc is not None
+        client = HttpClient(srv.url, timeout=600)
+        res: Dict[str, List[Tuple[float, float]]] = {"no views": [], "scitagd schema": []}
+        for run in range(a.runs):
+            for name in res:
+                db = f"ing{run}{'p' if name == 'no views' else 's'}"
+                if name == "no views":
+                    client.execute(f"CREATE DATABASE {db}")
+                    client.execute(ddl(db)[2].replace(f"{db}.fireflies", f"{db}.fireflies", 1))
+                else:
+                    for stmt in ddl(db):
+                        client.execute(stmt)
+                cpu0, t0 = server_cpu(srv.proc.pid), time.monotonic()
+                for chunk in data:
+                    client.insert(f"{db}.fireflies", chunk)
+                took, cpu = time.monotonic() - t0, server_cpu(srv.proc.pid) - cpu0
+                n = int(query(client, f"SELECT count() FROM {db}.fireflies")[0][0])
+                res[name].append((n / took, cpu / n * 1e6))
+                client.execute(f"DROP DATABASE {db}")
+        base = statistics.median(c for _, c in res["no views"])
+        for name, xs in res.items():
+            rate, cpu = statistics.median(r for r, _ in xs), statistics.median(c for _, c in xs)
+            print(f"{name}: {rate:,.0f} rows/s, server CPU {cpu:.2f} us/firefly ({cpu / base:.1f}x no views)")
+    finally:
+        srv.stop()
+    wire = (b'<134>1 - host.example.org xrootd - firefly-json - {"version":1,"flow-lifecycle":{"state":"end",'
+            b'"current-time":"2026-11-25T16:34:07.449149+00:00","start-time":"2026-11-25T16:34:07.373828+00:00",'
+            b'"end-time":"2026-11-25T16:34:07.449149+00:00"},"usage":{"received":289,"sent":20992483},'
+            b'"netlink":{"rtt":0.921},"context":{"experiment-id":1,"activity-id":1,"application":"xrdcp"},'
+            b'"flow-id":{"afi":"ipv4","src-ip":"127.0.0.1","dst-ip":"127.0.0.1","protocol":"tcp",'
+            b'"src-port":21094,"dst-port":39042}}')  # XRootD 5.5.3's, from shared/data/fireflies/producers.jsonl
+    recs = [parse(wire)] * 100_000
+    t = time.process_time()
+    for _ in recs:
+        parse(wire)
+    t_parse = (time.process_time() - t) / len(recs)
+    t = time.process_time()
+    for r in recs:
+        row = from_received(r, "192.0.2.1")
+        check(row)
+        encode(row)
+    t_enc = (time.process_time() - t) / len(recs)
+    print(f"collector CPU per firefly: parse {t_parse * 1e6:.2f} us (existing), to row + check + RowBinary "
+          f"{t_enc * 1e6:.2f} us")
+
+
 def check_same(ch: Any, sq: Any, end: int) -> None:
     now = end - 3600
     a = sorted(ch.totals("activity", now - 40 * 86400, end + 86400, limit=1000), key=lambda r: (r["exp"], r["act"]))
@@ -280,6 +341,12 @@ def main() -> None:
     r.add_argument("--no-sqlite", action="store_true")
     r.add_argument("--methods", default=f"{POINT},{SPREAD}")
     r.set_defaults(func=cmd_run)
+    i = sub.add_parser("ingest")
+    i.add_argument("--files", type=int, default=2, help="RowBinary files of 1M fireflies")
+    i.add_argument("--runs", type=int, default=3)
+    i.add_argument("--port", type=int, default=0)
+    i.add_argument("--tmp", default="/var/tmp/scitagd-chbench/ingest-server")
+    i.set_defaults(func=cmd_ingest)
     a = p.parse_args()
     a.func(a)
 

@@ -11,8 +11,9 @@ traffic, and a day's traffic can be rebuilt and swapped in atomically):
   fireflies       raw, append-only, duplicates kept (they are harmless downstream)
   flows           AggregatingMergeTree fed by flows_mv: one row per flow after merges; only
                   order-free, duplicate-free aggregates (max, argMin on a total order)
-  flows_host      the same, once per end of the flow, sorted by that address (flows_host_mv):
-                  a host's flows are an index range, not a scan of every flow of the period
+  flows_host      the numbers of `flows`, once per end of the flow, sorted by that address
+                  (flows_host_mv): a host's flows are an index range, not a scan of every flow
+                  of the period; no app/reporter (string states double the view's cost)
   dirty           start day -> latest insert time (fed by dirty_mv): which days to rebuild
   traffic_minute  SummingMergeTree: bytes and flows started per minute per experiment/activity
   traffic_hour    the same per hour
@@ -73,7 +74,7 @@ _COLUMNS = {
   day Date, built DateTime, method Enum8('point' = 1, 'spread' = 2), seconds Float32""",
 }
 
-_COLUMNS["flows_host"] += _COLUMNS["flows"]
+_COLUMNS["flows_host"] += _COLUMNS["flows"].split("\n  app AggregateFunction")[0].rstrip(",")
 
 # engine name (single node), partition expression, sort key
 _LAYOUT = {
@@ -90,11 +91,11 @@ _LAYOUT = {
 
 _FLOWS_MV = f"""SELECT {{host}}{FLOW_KEY},
   maxState(sent) AS sent, maxState(received) AS received,
-  maxState(if(state = 'end', t, toUInt64(0))) AS end_t, maxState(t) AS last_t,
-  argMinState(app, (app = '', t, app)) AS app,
-  argMinState(reporter, (reporter = '', t, reporter)) AS reporter
+  maxState(if(state = 'end', t, toUInt64(0))) AS end_t, maxState(t) AS last_t{{texts}}
 FROM {{src}}{{join}} GROUP BY {{host}}{FLOW_KEY}"""
-
+_TEXTS = """,
+  argMinState(app, (app = '', t, app)) AS app,
+  argMinState(reporter, (reporter = '', t, reporter)) AS reporter"""
 _DIRTY_MV = "SELECT toDate(start) AS day, maxState(now()) AS ingested FROM {src} GROUP BY day"
 
 
@@ -120,9 +121,10 @@ def ddl(database: str = "scitagd", cluster: Optional[str] = None, replicated: bo
                    f"PARTITION BY toYYYYMMDD({part}) ORDER BY ({order})")
     suffix = "_local" if cluster else ""
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.flows_mv TO {db}.flows{suffix} AS "
-               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="", join=""))
+               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="", join="", texts=_TEXTS))
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.flows_host_mv TO {db}.flows_host{suffix} AS "
-               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="host, ", join=" ARRAY JOIN [src, dst] AS host"))
+               + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="host, ", join=" ARRAY JOIN [src, dst] AS host",
+                                  texts=""))
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.dirty_mv TO {db}.dirty{suffix} AS "
                + _DIRTY_MV.format(src=f"{db}.fireflies{suffix}"))
     if cluster:

@@ -26,6 +26,7 @@ _FLOW_COLS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "a
 
 
 _SUS = "(toUInt64(start) * 1000000 + start_frac)"
+_KEY_COLS = "start, src, dst, sport, dport, proto, start_frac, exp, act"
 _KEY_HASH = "cityHash64(src, dst, sport, dport, toUInt32(start), start_frac, proto, exp, act)"
 
 
@@ -79,9 +80,11 @@ class ClickHouseStore:
     def _flow_select(self, where: List[str], having: List[str], now_us: int, table: str = "flows") -> str:
         db = self.db
         exp_before = now_us - int(self.active_timeout * 1e6)
+        texts = ("'' AS app_, '' AS rep" if table == "flows_host"
+                 else "argMinMerge(app) AS app_, argMinMerge(reporter) AS rep")
         return f"""
 SELECT proto, hex(src), sport, hex(dst), dport, toUInt32(start), start_frac, exp, act,
-  argMinMerge(app) AS app_, argMinMerge(reporter) AS rep, maxMerge(sent) AS s, maxMerge(received) AS r,
+  {texts}, maxMerge(sent) AS s, maxMerge(received) AS r,
   maxMerge(end_t) AS e, maxMerge(last_t) AS l,
   if(e > 0, 'ended', if(l < {exp_before}, 'expired', 'active')) AS st,
   if(e > 0, e, if(l < {exp_before}, l, toUInt64(0))) AS fin,
@@ -167,7 +170,25 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
             sql = (self._flow_select([*where0, cond, f"{_KEY_HASH} IN ({sub})"], having, now_us, table)
                    + f" ORDER BY start DESC, start_frac DESC LIMIT {limit - len(out)}")
             out += [self._flow_dict(r) for r in query(self.c, sql)]
+        if table == "flows_host" and out:
+            self._texts(out)
         return out
+
+    def _texts(self, flows: List[Dict[str, Any]]) -> None:
+        """app and reporter of flows read from flows_host, from `flows`, by key."""
+        starts = [int(f["start"]) for f in flows]
+        key = ("concat(hex(src), hex(dst), toString(sport), '/', toString(toUInt32(start)), '/', toString(start_frac), "
+               "'/', toString(proto), '/', toString(exp), '/', toString(act))")
+        want = {f"{addr16(f['src']).hex().upper()}{addr16(f['dst']).hex().upper()}{f['sport']}/{int(f['start'])}/"
+                f"{round((f['start'] - int(f['start'])) * 1e6)}/{f['proto']}/{f['exp']}/{f['act']}": f for f in flows}
+        rows = query(self.c, f"SELECT {key} AS k, argMinMerge(app), argMinMerge(reporter) "
+                             f"FROM {self.db}.flows WHERE start >= toDateTime({min(starts)}) "
+                             f"AND start <= toDateTime({max(starts)}) AND k IN ({', '.join(_q(k) for k in want)}) "
+                             f"GROUP BY {_KEY_COLS}")
+        for k, app, rep in rows:
+            f = want.get(k)
+            if f is not None:
+                f["app"], f["reporter"] = app or None, rep or None
 
     # --- series and totals --------------------------------------------------------------
 
