@@ -89,6 +89,10 @@ _LAYOUT = {
     "rebuilds": ("ReplacingMergeTree(built)", "day", "day"),
 }
 
+# Flow rows are looked up by key (the flow list merges only the flows it returns): granules of
+# 1024 rows instead of 8192 read 8x fewer aggregate states per lookup.
+_SETTINGS = {"flows": " SETTINGS index_granularity = 1024", "flows_host": " SETTINGS index_granularity = 1024"}
+
 _FLOWS_MV = f"""SELECT {{host}}{FLOW_KEY},
   maxState(sent) AS sent, maxState(received) AS received,
   maxState(if(state = 'end', t, toUInt64(0))) AS end_t, maxState(t) AS last_t{{texts}}
@@ -118,7 +122,7 @@ def ddl(database: str = "scitagd", cluster: Optional[str] = None, replicated: bo
             zk = f"'/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}'"
             engine = f"Replicated{kind}({zk}{', ' + args if args else ''})"
         out.append(f"CREATE TABLE IF NOT EXISTS {db}.{local} ({_COLUMNS[name]}\n) ENGINE = {engine} "
-                   f"PARTITION BY toYYYYMMDD({part}) ORDER BY ({order})")
+                   f"PARTITION BY toYYYYMMDD({part}) ORDER BY ({order}){_SETTINGS.get(name, '')}")
     suffix = "_local" if cluster else ""
     out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.flows_mv TO {db}.flows{suffix} AS "
                + _FLOWS_MV.format(src=f"{db}.fireflies{suffix}", host="", join="", texts=_TEXTS))

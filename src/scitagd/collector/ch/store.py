@@ -165,9 +165,12 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
         if len(out) < limit and s_us > floor * 1_000_000:
             since = max(0, min(s_us, now_us - int(self.active_timeout * 1e6)))
             cond = f"start >= toDateTime({floor}) AND start <= toDateTime({_t(start)}) AND {_SUS} < {s_us}"
+            # a host's flows are an index range of flows_host: merge them all; otherwise only those
+            # with a firefly since `start` (or recent enough to be active)
             sub = (f"SELECT {_KEY_HASH} FROM {self.db}.fireflies PREWHERE t >= {since} WHERE {cond}"
                    + "".join(f" AND {r}" for r in raw))
-            sql = (self._flow_select([*where0, cond, f"{_KEY_HASH} IN ({sub})"], having, now_us, table)
+            narrow = [] if table == "flows_host" else [f"{_KEY_HASH} IN ({sub})"]
+            sql = (self._flow_select([*where0, cond, *narrow], having, now_us, table)
                    + f" ORDER BY start DESC, start_frac DESC LIMIT {limit - len(out)}")
             out += [self._flow_dict(r) for r in query(self.c, sql)]
         if table == "flows_host" and out:
@@ -175,20 +178,18 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
         return out
 
     def _texts(self, flows: List[Dict[str, Any]]) -> None:
-        """app and reporter of flows read from flows_host, from `flows`, by key."""
-        starts = [int(f["start"]) for f in flows]
-        key = ("concat(hex(src), hex(dst), toString(sport), '/', toString(toUInt32(start)), '/', toString(start_frac), "
-               "'/', toString(proto), '/', toString(exp), '/', toString(act))")
-        want = {f"{addr16(f['src']).hex().upper()}{addr16(f['dst']).hex().upper()}{f['sport']}/{int(f['start'])}/"
-                f"{round((f['start'] - int(f['start'])) * 1e6)}/{f['proto']}/{f['exp']}/{f['act']}": f for f in flows}
-        rows = query(self.c, f"SELECT {key} AS k, argMinMerge(app), argMinMerge(reporter) "
-                             f"FROM {self.db}.flows WHERE start >= toDateTime({min(starts)}) "
-                             f"AND start <= toDateTime({max(starts)}) AND k IN ({', '.join(_q(k) for k in want)}) "
-                             f"GROUP BY {_KEY_COLS}")
-        for k, app, rep in rows:
-            f = want.get(k)
+        """app and reporter of flows read from flows_host, from `flows`, by key (the start
+        seconds select granules of 1024 rows through the primary key)."""
+        starts = ", ".join(f"toDateTime({s})" for s in sorted({int(f["start"]) for f in flows}))
+        want = {(addr16(f["src"]).hex(), addr16(f["dst"]).hex(), f["sport"], f["dport"], f["proto"],
+                 round(f["start"] * 1e6), f["exp"], f["act"]): f for f in flows}
+        rows = query(self.c, f"SELECT lower(hex(src)), lower(hex(dst)), sport, dport, proto, {_SUS}, exp, act, "
+                             f"argMinMerge(app), argMinMerge(reporter) FROM {self.db}.flows "
+                             f"WHERE start IN ({starts}) GROUP BY {_KEY_COLS}")
+        for r in rows:
+            f = want.get((r[0], r[1], int(r[2]), int(r[3]), r[4], int(r[5]), int(r[6]), int(r[7])))
             if f is not None:
-                f["app"], f["reporter"] = app or None, rep or None
+                f["app"], f["reporter"] = r[8] or None, r[9] or None
 
     # --- series and totals --------------------------------------------------------------
 
