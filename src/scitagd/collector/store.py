@@ -409,12 +409,14 @@ class SQLiteStore:
             res.add(res.active, tag)
         reports = flow.reports
         before = reports.clamped
-        m, d = reports.add(t, r.sent + r.received, days=True)
+        m = reports.add(t, r.sent + r.received)
         if not m:
             return
         res.clamped += reports.clamped - before
         total = 0
-        for b, n in m.items():
+        days: Dict[int, int] = {}
+        for minute, n in m.items():
+            b = minute * MINUTE
             k = (b, exp, act)
             cur = minutes.get(k)
             if cur is None:
@@ -422,10 +424,14 @@ class SQLiteStore:
             else:
                 cur[0] += n
             total += n
+            d = b - b % PAIR_BUCKET
+            days[d] = days.get(d, 0) + n
         if total:
             res.bytes[tag] = res.bytes.get(tag, 0) + total
-        for b, n in (d or {}).items():
-            pk = (b, key[1], key[3], exp, act)
+        for d, n in days.items():
+            if not n:
+                continue
+            pk = (d, key[1], key[3], exp, act)
             cur = pairs.get(pk)
             if cur is None:
                 pairs[pk] = [n, 0]
