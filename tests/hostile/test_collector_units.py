@@ -56,8 +56,8 @@ def rows(db: Path, sql: str) -> List[Tuple]:
     (firefly(sent=2**64 - 1), "bad_usage"),
     (firefly(exp=2**63), "bad_tag"),
     (firefly(act=70000), "bad_tag"),
-    (firefly(sent=2**62, received=2**62), "bad_usage"),  # each within bounds, not their sum
-    (firefly(sent=2**61, received=2**61), None),  # at the limit: written
+    (firefly(sent=2**60, received=2**60), "bad_usage"),  # each within bounds, not their sum
+    (firefly(sent=2**59, received=2**59), None),  # at the limit: written
 ])
 def test_parser_bounds_keep_the_store_writable(tmp_path: Path, bad: bytes, reason: str | None) -> None:
     store = SQLiteStore(str(tmp_path / "s.sqlite"))
