@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import re
 import socket
-from typing import Iterable, Tuple, Union
+from typing import Callable, Iterable, Tuple, TypeVar, Union
 
 __all__ = [
     "bind_error",
@@ -15,11 +16,13 @@ __all__ = [
     "check_networks",
     "check_port",
     "family_of",
+    "open_udp_endpoint",
     "parse_hostport",
     "udp_listener",
 ]
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.?)+$")
 
@@ -118,6 +121,21 @@ def udp_listener(addr: str, port: int, receive_buffer: int, key: str = "bindPort
         sock.close()
         raise
     return sock
+
+
+async def open_udp_endpoint(loop: asyncio.AbstractEventLoop, factory: Callable[[], P],
+                            sock: socket.socket) -> Tuple[asyncio.DatagramTransport, P]:
+    """`loop.create_datagram_endpoint` on a socket from `udp_listener`, keeping it exclusive:
+    uvloop adopts the socket with libuv's uv_udp_open, which turns SO_REUSEADDR on (so another
+    socket with the option could then bind the port beside ours); it is turned off again here.
+    The option counts when another socket binds, so clearing it afterwards is enough."""
+    tr, proto = await loop.create_datagram_endpoint(factory, sock=sock)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    except OSError:
+        tr.close()
+        raise
+    return tr, proto
 
 
 def _where(addr: str, port: int) -> str:

@@ -22,7 +22,7 @@ from ..components import Host, Source
 from ..errors import InputError
 from ..firefly import parse, to_event
 from ..logs import Throttle
-from ..netutil import udp_listener
+from ..netutil import open_udp_endpoint, udp_listener
 from ..relay import Relay
 from .conf import FireflySourceConfig
 
@@ -62,7 +62,7 @@ class FireflySource(Source):
         loop = asyncio.get_running_loop()
         for addr in self.conf.addresses():
             sock = udp_listener(addr, self.conf.bind_port, self.conf.receive_buffer, key="bindPort")
-            tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            tr, _ = await open_udp_endpoint(loop, lambda: _Protocol(self), sock)
             self._transports.append(tr)
             log.info("listening address=%s port=%d", addr, self.conf.bind_port)
 
