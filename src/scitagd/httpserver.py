@@ -49,7 +49,7 @@ __all__ = ["LOOPBACK_HOSTS", "HttpLimits", "HttpServer", "host_allowed", "host_o
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
-_ACCEPT_BATCH = 64  # accepts per readiness callback: bounded work per loop iteration
+_ACCEPT_BATCH = 16  # accepts per readiness callback: bounded work per loop iteration (~1 ms)
 _FD_RESERVE = 128  # descriptors left for everything else (sockets of sinks, files, netlink)
 _HAS_SHUTDOWN_TIMEOUT = "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters
 
@@ -380,8 +380,10 @@ class HttpServer:
             self.log.debug("connection lost before start peer=%s error=%r", conn.peer, str(e))
 
     def _oldest_idle(self, peer: Optional[str]) -> Optional[_Conn]:
+        # connections still being set up count as idle (they are the newest, so the last choice):
+        # else a burst of accepts could fill a cap with connections no one may displace yet
         for c in self._conns:
-            if not c.busy and c.transport is not None and (peer is None or c.peer == peer):
+            if not c.busy and (peer is None or c.peer == peer):
                 return c
         return None
 

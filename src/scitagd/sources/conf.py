@@ -11,7 +11,7 @@ plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384
                    requestTimeout (10 s)
 plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024),
                    checkInterval (2 s); flowd-go's maxReaders, buffSize accepted (buffSize sets
-                   the read size, 4..64 KiB)
+                   the read size, 4..16 KiB)
 plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
                    allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
                    (8 MiB); flowd-go's hasSyslogHeader, deadline accepted
