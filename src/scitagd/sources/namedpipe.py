@@ -107,7 +107,7 @@ class NamedPipeSource(Source):
 
     async def start(self) -> None:
         path = self.conf.pipe_path
-        self._open(path, at_start=True)
+        self._open(path)
         self._checker = asyncio.get_running_loop().create_task(self._check_loop(), name="namedpipe-check")
         log.info("listening path=%s mode=%s gid=%s", path, self.conf.mode, self.conf.gid())
 
@@ -124,11 +124,9 @@ class NamedPipeSource(Source):
             except OSError:
                 pass
 
-    def _open(self, path: str, at_start: bool) -> None:
+    def _open(self, path: str) -> None:
         """mkfifo if missing, open without following links, check, set mode and group by fd."""
-        parent = os.path.dirname(path)
-        if at_start:
-            os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # also when a cleaner took the directory
         created = False
         try:
             os.mkfifo(path, 0o600)  # the final mode comes by fchmod, after the checks
@@ -219,7 +217,7 @@ class NamedPipeSource(Source):
             if (st.st_dev, st.st_ino) == self._ident and self._rfd >= 0:
                 return
             if self._rfd < 0 and stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid():
-                self._open(path, at_start=False)  # ours, after a failed reopen: just open it again
+                self._open(path)  # ours, after a failed reopen: just open it again
                 log.warning("named pipe reopened path=%s", path)
                 return
             found = _what(st) if not stat.S_ISFIFO(st.st_mode) else "another FIFO"
@@ -229,7 +227,7 @@ class NamedPipeSource(Source):
         if self._rfd >= 0:
             self._drain()
         self._close_fds()
-        self._open(path, at_start=False)
+        self._open(path)
         self._created = True
         log.warning("named pipe recreated path=%s found=%s", path, found)
 
