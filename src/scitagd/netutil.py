@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
+import os
 import re
 import socket
-from typing import Callable, Iterable, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar, Union
 
 __all__ = [
     "bind_error",
@@ -15,11 +17,16 @@ __all__ = [
     "check_host",
     "check_networks",
     "check_port",
+    "drops_of",
     "family_of",
     "open_udp_endpoint",
     "parse_hostport",
+    "set_receive_buffer",
+    "socket_drops",
     "udp_listener",
 ]
+
+log = logging.getLogger("scitagd.net")
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -92,7 +99,7 @@ def family_of(addr: str) -> int:
 
 
 def udp_listener(addr: str, port: int, receive_buffer: int, key: str = "bindPort",
-                 reuse_port: bool = False) -> socket.socket:
+                 reuse_port: bool = False, buffer_key: str = "receiveBuffer") -> socket.socket:
     """A non-blocking UDP socket bound to addr:port; "::" also takes IPv4 (dual stack).
 
     No SO_REUSEADDR: with it, another (unprivileged) process could bind the same port on a more
@@ -108,10 +115,7 @@ def udp_listener(addr: str, port: int, receive_buffer: int, key: str = "bindPort
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if fam == socket.AF_INET6 and addr == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        except OSError:
-            pass  # capped by net.core.rmem_max: the default still works
+        set_receive_buffer(sock, receive_buffer, buffer_key, _where(addr, port))
         try:
             sock.bind((addr, port))
         except OSError as e:
@@ -136,6 +140,65 @@ async def open_udp_endpoint(loop: asyncio.AbstractEventLoop, factory: Callable[[
         tr.close()
         raise
     return tr, proto
+
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_receive_buffer(sock: socket.socket, want: int, key: str = "receiveBuffer", where: str = "") -> int:
+    """Ask for `want` bytes of receive buffer: past net.core.rmem_max where we may
+    (SO_RCVBUFFORCE, with CAP_NET_ADMIN), else as much as the kernel allows. Logs what it got,
+    and warns (with the sysctl to set) when the kernel capped it: bursts beyond the buffer are
+    dropped by the kernel, and only the drop counters say so."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+        forced = True
+    except OSError:
+        forced = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+        except OSError:
+            pass
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # the kernel reports twice what it grants
+    if got < want:
+        rmem = _read_int("/proc/sys/net/core/rmem_max")
+        log.warning("udp receive buffer capped by the kernel listener=%s key=%s asked=%d got=%d rmem_max=%s fix=%r",
+                    where, key, want, got, rmem, f"sysctl -w net.core.rmem_max={want} (or give scitagd CAP_NET_ADMIN)")
+    else:
+        log.info("udp receive buffer listener=%s bytes=%d forced=%s", where, got, forced)
+    return got
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def socket_drops(inodes: Iterable[int]) -> Dict[int, int]:
+    """inode -> datagrams the kernel dropped for that socket (receive buffer full), from the
+    `drops` column of /proc/net/udp and udp6 (this network namespace's sockets)."""
+    want = set(inodes)
+    out: Dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and int(cols[9]) in want:
+                        out[int(cols[9])] = int(cols[-1])
+        except OSError:
+            continue
+    return out
+
+
+def drops_of(socks: Iterable[socket.socket]) -> int:
+    """Kernel drops of these sockets since they were opened."""
+    inodes = [os.fstat(s.fileno()).st_ino for s in socks if s.fileno() >= 0]
+    return sum(socket_drops(inodes).values()) if inodes else 0
 
 
 def _where(addr: str, port: int) -> str:

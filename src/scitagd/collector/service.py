@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from ..errors import FireflyError
 from ..firefly import parse
 from ..logs import Throttle
 from ..netset import NetSet
-from ..netutil import parse_hostport, udp_listener
+from ..netutil import open_udp_endpoint, parse_hostport, udp_listener
 from ..registry import RegistryHolder
 from ..relay import Relay
 from ..runtime import run_async, until_signalled
@@ -78,6 +79,7 @@ class Collector:
         self._drop_local = conf.drop_local_only and bool(self._local)
         self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._transports: List[asyncio.BaseTransport] = []
+        self.udp_sockets: Dict[str, socket.socket] = {}  # bind address -> socket, for the kernel's drop counts
         self._servers: List[asyncio.AbstractServer] = []
         self._tasks: List[asyncio.Task[Any]] = []
         self._throttle = Throttle(1.0)
@@ -309,9 +311,11 @@ class Collector:
         loop = asyncio.get_running_loop()
         u = self.conf.udp
         for addr in u.bind_addresses:
-            sock = udp_listener(addr, u.port, u.receive_buffer)
-            tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+            sock = udp_listener(addr, u.port, u.receive_buffer, key="collector.udp.port",
+                                buffer_key="collector.udp.receiveBuffer")
+            tr, _ = await open_udp_endpoint(loop, lambda: _Udp(self), sock)
             self._transports.append(tr)
+            self.udp_sockets[addr] = sock
             log.info("listening udp address=%s port=%d allowed_sources=%s", addr, u.port,
                      ",".join(u.allowed_sources) if u.allowed_sources is not None else "any")
 
@@ -403,6 +407,7 @@ class Collector:
                 for tr in self._transports:
                     tr.close()
                 self._transports = []
+                self.udp_sockets = {}
                 await self._start_udp()
             if "syslog_tcp" in changed:
                 for srv in self._servers:

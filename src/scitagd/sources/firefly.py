@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+import socket
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from ..components import Host, Source
 from ..errors import InputError
 from ..firefly import parse, to_event
 from ..logs import Throttle
-from ..netutil import open_udp_endpoint, udp_listener
+from ..netutil import drops_of, open_udp_endpoint, udp_listener
 from ..relay import Relay
 from .conf import FireflySourceConfig
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["FireflySource"]
 
@@ -57,6 +61,8 @@ class FireflySource(Source):
                                 lambda dest: c.sent(f"forward:{dest}"),
                                 lambda dest, err: c.failed(f"forward:{dest}", err))
         self._throttle = Throttle(1.0)
+        self._sockets: Dict[str, socket.socket] = {}
+        host.register_metrics(self)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -64,12 +70,25 @@ class FireflySource(Source):
             sock = udp_listener(addr, self.conf.bind_port, self.conf.receive_buffer, key="bindPort")
             tr, _ = await open_udp_endpoint(loop, lambda: _Protocol(self), sock)
             self._transports.append(tr)
+            self._sockets[addr] = sock
             log.info("listening address=%s port=%d", addr, self.conf.bind_port)
+
+    def collect(self) -> Iterator[Metric]:
+        """The kernel's drops for our sockets (receive buffer full): the loss no counter of ours sees."""
+        from prometheus_client.core import CounterMetricFamily
+
+        m = CounterMetricFamily("scitagd_firefly_udp_drops", "Datagrams the kernel dropped for the firefly "
+                                "listener (receive buffer full; see plugins.firefly.receiveBuffer)", labels=["address"])
+        for addr, sock in list(self._sockets.items()):
+            if sock.fileno() >= 0:
+                m.add_metric([addr], drops_of([sock]))
+        yield m
 
     async def stop(self) -> None:
         for tr in self._transports:
             tr.close()
         self._transports.clear()
+        self._sockets.clear()
         if self._relay is not None:
             self._relay.close()
 

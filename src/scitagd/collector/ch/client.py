@@ -81,9 +81,10 @@ class ChdbClient:
     """Embedded ClickHouse (chdb) with its data under `path`: the same SQL, a current release."""
 
     def __init__(self, path: str) -> None:
-        from chdb import session  # test-only dependency
+        import chdb.session  # test-only dependency
 
-        self.sess = session.Session(path)
+        mod: Any = chdb.session  # untyped library: reached through Any
+        self.sess: Any = mod.Session(path)
         self.tmp = Path(tempfile.mkdtemp(prefix="chdb-insert-"))
         self._n = 0
 
