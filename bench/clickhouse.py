@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ClickHouse store: ingest rate, traffic rebuild cost, and dashboard queries on N generated
 flows over D days, side by side with SQLiteStore on the same flows.
 

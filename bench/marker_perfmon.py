@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What CAP_PERFMON buys the marker (root): the per-packet cost of the tc program as the verifier
 leaves it when the loader has CAP_PERFMON (the unit's set) and when it has only CAP_BPF +
 CAP_NET_ADMIN (then the verifier applies its Spectre v1/v4 mitigations: speculation barriers).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Writes the Grafana dashboards (scitagd-collector.json, scitagd-daemon.json) from the panel
 lists below: `python grafana/generate.py`. Both use a datasource variable (imported with an
 `${DS_PROMETHEUS}` input), an instance filter applied to every query, and stable panel ids, so

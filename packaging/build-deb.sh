@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds the Debian 12 packages of scitagd (amd64 and arm64) with dpkg-deb.
 #
 #   bash packaging/build-deb.sh [--out DIR] [--arch amd64|arm64]...

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds the EL9 RPMs of scitagd (x86_64 and aarch64) with rpmbuild, on EL9 or on Debian.
 #
 #   bash packaging/build-rpm.sh [--out DIR] [--arch x86_64|aarch64]... [--srpm]

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Sets up a development/run environment: Debian packages (when root) and a venv in .venv.
 # Usage: bash scripts/setup.sh [--test]     (--test also installs what the test suite needs)
 set -euo pipefail

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checks shared by the dashboard tests: structure (datasource variable and input, instance filter
 on every query, stable unique panel ids) and the metric names used."""
 

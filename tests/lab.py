@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The marker tests' lab: scitagd's namespace lab plus a scitagd daemon running in A."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pin the Python dependencies bundled into the packages: rpm/requirements-el9.txt (EL9's
 CPython 3.9: every dependency) and deb/requirements-deb12.txt (Debian 12's CPython 3.11: only
 msgspec, which Debian 12 does not package; the rest are Debian's own python3-* packages).

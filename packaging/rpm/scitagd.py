@@ -1,4 +1,5 @@
 #!/usr/bin/python3.9 -I
+# SPDX-License-Identifier: Apache-2.0
 """scitagd as the RPM installs it: EL9's python3.9, isolated (-I: no PYTHONPATH, no user site),
 with the bundled dependencies in front of the system's."""
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd ...`: exit status 0 on success, 2 with one error line for invalid input."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd doctor [--config FILE]`: is this host ready for what the config asks? One line per
 check, PASS / WARN / FAIL, each problem with its fix; exit status 1 when something fails.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """FlowEvent, the one thing that crosses component boundaries, and the flow table."""
 
 from __future__ import annotations

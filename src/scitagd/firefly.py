@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fireflies: build strictly (always schema-valid), parse tolerantly (every producer's dialect).
 
 SPEC.md section 4 lists what receivers must accept: nil or 'Z' timestamps, an IP address as

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One home for running an aiohttp application (the API, /metrics, the collector's web side):
 listen, guard, log, stop. Imported only by the components that serve HTTP, so that a daemon
 without them never pays aiohttp's ~250 ms import.

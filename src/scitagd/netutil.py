@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Address helpers shared by config sections and sockets."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Experiment and activity names: bundled snapshot, optional URL with cache and refresh.
 
 Ids are the truth on the wire; names are for people. Unknown ids are valid (ids changed over

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The collector for real: a subprocess on loopback, fed by real producers, checked through its
 API, its SQLite file and its metrics."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the kernel throws away is said: the effective receive buffer at start (a warning naming
 net.core.rmem_max when the kernel capped it), and the socket's drop count as a metric."""
 

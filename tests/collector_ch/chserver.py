@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real clickhouse-server (Debian's 18.16) in a directory of its own, on free ports, in the
 foreground, stopped by its pid. Used by the tests and bench/clickhouse.py."""
 

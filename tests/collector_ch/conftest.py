@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real clickhouse-server 18.16 per test session (temp dir, free ports, stopped by pid) and an
 embedded chdb (a current ClickHouse): every store test runs on both."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fireflies for the hidden-order tests, and what one careful accountant makes of them.
 
 Realistic flows (XRootD: start and end; scitagd: start, ongoing every few minutes, end) plus

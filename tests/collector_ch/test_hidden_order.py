@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The same fireflies, delivered in any order, split over three writers, with duplicates, give
 exactly the flows, bytes and per-minute traffic that one writer in order gives, and what the
 reference accountant (attribution.contributions) computes. On ClickHouse 18.16 and on chdb,

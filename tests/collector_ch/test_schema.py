@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Schema: the same DDL on 18.16 and chdb, the version check, the cluster layout (its
 Distributed part, over a one-shard cluster of the test server), retention by partition."""
 

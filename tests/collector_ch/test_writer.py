@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The writer against a real clickhouse-server that goes away: nothing valid is lost across a
 server restart while senders keep sending, nor across a collector restart while the server is
 down (spool); the buffer is bounded and its drops counted; health says what is wrong."""

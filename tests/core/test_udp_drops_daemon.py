@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's firefly listener says what the kernel dropped for it."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Netlink enrichment for real: an iperf3 transfer between two namespaces, sampled through
 sock_diag with in-kernel filtering; ongoing fireflies reach the peer; per-flow metrics."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared by the daemon-side hostile-input tests: a daemon subprocess (optionally with a small
 RLIMIT_NOFILE), a responsiveness probe and attackers, each in a process of its own.
 

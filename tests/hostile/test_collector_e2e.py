@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile input against a real collector process (UDP, syslog over TCP, HTTP): each class of
 attack with valid fireflies around it, every valid one accounted, no traceback in the log, and
 the event loop answering within 100 ms throughout (a probe in its own process)."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile input against the collector's parts, in process: the store cannot be poisoned or
 frozen, accounting is idempotent and order-independent, framing resynchronises, label sets and
 per-event structures stay bounded."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's REST API against hostile requests, end to end: a real daemon, real HTTP.
 
 Each hostile request gets 400/413/415 (403/401 for who may call) with {"error", "field"},

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's firefly listener against hostile datagrams, end to end: a real daemon, real UDP.
 
 Every datagram is either a flow or a rejection counted with the reason the parser gives (the

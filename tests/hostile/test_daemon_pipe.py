@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The named pipe against hostile paths, writers and lines, with real writer processes.
 
 What may sit at pipePath (a symlink, a regular file, another user's FIFO) is refused without

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit checks behind the end-to-end hostile tests: input types at make_event and
 registry.resolve, the Host header rule, the named pipe's line parser, UDP socket options."""
 

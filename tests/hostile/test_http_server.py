@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """httpserver.py (the API, /metrics, the collector's web side) against hostile connections, on a
 real daemon: malformed HTTP, 1,100 half-sent request heads, 2,000 idle connections under
 RLIMIT_NOFILE 1024 (below and above the connection cap), slow bodies. Valid requests made while

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The eBPF marker for real: namespaces joined by veth, real transfers, a raw capture in the
 receiving namespace, and the bits on the wire checked packet by packet."""
 

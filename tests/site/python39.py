@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A CPython 3.9 (EL9's python3) on a Debian 12 machine, from what is here or from Debian's packages.
 
 In order: $SCITAGD_PYTHON39; a python3.9 already installed (PATH, pyenv's); Debian 11's

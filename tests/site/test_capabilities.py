@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The least privilege of packaging/systemd/scitagd.service, proven on the wire.
 
 The daemon runs as the unit would (unitsandbox.py: a dedicated uid, exactly the unit's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Debian 12 packages, built here with dpkg-deb: control data, contents, lintian, and the
 packaged scitagd run from the unpacked tree on Debian's own python3 and python3-* packages."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd doctor`: one line per check, the fix for each problem, a failing exit status when
 something fails. Run in a network namespace with its own resolver files, so no name lookup
 leaves the machine."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The EL9 RPMs, built here with rpmbuild: contents, dependencies, scriptlets, and the bundled
 scitagd run under a CPython 3.9 (EL9's python3) from the unpacked package."""
 

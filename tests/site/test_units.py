@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The systemd units, sysusers.d and tmpfiles.d files, checked by systemd's own tools (which run
 without systemd as PID 1)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inside the unit sandbox, after setpriv: what systemd applies last before it executes
 ExecStart=. Run by the system python3; then execs the command.
 

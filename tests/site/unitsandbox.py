@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run a command the way packaging/systemd/scitagd.service would, without systemd as PID 1.
 
 The unit file is the source of truth: its user, capabilities, NoNewPrivileges,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The few libbpf calls scitagd needs, through ctypes over the system libbpf.so.1 (>= 1.0).
 
 libbpf 1.x returns -errno from int functions and NULL with errno set from pointer functions;

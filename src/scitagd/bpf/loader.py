@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load the marker object, pin its maps, attach it to tc egress, and read/write its maps.
 
 Everything here is a blocking system call of microseconds (map updates) or milliseconds

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load the watcher (watcher.bpf.c), attach it to a cgroup v2, and read its ring buffer."""
 
 from __future__ import annotations

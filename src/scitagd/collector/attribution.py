@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How a flow's bytes are given to time: one function of the flow's set of fireflies, so that
 every store (SQLite in one process, ClickHouse fed by several receivers) gives the same answer
 whatever the arrival order, the split across receivers and the duplicates.

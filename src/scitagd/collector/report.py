@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A received firefly as the collector accounts it: one `Report`, with an identity.
 
 A firefly's identity is what makes it itself: its flow (5-tuple and start time), state, event

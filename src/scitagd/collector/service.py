@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The collector process: receivers (UDP, syslog over TCP), relay, batched accounting into the
 store, and the HTTP side (dashboard, JSON API, /metrics).
 

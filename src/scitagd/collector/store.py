@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where accounted flows live. `Store` is the interface the rest of the collector uses (the
 service, the web side, the importer); SQLiteStore is the embedded one.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP side of the collector: the dashboard (static files bundled, no CDN), a JSON query API
 and /metrics. Parameters: `from`/`to` (epoch seconds, or `-6h`-style offsets from now),
 `experiment`/`activity` (ids or registry names), `host`, `limit`, `step`, `by`."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """asyncio UDP receivers for IPFIX, NetFlow v9 and sFlow: datagram -> decoder -> callback.
 
 `Receiver.start()` binds every `bindAddresses` entry (SO_RCVBUF = receiveBuffer; "::" takes

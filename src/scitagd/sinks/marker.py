@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`backends.marker`: every packet of a tagged IPv6 flow leaves the host carrying its tag.
 
 Start -> two map entries (the flow seen leaving in either direction: the data of a GET, the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins.api`: a small REST API for storage systems and operators.
 
 Config keys (sources/conf.py): bindAddress, bindPort, maxBodyBytes; allowedHosts, token |

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Config sections of the sources (`plugins:`), flowd-go's keys plus extensions.
 
 Importing this module imports no source implementation: `scitagd conf` and the collector read

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins.firefly`: fireflies from XRootD (`xrootd.pmark ... ffdest`) or dCache become flows.
 
 Keys (sources/conf.py): bindAddress | bindAddresses, bindPort, allowedSources,

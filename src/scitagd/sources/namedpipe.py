@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins.namedPipe`: the line protocol StoRM writes (SPEC.md section 5).
 
   <start|end> <tcp|udp> <src-ip> <src-port> <dst-ip> <dst-port> <exp-id> <act-id>

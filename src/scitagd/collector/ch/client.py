@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The two ways the store talks to ClickHouse: HTTP (a server; stdlib for queries, aiohttp for
 the writer) and chdb (embedded, for tests). Both speak SQL text in, JSONCompact out, and take
 inserts as RowBinary: no client library, no new dependency."""

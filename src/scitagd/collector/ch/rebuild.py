@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-minute and per-day traffic, rebuilt per start day from the raw fireflies.
 
 Why not materialized views: a firefly's contribution is the increase of its flow's running

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fireflies as rows of the `fireflies` table, encoded as RowBinary.
 
 A row is a plain tuple (see FireflyRow), so generated data, archives and live datagrams go

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ClickHouse schema: DDL for one node or a cluster, and the schema version check.
 
 Only what ClickHouse 18.16 (Debian 12) and current releases (chdb 26.x) both accept: MergeTree

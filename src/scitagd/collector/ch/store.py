@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ClickHouseStore: the read side of the SQLiteStore interface (flows, timeseries, totals,
 extent, count, expire) over the ClickHouse schema, same arguments, same return shapes.
 

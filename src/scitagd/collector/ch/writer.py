@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Batched, retried inserts of fireflies into ClickHouse: RowBinary over one aiohttp POST per
 batch (240-290k rows/s end to end on 18.16, no client library).
 
