@@ -3,6 +3,8 @@
 `Aggregator.add(records)` sums bytes, packets and records per
 (minute, exporter, domain, interface, direction, family, experiment, activity); untagged IPv6
 and IPv4 traffic is summed too (experiment None), so a link's tagged share is visible.
+With `max_skew`, a record whose time is further than that from the collector's clock (an
+exporter with a wrong clock, or a replay) is counted at arrival instead (`time_replaced`).
 `flush(now)` hands every bucket of minutes that ended more than `grace` seconds ago to the
 callback as `Row`s. Rows are deltas: a record arriving after its minute was flushed comes out in
 a later batch with the same key, and the store adds them up.
@@ -55,8 +57,11 @@ class Row(msgspec.Struct, gc=False):
 class Aggregator:
     def __init__(self, emit: Callable[[List[Row]], None], interval: int = 60, grace: float = 90.0,
                  max_exporters: int = 256, max_interfaces: int = 512, max_tags: int = 1024,
-                 marking_prefixes: Sequence[str] = (), false_positive_rate: float = 0.0) -> None:
+                 marking_prefixes: Sequence[str] = (), false_positive_rate: float = 0.0,
+                 max_skew: Optional[float] = None) -> None:
         self.emit = emit
+        self.max_skew = max_skew  # a record time further than this from now is replaced by now
+        self.time_replaced: Dict[str, int] = {}  # per exporter (as counted: folded past the limits)
         self.interval = interval
         self.grace = grace
         self.max_exporters = max_exporters
@@ -81,16 +86,25 @@ class Aggregator:
         check = self._prefixes if self._prefixes else None
         last_t = None
         minute = 0
+        skewed = False
+        lo = hi = now = 0.0
+        if self.max_skew is not None:
+            now = time.time()
+            lo, hi = now - self.max_skew, now + self.max_skew
         for r in records:
             t = r.time
             if t != last_t:  # records of one message share their time
-                minute = int(t) // interval * interval
                 last_t = t
+                skewed = lo != hi and not lo <= t <= hi
+                minute = int(now if skewed else t) // interval * interval
             d = r.direction
             iface = r.egress if d == 1 and r.egress is not None else r.ingress
             place = places.get((r.exporter, r.domain, iface))
             if place is None:
                 place = self._place(r.exporter, r.domain, iface)
+            if skewed:  # an exporter's clock off by more than max_skew: counted at arrival
+                r.time = now
+                self.time_replaced[place[0]] = self.time_replaced.get(place[0], 0) + 1
             exp = r.experiment
             act = r.activity
             if exp is not None:
