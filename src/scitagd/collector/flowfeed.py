@@ -25,7 +25,8 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..flowexport.aggregate import OTHER, Aggregator, Row
+from ..errors import StartupError
+from ..flowexport.aggregate import MAX_RECORD_BYTES, OTHER, Aggregator, Row
 from ..flowexport.receiver import IpfixReceiver, NetflowReceiver, Receiver, SflowReceiver, matcher_for
 from ..flowexport.records import FlowRecord
 from ..logs import Throttle
@@ -109,8 +110,8 @@ class PathRecorder:
         buckets = self.buckets
         watched = watch.flows if watch else None
         for r in records:
-            if r.experiment is None and (watched is None or (r.src, r.dst, r.protocol, r.sport, r.dport)
-                                         not in watched):
+            if (r.experiment is None and (watched is None or (r.src, r.dst, r.protocol, r.sport, r.dport)
+                                         not in watched)) or r.bytes > MAX_RECORD_BYTES:
                 continue
             d = r.direction
             iface = r.egress if d == 1 and r.egress is not None else r.ingress
@@ -207,7 +208,11 @@ class LinkFeed:
         started: List[Section] = []
         try:
             for s in self.sections:
-                await s.receiver.start()
+                try:
+                    await s.receiver.start()
+                except OSError as e:
+                    raise StartupError(f"collector.{s.name}: cannot listen on port {s.conf.port} "
+                                       f"({','.join(s.conf.bind_addresses)}): {e.strerror or e}") from None
                 started.append(s)
                 s.receive_buffer = min((so.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                                         for so in s.receiver.sockets), default=0)
@@ -221,7 +226,7 @@ class LinkFeed:
                     log.warning("%s receive buffer smaller than configured receive_buffer=%d asked=%d: raise "
                                 "net.core.rmem_max (or run as root), exporters send in bursts", s.name,
                                 s.receive_buffer, c.receive_buffer)
-        except OSError:
+        except StartupError:
             for s in started:
                 await s.receiver.stop()
             raise
@@ -353,7 +358,8 @@ class LinkFeed:
         out = []
         for s in self.sections:
             dec = s.receiver.decoder
-            rejects = sorted(dec.rejects.counts.items(), key=lambda kv: -kv[1])[:1000]
+            counts = {**dec.rejects.counts, **{(ex, "implausible_counter"): n for ex, n in s.agg.implausible.items()}}
+            rejects = sorted(counts.items(), key=lambda kv: -kv[1])[:1000]
             c = s.conf
             out.append({
                 "section": s.name, "protocol": s.protocol, "ports": s.receiver.ports,
@@ -421,6 +427,8 @@ class LinkFeed:
             k.add_metric([pr], s.kernel_drops)
             for (ex, why), n in list(s.receiver.decoder.rejects.counts.items()):
                 rej.add_metric([pr, ex, why], n)
+            for ex, n in list(s.agg.implausible.items()):
+                rej.add_metric([pr, ex, "implausible_counter"], n)
             for ex, n in list(s.agg.time_replaced.items()):
                 t.add_metric([pr, ex], n)
             for ex, n in list(s.agg.unconfirmed.items()):

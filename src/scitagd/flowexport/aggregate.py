@@ -3,6 +3,7 @@
 `Aggregator.add(records)` sums bytes, packets and records per
 (minute, exporter, domain, interface, direction, family, experiment, activity); untagged IPv6
 and IPv4 traffic is summed too (experiment None), so a link's tagged share is visible.
+Records claiming more than `max_record_bytes` are skipped and counted (`implausible`).
 With `max_skew`, a record whose time is further than that from the collector's clock (an
 exporter with a wrong clock, or a replay) is counted at arrival instead (`time_replaced`).
 `flush(now)` hands every bucket of minutes that ended more than `grace` seconds ago to the
@@ -34,9 +35,12 @@ import msgspec
 
 from .records import FlowRecord
 
-__all__ = ["OTHER", "Aggregator", "Observation", "PathIndex", "Row"]
+__all__ = ["MAX_RECORD_BYTES", "OTHER", "Aggregator", "Observation", "PathIndex", "Row"]
 
 OTHER = -1
+# No flow record counts 2**44 bytes (17.6 TB: a 400 Gb/s flow for 6 minutes, sampling included);
+# bigger counts come from broken or hostile exporters and would swamp every sum they enter.
+MAX_RECORD_BYTES = 1 << 44
 Key = Tuple[int, str, int, Optional[int], Optional[int], int, Optional[int], Optional[int]]
 
 
@@ -58,10 +62,12 @@ class Aggregator:
     def __init__(self, emit: Callable[[List[Row]], None], interval: int = 60, grace: float = 90.0,
                  max_exporters: int = 256, max_interfaces: int = 512, max_tags: int = 1024,
                  marking_prefixes: Sequence[str] = (), false_positive_rate: float = 0.0,
-                 max_skew: Optional[float] = None) -> None:
+                 max_skew: Optional[float] = None, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         self.emit = emit
         self.max_skew = max_skew  # a record time further than this from now is replaced by now
         self.time_replaced: Dict[str, int] = {}  # per exporter (as counted: folded past the limits)
+        self.max_record_bytes = max_record_bytes
+        self.implausible: Dict[str, int] = {}  # records over max_record_bytes, skipped, per exporter
         self.interval = interval
         self.grace = grace
         self.max_exporters = max_exporters
@@ -102,6 +108,9 @@ class Aggregator:
             place = places.get((r.exporter, r.domain, iface))
             if place is None:
                 place = self._place(r.exporter, r.domain, iface)
+            if r.bytes > self.max_record_bytes:  # 2**64 - 1 octets and the like: a broken or hostile exporter
+                self.implausible[place[0]] = self.implausible.get(place[0], 0) + 1
+                continue
             if skewed:  # an exporter's clock off by more than max_skew: counted at arrival
                 r.time = now
                 self.time_replaced[place[0]] = self.time_replaced.get(place[0], 0) + 1
