@@ -133,6 +133,22 @@ def test_restart_keeps_and_adds(collector: Callable[..., CollectorProc]) -> None
     assert by_link(c, "from=-3d")[OVS_IN]["bytes"] == 3 * 2812  # the hourly roll-up agrees
 
 
+def test_firefly_after_the_records_still_gets_its_path(collector: Callable[..., CollectorProc]) -> None:  # noqa: F811
+    c = links_collector(collector)
+    replay("ovs-ipfix.pcap", c.ipfix)  # type: ignore[attr-defined]
+    c.wait(lambda: tag_bytes(by_link(c).get(OVS_IN, {"tags": []})) == {(3, 14): 740})
+    time.sleep(1.5)  # the records' link rows are written; their tagged places are held, not stored
+    t = time.time()
+    c.send(v6_firefly("end", A, 40011, B, 5001, start=t - 30, t=t))
+    c.send(v6_firefly("end", A, 40012, B, 5001, proto="tcp", start=t - 30, t=t))  # untagged on the wire
+    c.wait(lambda: len(c.api("/api/v1/flows?from=-1h")["flows"]) == 2)
+    c.wait(lambda: "path" in {f["sport"]: f for f in c.api("/api/v1/flows?from=-1h")["flows"]}[40011])
+    flows = {f["sport"]: f for f in c.api("/api/v1/flows?from=-1h")["flows"]}
+    assert {(p["interface"], p["direction"], p["bytes"]) for p in flows[40011]["path"]} == {
+        (8, "ingress", 740), (10, "egress", 740)}
+    assert "path" not in flows[40012]  # untagged records are not held: only a watched flow's are kept
+
+
 BAD_PARAMS = [
     ("links", "from=abc", "from"), ("links", "from=%D9%A1%D9%A2", "from"), ("links", "to=1e9", "to"),
     ("links", "from=-1h&to=-2h", "to"), ("links", "limit=0", "limit"), ("links", "limit=10001", "limit"),

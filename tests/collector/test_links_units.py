@@ -14,7 +14,7 @@ import pytest
 from scitagd.collector.conf import load_text
 from scitagd.collector.flowfeed import MAX_SERIES, LinkFeed, PathRecorder, Watch
 from scitagd.collector.links import MAX_ROW_BYTES, PathRow
-from scitagd.collector.report import make_report
+from scitagd.collector.report import Report, make_report
 from scitagd.collector.store import SQLiteStore
 from scitagd.errors import ConfigError
 from scitagd.firefly import parse
@@ -193,6 +193,9 @@ def test_feed_rows_metrics_and_clock_skew() -> None:
     assert sum(r.bytes for r in rows) == 166
     assert {r.minute for r in rows} == {int(now) // 60 * 60}  # all counted now
     assert s.agg.time_replaced == {"192.0.2.1": 3}
+    assert paths == []  # no firefly reported the flow (yet): its tagged places are held
+    f.note(report("start", A6, 1094, B6, 40000))
+    _, paths = f.take(now)
     assert [(p.experiment, p.bytes) for p in sorted(paths, key=lambda p: p.bytes)] == [(7, 9), (3, 107)]
     assert f.take(now) == ([], [])  # deltas: taken once
     metrics = {m.name: m for m in f.collect()}
@@ -205,9 +208,15 @@ def test_feed_rows_metrics_and_clock_skew() -> None:
     assert [(x.labels["exporter"], x.value) for x in rej] == [("192.0.2.1", 3)]
 
 
+def report(state: str, src: str, sport: int, dst: str, dport: int, proto: str = "tcp") -> Report:
+    return make_report(parse(v6_firefly(state, src, sport, dst, dport, proto=proto)), "192.0.2.9", False,
+                       time.time(), 3600)
+
+
 def test_feed_clamps_implausible_counters_and_bounds_series() -> None:
     f = feed()
     s = f.sections[0]
+    f.note(report("start", A6, 1094, B6, 40000))
     f._records(s, [rec(nbytes=2**70), rec(nbytes=2**64 - 1, exp=None, act=None)])  # no flow carries that
     assert f.take() == ([], []) and s.agg.implausible == {"192.0.2.1": 2}
     f._records(s, [rec(nbytes=2**43) for _ in range(9)])  # plausible each, too much together
@@ -228,6 +237,7 @@ def test_feed_keeps_what_the_store_could_not_write_within_a_bound(monkeypatch: p
 
     monkeypatch.setattr(ff, "MAX_PENDING_ROWS", 5)
     f = feed()
+    f.note(report("start", A6, 1094, B6, 40000))
     f._records(f.sections[0], [rec(iface=i) for i in range(4)])
     rows, paths = f.take()
     assert (len(rows), len(paths)) == (4, 4)
@@ -242,8 +252,7 @@ def test_feed_keeps_what_the_store_could_not_write_within_a_bound(monkeypatch: p
 def test_watched_flows_get_paths_untagged_too() -> None:
     f = feed()
     s = f.sections[0]
-    ff = v6_firefly("start", A6, 1094, B6, 40000, proto="tcp")
-    f.note(make_report(parse(ff), "192.0.2.9", False, time.time(), 3600))
+    f.note(report("start", A6, 1094, B6, 40000))
     f._records(s, [rec(exp=None, act=None), rec(exp=None, act=None, src=B6, dst=A6, sport=40000, dport=1094),
                    rec(exp=None, act=None, sport=1), rec(exp=None, act=None, proto=17)])
     _, paths = f.take()
@@ -258,9 +267,16 @@ def test_watch_and_recorder_bounds() -> None:
     assert len(w.flows) == 4 and w.evicted == 2
     w.add(make_report(ff, "x", False, time.time(), 3600), now=0)
     assert w.expire(now=50) == 2 and len(w.flows) == 2  # the ended flow lingers 10 s, the others 100 s
-    r = PathRecorder(max_pending=3, max_per_minute=2)
-    r.add([rec(sport=i) for i in range(5)], None)
-    assert r.dropped == 2 and len(r.take()) == 2 and r.dropped == 3
+    r = PathRecorder(max_pending=3, max_per_minute=2, max_held=2, hold=60)
+    r.add([rec(sport=i) for i in range(5)], None)  # tagged, nobody reported them
+    assert r.dropped == 2 and r.take(None, now=1000) == [] and len(r.held) == 2 and r.dropped == 3
+    w2 = Watch(active_timeout=100)
+    r.release(w2.add(report("end", A6, 0, B6, 40000)))  # a firefly after the records
+    assert [p.sport for p in r.take(w2, now=1001)] == [0] and len(r.held) == 1 and r.held_keys == 1
+    assert r.take(w2, now=1061) == [] and len(r.held) == 0 and r.held_keys == 0  # held 60 s at most
+    w2.add(report("start", A6, 10, B6, 2))
+    r.add([rec(sport=10, dport=2, iface=i, t=1000.0 + i) for i in range(3)], w2)  # 3 places in one minute
+    assert len(r.take(w2, now=1100)) == 2 and r.dropped == 4  # max_per_minute
 
 
 def test_store_full_is_reported_not_raised_as_sqlite(tmp_path: Path) -> None:

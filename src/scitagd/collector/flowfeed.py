@@ -6,9 +6,10 @@ the collector's event loop. The service calls `take()` every second and writes w
 on the store's thread (`Store.ingest_links`): rows are deltas, so the current minute is written
 as it grows and /api/v1/links lags an export by about a second.
 
-Paths: a tagged record's 5-tuple, or one a firefly reported (`watch`), is remembered per minute
-and place (`link_paths`), so /api/v1/flows shows where a reported flow was seen on the wire and
-with which tag.
+Paths: the records of flows fireflies reported (`watch`), tagged or not, are kept per minute and
+place (`link_paths`), so /api/v1/flows shows where a reported flow was seen on the wire and with
+which tag. Tagged records of flows not (yet) reported are held in memory for 10 minutes: a
+firefly that comes later still gets them.
 
 Bounds: aggregator label sets (flowexport.aggregate), path rows per flush and per minute,
 pending rows while the store cannot write, watched 5-tuples, metric series; each overflow is
@@ -73,20 +74,23 @@ class Watch:
     def __contains__(self, key: FlowKey) -> bool:
         return key in self.flows
 
-    def add(self, r: Report, now: Optional[float] = None) -> None:
+    def add(self, r: Report, now: Optional[float] = None) -> Tuple[FlowKey, ...]:
+        """Watch the report's flow (both ways); returns its two keys."""
         proto = 6 if r.proto == "tcp" else 17
         try:
             s, d = ipaddress.ip_address(r.src).packed, ipaddress.ip_address(r.dst).packed
         except ValueError:
-            return
+            return ()
         now = time.time() if now is None else now
         until = now + (self.linger if r.state == "end" else self.active_timeout)
-        for key in ((s, d, proto, r.sport, r.dport), (d, s, proto, r.dport, r.sport)):
+        keys = ((s, d, proto, r.sport, r.dport), (d, s, proto, r.dport, r.sport))
+        for key in keys:
             self.flows[key] = until
             self.flows.move_to_end(key)
         while len(self.flows) > self.max_flows:
             self.flows.popitem(last=False)
             self.evicted += 1
+        return keys
 
     def expire(self, now: float) -> int:
         gone = [k for k, until in self.flows.items() if until < now]
@@ -96,40 +100,95 @@ class Watch:
 
 
 class PathRecorder:
-    """Per minute and place, the bytes of tagged and watched 5-tuples, until `take()`; at most
-    `max_pending` keys between takes and `max_per_minute` rows written per minute."""
+    """Per minute and place, the bytes of tagged and watched 5-tuples. `take()` hands out those of
+    flows a firefly reported (watched) and holds the others for `hold` seconds, so that a
+    firefly arriving after its flow's records still finds them (`release`): only reported flows
+    reach the store, the link_paths table grows with the fireflies, not with the network.
+    Bounds: `max_pending` keys between takes, `max_held` flows held, `max_per_minute` rows
+    handed out per minute; what does not fit is counted in `dropped`."""
 
-    def __init__(self, max_pending: int = 200_000, max_per_minute: int = 200_000) -> None:
+    def __init__(self, max_pending: int = 200_000, max_per_minute: int = 200_000, max_held: int = 100_000,
+                 hold: float = 600.0) -> None:
         self.max_pending = max_pending
         self.max_per_minute = max_per_minute
+        self.max_held = max_held
+        self.hold = hold
         self.buckets: Dict[PathKey, List[int]] = {}
+        self.held: OrderedDict[FlowKey, Tuple[float, Dict[PathKey, List[int]]]] = OrderedDict()
+        self.held_keys = 0  # place keys over all held flows (bounded by max_pending too)
         self.written: Dict[int, int] = {}  # minute -> rows handed out
         self.dropped = 0
 
     def add(self, records: Iterable[FlowRecord], watch: Optional[Watch]) -> None:
         buckets = self.buckets
         watched = watch.flows if watch else None
+        last_t = None
+        minute = 0
         for r in records:
-            if (r.experiment is None and (watched is None or (r.src, r.dst, r.protocol, r.sport, r.dport)
-                                         not in watched)) or r.bytes > MAX_RECORD_BYTES:
+            exp = r.experiment
+            if exp is None and (watched is None or (r.src, r.dst, r.protocol, r.sport, r.dport) not in watched):
                 continue
+            nbytes = r.bytes
+            if nbytes > MAX_RECORD_BYTES:
+                continue
+            t = r.time
+            if t != last_t:  # records of one message share their time
+                last_t = t
+                minute = int(t) // MINUTE * MINUTE
             d = r.direction
-            iface = r.egress if d == 1 and r.egress is not None else r.ingress
-            key = (int(r.time) // MINUTE * MINUTE, r.src, r.dst, r.protocol, r.sport, r.dport, r.exporter, r.domain,
-                   iface, d, r.experiment, r.activity)
+            key = (minute, r.src, r.dst, r.protocol, r.sport, r.dport, r.exporter, r.domain,
+                   r.egress if d == 1 and r.egress is not None else r.ingress, d, exp, r.activity)
             b = buckets.get(key)
             if b is not None:
-                b[0] += r.bytes
+                b[0] += nbytes
                 b[1] += r.packets
             elif len(buckets) < self.max_pending:
-                buckets[key] = [r.bytes, r.packets]
+                buckets[key] = [nbytes, r.packets]
             else:
                 self.dropped += 1
 
-    def take(self) -> List[PathRow]:
+    def release(self, keys: Iterable[FlowKey]) -> None:
+        """A firefly reported these flows: their held places go out with the next take."""
+        for fk in keys:
+            entry = self.held.pop(fk, None)
+            if entry is None:
+                continue
+            self.held_keys -= len(entry[1])
+            for k, v in entry[1].items():
+                b = self.buckets.get(k)
+                if b is not None:
+                    b[0] += v[0]
+                    b[1] += v[1]
+                elif len(self.buckets) < self.max_pending:
+                    self.buckets[k] = v
+                else:
+                    self.dropped += 1
+
+    def take(self, watch: Optional[Watch] = None, now: Optional[float] = None) -> List[PathRow]:
+        now = time.time() if now is None else now
         out: List[PathRow] = []
         written = self.written
-        for (minute, src, dst, proto, sport, dport, ex, dom, ifc, d, e, a), (nb, npk) in self.buckets.items():
+        watched = watch.flows if watch else {}
+        held = self.held
+        for key, v in self.buckets.items():
+            minute, src, dst, proto, sport, dport, ex, dom, ifc, d, e, a = key
+            fk = (src, dst, proto, sport, dport)
+            if fk not in watched:
+                entry = held.get(fk)
+                if entry is None:
+                    if len(held) >= self.max_held or self.held_keys >= self.max_pending:
+                        self.dropped += 1
+                        continue
+                    entry = held[fk] = (now, {})
+                cur = entry[1].get(key)
+                if cur is None:
+                    entry[1][key] = v
+                    self.held_keys += 1
+                else:
+                    cur[0] += v[0]
+                    cur[1] += v[1]
+                continue
+            nb, npk = v
             n = written.get(minute, 0)
             if n >= self.max_per_minute:
                 self.dropped += 1
@@ -138,6 +197,12 @@ class PathRecorder:
             nb, npk, _ = clamp(nb, npk)
             out.append(PathRow(minute, proto, _ntop(src), _ntop(dst), sport, dport, ex, dom, ifc, d, e, a, nb, npk))
         self.buckets = {}
+        while held:
+            fk, (since, places) = next(iter(held.items()))
+            if since > now - self.hold:
+                break
+            del held[fk]
+            self.held_keys -= len(places)
         if len(written) > 8:  # only recent minutes matter; late records of old ones are rare
             for m in sorted(written)[:-8]:
                 del written[m]
@@ -199,8 +264,9 @@ class LinkFeed:
         self.paths.add(records, self.watch)
 
     def note(self, r: Report) -> None:
-        """A firefly the collector accepted: its flow's untagged records get a path too."""
-        self.watch.add(r)
+        """A firefly the collector accepted: its flow's records get a path (untagged ones too,
+        and tagged ones held from before it came)."""
+        self.paths.release(self.watch.add(r))
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -288,7 +354,7 @@ class LinkFeed:
                     log.warning("implausible counters clamped exporter=%s bytes=%d packets=%d", r.exporter,
                                 nb, npk)
         self._count(rows, now)
-        paths = self.paths.take()
+        paths = self.paths.take(self.watch, now)
         old_rows, old_paths = self.pending
         self.pending = ([], [])
         return old_rows + rows, old_paths + paths
@@ -374,6 +440,7 @@ class LinkFeed:
                 "time_replaced": dict(s.agg.time_replaced), "unconfirmed_bytes": dict(s.agg.unconfirmed),
                 "labels_folded": dict(s.agg.overflow)})
         return {"sections": out, "paths_dropped": self.paths.dropped, "watched_flows": len(self.watch.flows),
+                "held_flows": len(self.paths.held),
                 "rows_written": self.rows_written, "paths_written": self.paths_written,
                 "rows_dropped": self.rows_dropped, "clamped": dict(self.clamped), "problem": self.problem}
 
