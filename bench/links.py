@@ -7,12 +7,15 @@ Each target process runs pinned to --cpu; a sender process on the other CPU offe
 records decoded per CPU second of the target process (/proc/PID/stat: the cores are shared with
 other work, preemption is not our cost), records lost (sent - decoded) and kernel drops. The
 collector's CPU includes its store thread and the HTTP side; its records come from /metrics.
+Targets: the bare receiver, the collector fed by the exporter alone, and the collector while
+fireflies come (one firefly before the load: paths are then kept for tagged records).
 
 Workloads (bench/flowexport.py builds them from the shared OVS capture):
   ovs-mtu   OVS 3.1 records in 1400-byte messages: few links and tags, so few rows per flush
   fixed     a router-like 10-field IPv6 template, 24 records per message, labels over 3
-            experiments x 20 activities, 8 interfaces x 2 directions, 1,000 ports: ~2,000 link
-            rows and ~1,000 tagged 5-tuples (path rows) per one-second flush
+            experiments x 20 activities (half of the records carry a registry pair), 8
+            interfaces x 2 directions, 1,000 ports: ~100 link rows per one-second flush and
+            ~800 tagged 5-tuples per message cycle
 
   python bench/links.py [--rate 150000] [--seconds 10] [--runs 3] [--cpu 1] [--workloads ovs-mtu,fixed]
 """
@@ -41,6 +44,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from flowexport import _records_in, fixed_workload, ovs_workload  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
+FIREFLY = (b'<134>1 - bench xrootd - firefly-json - {"version":1,"flow-lifecycle":{"state":"start",'
+           b'"start-time":"NOW"},"flow-id":{"afi":"ipv6","src-ip":"2001:db8::7","dst-ip":"2001:db8::8",'
+           b'"protocol":"tcp","src-port":1094,"dst-port":40000},"context":{"experiment-id":3,"activity-id":14}}')
 
 
 def workload(name: str) -> Tuple[List[bytes], List[bytes]]:
@@ -144,11 +150,12 @@ def run_baseline(name: str, rate: float, seconds: float, cpu: int, cpu_tx: int) 
             rx.wait()
 
 
-def run_collector(name: str, rate: float, seconds: float, cpu: int, cpu_tx: int, tmp: Path) -> Dict[str, Any]:
-    port, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+def run_collector(name: str, rate: float, seconds: float, cpu: int, cpu_tx: int, tmp: Path,
+                  fireflies: bool = False) -> Dict[str, Any]:
+    port, http, ffport = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     db = tmp / f"links-{time.monotonic_ns()}.sqlite"
     conf = tmp / "collector.yaml"
-    conf.write_text(f"collector:\n  udp: {{bindAddresses: [127.0.0.1], port: {free_port(socket.SOCK_DGRAM)}}}\n"
+    conf.write_text(f"collector:\n  udp: {{bindAddresses: [127.0.0.1], port: {ffport}}}\n"
                     f"  http: {{port: {http}}}\n  store: {{path: {db}}}\n"
                     f"  ipfix: {{bindAddresses: [127.0.0.1], port: {port}, receiveBuffer: 67108864}}\n")
     log = open(tmp / "collector.log", "wb")
@@ -165,6 +172,11 @@ def run_collector(name: str, rate: float, seconds: float, cpu: int, cpu_tx: int,
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError((tmp / "collector.log").read_text()[-2000:]) from None
                 time.sleep(0.1)
+        if fireflies:  # one firefly (another flow): the collector keeps paths while fireflies come
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(FIREFLY.replace(b"NOW", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()),
+                         ("127.0.0.1", ffport))
+            time.sleep(0.5)
         c0 = cpu_seconds(proc.pid)
         sent = offer(port, name, rate, seconds, cpu_tx)
         time.sleep(2.5)  # two link flushes: what was decoded is written
@@ -200,10 +212,12 @@ def main() -> None:
     results: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="scitagd-bench-links-") as d:
         for name in a.workloads.split(","):
-            per: Dict[str, List[Dict[str, Any]]] = {"receiver": [], "collector": []}
-            for _ in range(a.runs):  # interleaved: both see the same machine load
+            per: Dict[str, List[Dict[str, Any]]] = {"receiver": [], "collector": [], "collector+fireflies": []}
+            for _ in range(a.runs):  # interleaved: all see the same machine load
                 per["receiver"].append(run_baseline(name, a.rate, a.seconds, a.cpu, cpu_tx))
                 per["collector"].append(run_collector(name, a.rate, a.seconds, a.cpu, cpu_tx, Path(d)))
+                per["collector+fireflies"].append(run_collector(name, a.rate, a.seconds, a.cpu, cpu_tx, Path(d),
+                                                                fireflies=True))
             summary = {}
             for target, runs in per.items():
                 rate = statistics.median(r["records"] / max(r["cpu"], 0.01) for r in runs)
@@ -211,13 +225,16 @@ def main() -> None:
                                    "lost": statistics.median(r["sent"] - r["records"] for r in runs),
                                    "kernel_drops": statistics.median(r["kernel_drops"] for r in runs),
                                    "sent": statistics.median(r["sent"] for r in runs), "runs": runs}
-            ratio = summary["collector"]["records_per_cpu_s"] / max(summary["receiver"]["records_per_cpu_s"], 1)
-            results[name] = {**summary, "ratio": round(ratio, 2)}
-            print(f"{name:8s} offered {a.rate:,.0f}/s for {a.seconds:.0f} s: receiver "
-                  f"{summary['receiver']['records_per_cpu_s']:,} records/CPU-s (lost "
-                  f"{summary['receiver']['lost']:,.0f}), collector {summary['collector']['records_per_cpu_s']:,} "
-                  f"records/CPU-s (lost {summary['collector']['lost']:,.0f}, link rows "
-                  f"{statistics.median(r['rows'] for r in per['collector']):,.0f}): x{ratio:.2f}", flush=True)
+            base = max(summary["receiver"]["records_per_cpu_s"], 1)
+            results[name] = {**summary, "ratio": round(summary["collector"]["records_per_cpu_s"] / base, 2),
+                             "ratio_fireflies": round(summary["collector+fireflies"]["records_per_cpu_s"] / base, 2)}
+            line = f"{name:8s} offered {a.rate:,.0f}/s for {a.seconds:.0f} s:"
+            for target in per:
+                sm = summary[target]
+                line += (f"  {target} {sm['records_per_cpu_s']:,}/CPU-s (x{sm['records_per_cpu_s'] / base:.2f}, "
+                         f"lost {sm['lost']:,.0f})")
+            print(line + f"  link rows per run {statistics.median(r['rows'] for r in per['collector']):,.0f}",
+                  flush=True)
     print(json.dumps(results))
 
 

@@ -135,13 +135,15 @@ def test_restart_keeps_and_adds(collector: Callable[..., CollectorProc]) -> None
 
 def test_firefly_after_the_records_still_gets_its_path(collector: Callable[..., CollectorProc]) -> None:  # noqa: F811
     c = links_collector(collector)
+    c.send(v6_firefly("start", "2001:db8::7", 1094, "2001:db8::8", 40000))  # fireflies come, for other flows
+    c.wait(lambda: len(c.api("/api/v1/flows?from=-1h")["flows"]) == 1)
     replay("ovs-ipfix.pcap", c.ipfix)  # type: ignore[attr-defined]
     c.wait(lambda: tag_bytes(by_link(c).get(OVS_IN, {"tags": []})) == {(3, 14): 740})
     time.sleep(1.5)  # the records' link rows are written; their tagged places are held, not stored
     t = time.time()
     c.send(v6_firefly("end", A, 40011, B, 5001, start=t - 30, t=t))
     c.send(v6_firefly("end", A, 40012, B, 5001, proto="tcp", start=t - 30, t=t))  # untagged on the wire
-    c.wait(lambda: len(c.api("/api/v1/flows?from=-1h")["flows"]) == 2)
+    c.wait(lambda: len(c.api("/api/v1/flows?from=-1h")["flows"]) == 3)
     c.wait(lambda: "path" in {f["sport"]: f for f in c.api("/api/v1/flows?from=-1h")["flows"]}[40011])
     flows = {f["sport"]: f for f in c.api("/api/v1/flows?from=-1h")["flows"]}
     assert {(p["interface"], p["direction"], p["bytes"]) for p in flows[40011]["path"]} == {

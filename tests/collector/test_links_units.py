@@ -186,17 +186,20 @@ def test_feed_rows_metrics_and_clock_skew() -> None:
     f = feed()
     s = f.sections[0]
     now = time.time()
-    f._records(s, [rec(), rec(exp=None, act=None, nbytes=50), rec(exp=7, act=63, nbytes=9)])  # 7/63: unknown pair
+    f._records(s, [rec()])  # no firefly came yet: no paths kept at all
+    assert f.take(now)[1] == [] and not f.paths.held
+    f.note(report("start", A6, 1, B6, 2))  # fireflies come (for another flow)
+    f._records(s, [rec(nbytes=0), rec(exp=None, act=None, nbytes=50), rec(exp=7, act=63, nbytes=9)])  # 7/63: unknown
     f._records(s, [rec(t=now - 86400, nbytes=1), rec(t=now - 86400, nbytes=2)])  # an exporter's clock a day off
     f._records(s, [rec(t=4102444800.0, nbytes=4)])  # year 2100
     rows, paths = f.take(now)
-    assert sum(r.bytes for r in rows) == 166
+    assert sum(r.bytes for r in rows) == 66
     assert {r.minute for r in rows} == {int(now) // 60 * 60}  # all counted now
     assert s.agg.time_replaced == {"192.0.2.1": 3}
     assert paths == []  # no firefly reported the flow (yet): its tagged places are held
     f.note(report("start", A6, 1094, B6, 40000))
     _, paths = f.take(now)
-    assert [(p.experiment, p.bytes) for p in sorted(paths, key=lambda p: p.bytes)] == [(7, 9), (3, 107)]
+    assert [(p.experiment, p.bytes) for p in sorted(paths, key=lambda p: p.bytes)] == [(3, 7), (7, 9)]
     assert f.take(now) == ([], [])  # deltas: taken once
     metrics = {m.name: m for m in f.collect()}
     got = {(s.labels["experiment"], s.labels["activity"]): s.value
@@ -267,6 +270,7 @@ def test_watch_and_recorder_bounds() -> None:
     assert len(w.flows) == 4 and w.evicted == 2
     w.add(make_report(ff, "x", False, time.time(), 3600), now=0)
     assert w.expire(now=50) == 2 and len(w.flows) == 2  # the ended flow lingers 10 s, the others 100 s
+    assert sum(w.sources.values()) == 2 and w.expire(now=200) == 2 and w.sources == {}
     r = PathRecorder(max_pending=3, max_per_minute=2, max_held=2, hold=60)
     r.add([rec(sport=i) for i in range(5)], None)  # tagged, nobody reported them
     assert r.dropped == 2 and r.take(None, now=1000) == [] and len(r.held) == 2 and r.dropped == 3
