@@ -19,7 +19,6 @@ counted. Times: a record more than maxClockSkew from the collector's clock is co
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
@@ -78,9 +77,9 @@ class Watch:
     def add(self, r: Report, now: Optional[float] = None) -> Tuple[FlowKey, ...]:
         """Watch the report's flow (both ways); returns its two keys."""
         proto = 6 if r.proto == "tcp" else 17
-        try:
-            s, d = ipaddress.ip_address(r.src).packed, ipaddress.ip_address(r.dst).packed
-        except ValueError:
+        try:  # canonical text already (make_report): inet_pton is 10x cheaper than ipaddress
+            s, d = _pton(r.src), _pton(r.dst)
+        except OSError:
             return ()
         now = time.time() if now is None else now
         until = now + (self.linger if r.state == "end" else self.active_timeout)
@@ -220,6 +219,10 @@ class PathRecorder:
             for m in sorted(written)[:-8]:
                 del written[m]
         return out
+
+
+def _pton(a: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
 
 
 def _ntop(b: bytes) -> str:
