@@ -64,7 +64,7 @@ class Watch:
         self.active_timeout = active_timeout
         self.max_flows = max_flows
         self.linger = linger
-        self.flows: OrderedDict[FlowKey, float] = OrderedDict()
+        self.flows: Dict[FlowKey, float] = {}  # oldest report first
         self.sources: Dict[bytes, int] = {}  # source address -> watched keys from it: a cheap first test
         self.evicted = 0
 
@@ -84,13 +84,15 @@ class Watch:
         now = time.time() if now is None else now
         until = now + (self.linger if r.state == "end" else self.active_timeout)
         keys = ((s, d, proto, r.sport, r.dport), (d, s, proto, r.dport, r.sport))
+        flows = self.flows
         for key in keys:
-            if key not in self.flows:
+            if flows.pop(key, None) is None:  # a plain dict keeps insertion order: re-inserted = newest
                 self.sources[key[0]] = self.sources.get(key[0], 0) + 1
-            self.flows[key] = until
-            self.flows.move_to_end(key)
-        while len(self.flows) > self.max_flows:
-            self._forget(self.flows.popitem(last=False)[0])
+            flows[key] = until
+        while len(flows) > self.max_flows:
+            oldest = next(iter(flows))
+            del flows[oldest]
+            self._forget(oldest)
             self.evicted += 1
         return keys
 
