@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Collector benchmarks: ingest rate on one core, and dashboard query latency with 1,000,000 flows.
 
   1. ingest: the collector pinned to CPU 1; a sender process on CPU 0 offers a realistic mix of

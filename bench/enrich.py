@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Enrichment cost per period: 10 watched TCP flows while 1,000 and then 10,000 idle TCP
 connections exist, with three ways of getting their tcp_info, in one run:
 

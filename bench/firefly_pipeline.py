@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Firefly pipeline benchmark: UDP firefly in -> flow table -> firefly out, scitagd vs python flowd.
 
 Each daemon runs pinned to one core (CPU 1); the load generator and the receiver run in their

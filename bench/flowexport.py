@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Flow-export decoding: records/s on one core, decode + aggregate, against a pure-Python reference.
 
 Workloads, all built from the real captures in shared/data/flowexport:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Router flow exports through a whole `scitagd collector`: receiver -> decode -> aggregate ->
 store (link rows, paths), against the bare receiver (IpfixReceiver + Aggregator, no store: the
 soak receiver of bench/flowexport.py) in the same run.

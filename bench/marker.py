@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Marker benchmarks (root): data-path cost, start-up time, event-to-map latency, map capacity.
 
 Two namespaces joined by veth (scitagd.lab.netlab); scitagd runs in A with the marker on a0.

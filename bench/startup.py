@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Start-up benchmark: from exec to the first firefly relayed, scitagd vs python flowd 1.1.7.
 
 A probe firefly is sent to the daemon's listener every millisecond from the moment the daemon

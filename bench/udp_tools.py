@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load generator and receiver for the firefly pipeline benchmark, each run in its own process.
 
 The sender paces by the clock in small bursts (it sleeps between them, never busy-waits) so that

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Sets up a development/run environment: Debian packages (when root) and a venv in .venv.
 # Usage: bash scripts/setup.sh [--test]     (--test also installs what the test suite needs)
 set -euo pipefail
@@ -10,6 +11,12 @@ pkgs=(python3 python3-venv iproute2 libbpf1)
 if [ "$want_test" = 1 ]; then
     # Real parts for the tests: XRootD server and client, iperf3, packet capture, eBPF toolchain.
     pkgs+=(xrootd-server xrootd-client iperf3 tcpdump clang clang-format llvm libbpf-dev ethtool chromium prometheus openvswitch-switch softflowd pmacct tshark)
+    # Site packaging (tests/site): rpmbuild and unpacking, systemd's unit checks, strace for W^X,
+    # libseccomp's Python binding to apply the units' SystemCallFilter=/RestrictAddressFamilies=,
+    # and the Debian package's dependencies, to run it as installed.
+    pkgs+=(rpm rpm2cpio cpio zstd systemd strace python3-seccomp)
+    pkgs+=(python3-aiohttp python3-yaml python3-prometheus-client python3-pyroute2 python3-uvloop)
+    pkgs+=(clickhouse-server)  # the collector's ClickHouse store against a real 18.16
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

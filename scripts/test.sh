@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Set up, then run lint, type checks and the whole test suite (privileged tests need root).
 set -euo pipefail
 cd "$(dirname "$0")/.."

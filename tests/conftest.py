@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared test helpers: the shared/ data, a daemon subprocess, UDP receivers, schema checks."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The marker tests' lab: scitagd's namespace lab plus a scitagd daemon running in A."""
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ backends:
             for line in lines:
                 f.write(line + "\n")
 
-    def metrics(self) -> Dict[str, float]:
+    def metrics_text(self) -> str:
         code = ("import urllib.request;print(urllib.request.urlopen("
                 "'http://127.0.0.1:9464/metrics').read().decode())")
-        r = self.lab.a.exec(sys.executable, "-c", code)
+        return self.lab.a.exec(sys.executable, "-c", code).stdout
+
+    def metrics(self) -> Dict[str, float]:
         out = {}
-        for line in r.stdout.splitlines():
+        for line in self.metrics_text().splitlines():
             if line and not line.startswith("#"):
                 k, _, v = line.rpartition(" ")
                 out[k] = float(v)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd ...`: exit status 0 on success, 2 with one error line for invalid input."""
 
 from __future__ import annotations
@@ -171,10 +172,14 @@ def cmd_marker(a: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
 
 
+DEFAULT_COLLECTOR_CONFIG = "/etc/scitagd/collector.yaml"
+
+
 def cmd_collector(a: argparse.Namespace) -> int:
     from .collector.conf import load, load_text
 
-    conf = load(a.config) if a.config else load_text("")
+    path = a.config or (DEFAULT_COLLECTOR_CONFIG if Path(DEFAULT_COLLECTOR_CONFIG).is_file() else None)
+    conf = load(path) if path else load_text("")
     cconf = conf.collector
     if getattr(a, "import_files", False):
         import json as _json
@@ -197,8 +202,21 @@ def cmd_collector(a: argparse.Namespace) -> int:
     from .collector.service import run as run_collector
     from .registry import RegistryHolder
 
-    logs.setup(conf.logging.level, False)
-    return run_collector(cconf, RegistryHolder(conf.registry))
+    logs.setup(a.log_level or conf.logging.level, False)
+    if path is None:
+        import logging
+
+        logging.getLogger("scitagd.collector").warning(
+            "no --config given and %s does not exist: running on built-in defaults store=%s udp=[%s]:%d http=%s:%d",
+            DEFAULT_COLLECTOR_CONFIG, cconf.store.path, ",".join(cconf.udp.bind_addresses), cconf.udp.port,
+            cconf.http.bind_address, cconf.http.port)
+    return run_collector(cconf, RegistryHolder(conf.registry), path)
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(_load_conf(config_path(a.config)), a.json)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -254,8 +272,10 @@ def parser() -> argparse.ArgumentParser:
 
     col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "
                          "loads archives")
-    col.add_argument("--config", help="YAML with a collector: section")
-    col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False, keep=False)
+    col.add_argument("--config", help=f"YAML with a collector: section (default {DEFAULT_COLLECTOR_CONFIG} "
+                     "if it exists, else built-in defaults, said at start)")
+    col.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level")
+    col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False, keep=False, log_level=None)
     colsub = col.add_subparsers(dest="collector_cmd")
     imp = colsub.add_parser("import", help="load syslog archives of fireflies (.gz or plain)")
     imp.add_argument("files", nargs="+")
@@ -265,6 +285,12 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--keep", action="store_true", help="exempt the imported time range from retention "
                      "(archives older than collector.store.retentionDays)")
     imp.set_defaults(func=cmd_collector, import_files=True)
+
+    doc = sub.add_parser("doctor", help="check this host against the config: kernel, BTF, bpffs, cgroup v2, "
+                         "libbpf, capabilities, interfaces, sysctls, registry cache, listeners, collectors")
+    doc.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")

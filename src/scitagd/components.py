@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The contracts between the daemon core and its components: what a component is given (a
 `Host`), what it must provide (`Source`, `Sink`, `Enricher`, `MetricsProvider`), and nothing
 else. A component never sees the daemon itself.

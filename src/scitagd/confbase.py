@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What every config file shares: YAML in, typed sections out, errors that lead with the key
 path; and the sections both the daemon and the collector read (`registry:`, `logging:`) plus
 the flow table's.

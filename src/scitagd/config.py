@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's YAML config: flowd-go's layout, composed from the sections each component owns
 (sources/conf.py, sinks/conf.py, enrich/conf.py; shared sections in confbase.py).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon core: the flow table, one bounded queue per sink, housekeeping and the life cycle.
 It implements `components.Host`; what runs is decided by `wiring` from the config."""
 

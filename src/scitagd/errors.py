@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every exception scitagd raises on purpose, in one tree, so that callers catch by meaning.
 
     ScitagdError

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """FlowEvent, the one thing that crosses component boundaries, and the flow table."""
 
 from __future__ import annotations
@@ -109,19 +110,25 @@ def make_event(
         "state", "protocol", "src-ip", "src-port", "dst-ip", "dst-port", "experiment", "activity",
     ),
 ) -> FlowEvent:
-    """Validate raw input into a FlowEvent, naming the input's own field on error."""
+    """Validate raw input into a FlowEvent, naming the input's own field on error. Values come
+    from JSON or text: anything of the wrong type (a bool as an id or port too, since `True` is
+    an int to Python) is an EventError, never another exception."""
     f_state, f_proto, f_sip, f_sport, f_dip, f_dport, f_exp, f_act = field_names
-    if state not in STATES:
-        raise EventError(f_state, f"{state!r}: expected one of start, ongoing, end", "bad_state")
-    if protocol not in PROTOCOLS:
-        raise EventError(f_proto, f"{protocol!r}: expected tcp or udp", "bad_protocol")
+    if not isinstance(state, str) or state not in STATES:
+        raise EventError(f_state, f"{_show(state)}: expected one of start, ongoing, end", "bad_state")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise EventError(f_proto, f"{_show(protocol)}: expected tcp or udp", "bad_protocol")
     sip = _ip(f_sip, src_ip)
     dip = _ip(f_dip, dst_ip)
     if (":" in sip) != (":" in dip):
-        raise EventError(f_dip, f"{dst_ip!r} is not the same address family as {f_sip} {src_ip!r}",
+        raise EventError(f_dip, f"{_show(dst_ip)} is not the same address family as {f_sip} {_show(src_ip)}",
                          "bad_address")
     sport = _port(f_sport, src_port)
     dport = _port(f_dport, dst_port)
+    if isinstance(experiment, bool):
+        raise EventError(f_exp, f"{experiment!r}: expected an experiment id (integer)", "bad_experiment")
+    if isinstance(activity, bool):
+        raise EventError(f_act, f"{activity!r}: expected an activity id (integer)", "bad_activity")
     try:
         exp = check_experiment(experiment)
     except TagError as e:
@@ -130,6 +137,8 @@ def make_event(
         act = check_activity(activity)
     except TagError as e:
         raise EventError(f_act, str(e), "bad_activity") from None
+    if not isinstance(application, str):
+        raise EventError("application", f"{_show(application)}: expected a string", "bad_application")
     now = time.time()
     return FlowEvent(
         state, protocol, sip, sport, dip, dport, exp, act, application, source,
@@ -140,18 +149,43 @@ def make_event(
 
 
 def _ip(field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise EventError(field, f"{value!r}: expected an IPv4 or IPv6 address", "bad_address")
+    # 45 characters is the longest IPv6 text form (with an embedded IPv4 address); longer is
+    # refused before the parser and the cache see it
+    if not isinstance(value, str) or len(value) > 45:
+        raise EventError(field, f"{_show(value)}: expected an IPv4 or IPv6 address", "bad_address")
     try:
         return normalize_ip(value)
     except ValueError:
-        raise EventError(field, f"{value!r}: expected an IPv4 or IPv6 address", "bad_address") from None
+        raise EventError(field, f"{_show(value)}: expected an IPv4 or IPv6 address", "bad_address") from None
 
 
 def _port(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise EventError(field, f"{value!r}: expected a port 1..65535", "bad_port")
+        raise EventError(field, f"{_show(value)}: expected a port 1..65535", "bad_port")
     return value
+
+
+def _show(value: Any, n: int = 60) -> str:
+    """repr() cut to `n` characters: messages and logs stay bounded whatever came in."""
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+class _Quiet:
+    """At most one log line per key per `period`; `allow` says how many were left out since."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last: Dict[str, float] = {}
+        self._left_out: Dict[str, int] = {}
+
+    def allow(self, key: str) -> Optional[int]:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.period) < self.period:
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._left_out.pop(key, 0)
 
 
 class FlowTable:
@@ -168,6 +202,8 @@ class FlowTable:
         self.unknown_ongoing = 0
         self.expired = 0
         self.overflow = 0
+        # anyone who can send events can send ends of flows that never were: a line a second
+        self._quiet = _Quiet(1.0)
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -188,8 +224,10 @@ class FlowTable:
                 return None
             if len(flows) >= self.conf.max_flows:
                 self.overflow += 1
-                log.warning("flow table full, start dropped max_flows=%d %s", self.conf.max_flows,
-                            ev.log_fields())
+                n = self._quiet.allow("table_full")
+                if n is not None:
+                    log.warning("flow table full, start dropped max_flows=%d suppressed=%d %s",
+                                self.conf.max_flows, n, ev.log_fields())
                 return None
             kept = ev
             if ev.netlink is not None or not ev.seen:
@@ -202,7 +240,9 @@ class FlowTable:
         if started is None:
             if ev.state == END:
                 self.unknown_ends += 1
-                log.warning("end for unknown flow source=%s %s", ev.source, ev.log_fields())
+                n = self._quiet.allow("unknown_end")
+                if n is not None:
+                    log.warning("end for unknown flow source=%s suppressed=%d %s", ev.source, n, ev.log_fields())
             else:
                 self.unknown_ongoing += 1
             return None

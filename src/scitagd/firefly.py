@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fireflies: build strictly (always schema-valid), parse tolerantly (every producer's dialect).
 
 SPEC.md section 4 lists what receivers must accept: nil or 'Z' timestamps, an IP address as
@@ -46,7 +47,7 @@ DEFAULT_PORT = 10514
 MAX_DATAGRAM = 1400  # keep one firefly in one unfragmented datagram on any sane path
 MAX_APPLICATION = 128  # longer application names are cut to this, by every reader and writer
 MAX_ID = 0xFFFF  # experiment and activity ids: 16 bits (the scitag integer's range)
-MAX_BYTES = 1 << 62  # usage counters: far beyond any transfer, and safe in a signed 64-bit column
+MAX_BYTES = 1 << 60  # usage counters: far beyond any transfer (1 EiB); sums of many stay in 64 bits
 MIN_TIME, MAX_TIME = 946684800.0, 4102444800.0  # 2000-01-01 .. 2100-01-01 UTC
 MAX_HOSTNAME = 255  # RFC 5424 HOSTNAME
 
@@ -190,10 +191,10 @@ def _check(ff: Firefly) -> None:
     if ff.usage is not None:
         for name, n in (("received", ff.usage.received), ("sent", ff.usage.sent)):
             if n is not None and not 0 <= n <= MAX_BYTES:
-                raise FireflyError(f"usage.{name}: {n}: expected 0..2**62 bytes", "bad_usage", f"usage.{name}")
+                raise FireflyError(f"usage.{name}: {n}: expected 0..2**60 bytes", "bad_usage", f"usage.{name}")
         if (ff.usage.received or 0) + (ff.usage.sent or 0) > MAX_BYTES:
             raise FireflyError(f"usage: sent + received = {(ff.usage.received or 0) + (ff.usage.sent or 0)}: "
-                               "expected at most 2**62 bytes", "bad_usage", "usage")
+                               "expected at most 2**60 bytes", "bad_usage", "usage")
     for name, dt in (("start-time", lc.start_time), ("end-time", lc.end_time), ("current-time", lc.current_time)):
         t = ts(dt)
         if t is not None and not MIN_TIME <= t < MAX_TIME:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One line per event, `key=value` after the message, so that grep and log shippers both work."""
 
 from __future__ import annotations

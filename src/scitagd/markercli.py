@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd marker status|clean`: look at and remove what the marker left in the kernel."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`backends.prometheus`: the /metrics endpoint, an exporter that components register their
 metrics providers with (`Host.register_metrics`); it never sees a flow event.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A set of networks with a bounded per-address cache: allow-lists, trusted relays, local
 networks. An address check costs one dict lookup after the first time (~60 ns against ~2 us for
 ipaddress parsing and the membership tests)."""

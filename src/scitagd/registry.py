@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Experiment and activity names: bundled snapshot, optional URL with cache and refresh.
 
 Ids are the truth on the wire; names are for people. Unknown ids are valid (ids changed over
@@ -120,26 +121,28 @@ class Registry:
             return self._exp_by_id.get(name_or_id)
         return self._exp_by_name.get(fold(name_or_id))
 
-    def resolve(self, experiment: str | int, activity: str | int) -> tuple[int, int]:
-        """Turn ids or names into ids. Names must exist; ids need not."""
+    def resolve(self, experiment: object, activity: object) -> tuple[int, int]:
+        """Turn ids or names into ids. Names must exist; ids need not (their range is checked
+        where they are used). Anything but an integer or a string is refused, booleans too
+        (`true` is an int to Python)."""
         exp_id = self._resolve_exp(experiment)
         act_id = self._resolve_act(exp_id, activity)
         return exp_id, act_id
 
-    def _resolve_exp(self, value: str | int) -> int:
-        as_int = _as_int(value)
+    def _resolve_exp(self, value: object) -> int:
+        as_int = _as_int("experiment", value)
         if as_int is not None:
             return as_int
         e = self._exp_by_name.get(fold(str(value)))
         if e is None:
             raise RegistryError(
-                f"unknown experiment name {value!r}: expected an id or one of "
+                f"unknown experiment name {_show(value)}: expected an id or one of "
                 + ", ".join(x.exp_name for x in self.experiments), field="experiment"
             )
         return e.exp_id
 
-    def _resolve_act(self, exp_id: int, value: str | int) -> int:
-        as_int = _as_int(value)
+    def _resolve_act(self, exp_id: int, value: object) -> int:
+        as_int = _as_int("activity", value)
         if as_int is not None:
             return as_int
         a = self._act_by_name.get((exp_id, fold(str(value))))
@@ -147,21 +150,37 @@ class Registry:
             e = self._exp_by_id.get(exp_id)
             known = ", ".join(repr(x.activity_name) for x in e.activities) if e else "none known"
             raise RegistryError(
-                f"unknown activity name {value!r} for experiment {exp_id}: expected an id or one of "
+                f"unknown activity name {_show(value)} for experiment {exp_id}: expected an id or one of "
                 + known, field="activity"
             )
         return a
 
 
-def _as_int(value: str | int) -> int | None:
-    if isinstance(value, bool):
-        return None
+_MAX_ID_DIGITS = 9  # far above any id; int() of a 5,000-digit string would raise instead
+
+
+def _as_int(field: str, value: object) -> int | None:
+    """The id in `value`, or None when it is a name. Refuses other types with a RegistryError."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RegistryError(f"{_show(value)} ({type(value).__name__}): expected an id (integer) or a name "
+                            "(string)", reason="bad_type", field=field)
     if isinstance(value, int):
         return value
     s = value.strip()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
+        if len(s) > _MAX_ID_DIGITS:
+            raise RegistryError(f"{_show(value)}: id out of range", reason="bad_" + field, field=field)
         return int(s)
+    if not s or len(s) > 128:
+        raise RegistryError(f"{_show(value)}: expected an id or a name of 1..128 characters",
+                            reason="unknown_name", field=field)
     return None
+
+
+def _show(value: object, n: int = 60) -> str:
+    """repr() cut to `n` characters: error messages and logs stay bounded whatever came in."""
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 class RegistryHolder:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Forwarding datagrams verbatim to further receivers (the daemon's `fireflyReceivers`, the
 collector's `relay`), with loop protection: a datagram forwarded in the last `window` seconds
 that comes back (A relays to B, B to A) is not forwarded again."""

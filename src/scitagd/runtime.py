@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Running a service process: the event loop (uvloop where installed) and the life cycle
 start -> wait for SIGTERM/SIGINT -> stop, shared by the daemon and the collector."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """systemd's notify protocol (sd_notify(3)): a datagram to $NOTIFY_SOCKET, a few lines, no
 dependency. Under `Type=notify` the service is started once READY=1 is sent (every listener
 bound, the marker attached); STATUS= is what `systemctl status` shows; with `WatchdogSec=`,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's own counters, kept as plain dicts and read only when scraped.
 
 A prometheus_client labelled Counter costs ~1.5 us per inc(); a dict increment ~60 ns. On a

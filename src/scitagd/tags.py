@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Experiment/activity tags and their three wire forms (SPEC.md sections 1-3).
 
 The scitag integer travels in URLs and HTTP headers, the flow label in every IPv6 packet

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the link tests: fireflies for IPv6 flows, the shared captures replayed over UDP."""
 
 from __future__ import annotations

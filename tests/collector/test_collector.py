@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The collector for real: a subprocess on loopback, fed by real producers, checked through its
 API, its SQLite file and its metrics."""
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -377,14 +379,45 @@ scrape_configs:
 
 
 def test_grafana_dashboard_uses_exported_metrics(collector: Callable[..., CollectorProc]) -> None:
-    dash = json.loads((Path(__file__).parents[2] / "grafana" / "scitagd-collector.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    used = set(re.findall(r"scitagd_collector_\w+", " ".join(exprs)))
-    assert len(used) >= 6
+    from ..grafana_check import check_structure, exported, load, metric_names
+
+    dash = load("scitagd-collector.json")
+    check_structure(dash)
+    used = metric_names(dash)
+    assert len(used) >= 10
     c = collector()
     for s in samples()[:5]:  # two whole transfers and one that is still going on
         c.send(s["wire"].encode())
     c.send(b"garbage")
+    with socket.create_connection(("127.0.0.1", c.tcp)) as conn:  # a TCP sender, to see its metrics
+        conn.sendall(samples()[5]["wire"].encode() + b"\n")
     c.wait(lambda: c.metrics().get('scitagd_collector_fireflies_total{outcome="end"}', 0) == 2)
-    exported = {k.split("{")[0] for k in c.metrics()}
-    assert used <= exported, used - exported
+    c.wait(lambda: c.metrics().get('scitagd_collector_datagrams_total{transport="tcp"}', 0) >= 1)
+    have = exported(c.metrics())
+    # counters that have seen nothing yet are exported without samples; take them from the text
+    text = urllib.request.urlopen(c.url("/metrics")).read().decode()
+    have |= {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    have |= {n + "_total" for n in list(have)}
+    assert used <= have, used - have
+
+
+def test_collector_reload(collector: Callable[..., CollectorProc], udp_receiver: Any) -> None:
+    c = collector()
+    w = samples()[0]["wire"].encode()
+    c.send(w)
+    c.wait(lambda: c.metrics().get('scitagd_collector_fireflies_total{outcome="start"}', 0) == 1)
+    downstream = udp_receiver("127.0.0.1")
+    text = c.conf.read_text()
+    c.conf.write_text(text.replace("  http:", f'  relay: ["127.0.0.1:{downstream.port}"]\n  http:'))
+    assert c.proc is not None
+    c.proc.send_signal(signal.SIGHUP)
+    c.wait(lambda: "scitagd.collector reloaded" in c.log.read_text())
+    assert "changed=relay" in c.log.read_text()
+    w2 = samples()[1]["wire"].encode()
+    c.send(w2)
+    assert downstream.recv(1) == [w2]  # the new relay list is in force
+    assert c.metrics()['scitagd_collector_fireflies_total{outcome="start"}'] == 1  # accounting went on
+    c.conf.write_text(text.replace("retentionDays", "retentionDayz"))
+    c.proc.send_signal(signal.SIGHUP)
+    c.wait(lambda: "config not reloaded" in c.log.read_text())
+    assert c.proc.poll() is None and "Traceback" not in c.log.read_text()

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The dashboard in a real browser (Debian chromium, headless), driven over the DevTools
 protocol: it loads without console errors, its chart holds the imported archive, a filter
 changes what it shows. The screenshot is kept in test-artifacts/."""

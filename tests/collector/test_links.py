@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Router flow exports into a real `scitagd collector` process: the shared captures (Open vSwitch
 IPFIX and sFlow, softflowd PSAMP, pmacctd sFlow) replayed over UDP, read back through
 /api/v1/links, /api/v1/links/timeseries, /api/v1/flows (paths), /api/v1/exporters and /metrics;
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import time
 import urllib.parse
@@ -149,6 +151,34 @@ def test_firefly_after_the_records_still_gets_its_path(collector: Callable[..., 
     assert {(p["interface"], p["direction"], p["bytes"]) for p in flows[40011]["path"]} == {
         (8, "ingress", 740), (10, "egress", 740)}
     assert "path" not in flows[40012]  # untagged records are not held: only a watched flow's are kept
+
+
+def test_sighup_rebinds_changed_sections_only(collector: Callable[..., CollectorProc]) -> None:  # noqa: F811
+    ipfix = free_port(UDP)
+    c = collector(f'  ipfix: {{bindAddresses: ["::"], port: {ipfix}}}')
+    ipfix2, sflow = free_port(UDP), free_port(UDP)  # free while the collector holds its ports
+    replay("ovs-ipfix.pcap", ipfix)
+    c.wait(lambda: tag_bytes(by_link(c).get(OVS_IN, {"tags": []})) == {(3, 14): 740})
+    text = c.conf.read_text()
+    c.conf.write_text(text.replace(f"port: {ipfix}}}", f"port: {ipfix2}}}") +
+                      f'  sflow: {{bindAddresses: ["::"], port: {sflow}}}\n')
+    c.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    c.wait(lambda: "scitagd.collector reloaded" in c.log.read_text())
+    assert "changed=ipfix,sflow" in c.log.read_text()
+    sec = {s["section"]: s for s in c.api("/api/v1/exporters")["sections"]}
+    assert sec["ipfix"]["ports"] == [ipfix2] and sec["sflow"]["ports"] == [sflow]
+    with socket.socket(socket.AF_INET6, UDP) as s:  # the old port is closed
+        s.bind(("::", ipfix))
+    replay("ovs-ipfix.pcap", ipfix2)
+    replay("ovs-sflow.pcap", sflow)
+    c.wait(lambda: tag_bytes(by_link(c).get(OVS_IN, {"tags": []})) == {(3, 14): 1480}
+           and OVS_SFLOW in by_link(c))
+    # a broken section in the new file: nothing changes, the old config stays
+    c.conf.write_text(c.conf.read_text() + "  netflow: {port: nope}\n")
+    c.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    c.wait(lambda: "config not reloaded" in c.log.read_text())
+    assert [s["section"] for s in c.api("/api/v1/exporters")["sections"]] == ["ipfix", "sflow"]
+    assert "Traceback" not in c.log.read_text()
 
 
 BAD_PARAMS = [

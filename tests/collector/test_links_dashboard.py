@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The links view in a real browser (Debian chromium, headless, over the DevTools protocol),
 fed by the shared captures replayed over UDP into a running collector: it loads without console
 errors, lists every link with its tagged share, charts the top links stacked by experiment, and

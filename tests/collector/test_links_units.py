@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Link tables (links.py through SQLiteStore), the flow-export feed (flowfeed.py) and the config
 sections, without processes: additive deltas, roll-ups, retention, queries, paths, bounds."""
 

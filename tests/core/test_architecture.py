@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shape the code is meant to keep: no import circles, config loading that loads no component,
 a contracts module that knows nothing of the daemon, and start-up imports kept lean."""
 

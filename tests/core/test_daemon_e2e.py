@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd run` as a subprocess, driven over real sockets: HTTP, a FIFO, UDP."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 from __future__ import annotations
 
 import gzip
@@ -147,7 +148,7 @@ def events(draw: Any) -> FlowEvent:
         draw(ip), draw(st.integers(1, 65535)), draw(st.integers(1, 511)), draw(st.integers(0, 63)),
         draw(st.text(max_size=300)), "test", start,
         start + draw(st.floats(0, 1e6)) if state == "end" else None,
-        draw(st.none() | st.builds(Usage, st.integers(0, 2**61), st.integers(0, 2**61))),  # sum <= 2**62
+        draw(st.none() | st.builds(Usage, st.integers(0, 2**59), st.integers(0, 2**59))),  # sum <= 2**60
     )
 
 

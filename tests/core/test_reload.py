@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """SIGHUP reloads the config: changed components rebuilt, the others untouched, flows kept, an
 invalid config refused; systemd's notify protocol (READY, RELOADING, STATUS, WATCHDOG, STOPPING)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Collector names are re-resolved while the daemon runs (a real resolver, /etc/hosts in a netns)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real XRootD (Debian xrootd-server) sends its fireflies to scitagd's firefly listener."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Message builders for handwritten cases: IPFIX, NetFlow v9, sFlow v5, sampled packets."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A small pcap reader for the tests (classic pcap, Ethernet link type): no new dependency.
 
 The truth side is parsed here independently of scitagd.flowexport.packet, so a decoder bug

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Aggregator, path index, config sections and the asyncio receivers on real loopback sockets."""
 
 from __future__ import annotations

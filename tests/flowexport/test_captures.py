@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The real exporters' captures (shared/data/flowexport) decoded and checked against the truth
 captures of the same traffic: labels, tags, byte and packet counts."""
 

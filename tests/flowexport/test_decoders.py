@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Handwritten IPFIX, NetFlow v9, sFlow and sampled-header cases: every feature and its limits."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The false-positive rate the collector documents, measured on the kernel's own flow labels: a
 host that does not mark draws a random label per socket (net.ipv6.auto_flowlabels); the share
 of them that decodes to an accepted tag must be what TagMatcher.false_positive_rate says.

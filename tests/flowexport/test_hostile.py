@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile input: truncated, malformed and mutated messages, absurd templates, floods.
 
 Every case must end in records or a counted reject with a reason, never an exception, and the

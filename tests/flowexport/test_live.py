@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Live exporters: Open vSwitch (IPFIX and sFlow; also with scitagd's eBPF marker tagging the
 sender), softflowd (PSAMP and NetFlow v9), pmacctd (sFlow via sfprobe).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End to end: scitagd's eBPF marker tags A's flows, a live Open vSwitch between A and B exports
 IPFIX and sFlow to a real `scitagd collector` running in B, and the daemon's fireflies reach the
 same collector (B is the flows' peer). Checked through the collector's own API: per link, the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Traffic with flow labels we choose, for the live exporter tests (standard library only).
 
   python traffic.py udp-dump PORT FILE             inside the exporter's namespace: datagrams to FILE

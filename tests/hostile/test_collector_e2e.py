@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile input against a real collector process (UDP, syslog over TCP, HTTP): each class of
 attack with valid fireflies around it, every valid one accounted, no traceback in the log, and
 the event loop answering within 100 ms throughout (a probe in its own process)."""
@@ -23,10 +24,26 @@ from .test_collector_units import NOW, firefly
 
 PROBE = r"""
 import os, sys, time, urllib.request
-url, out = sys.argv[1], sys.argv[2]
-worst = 0.0
+url, out, pid = sys.argv[1], sys.argv[2], sys.argv[3]
+waits = (f"/proc/{pid}/schedstat", "/proc/self/schedstat")
+
+
+def run_delay():
+    # seconds the collector's loop thread and this probe sat runnable on a run queue: on a
+    # shared machine a round trip holds that waiting too, which is not the loop's doing
+    total = 0
+    for p in waits:
+        try:
+            total += int(open(p).read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
+worst = raw_worst = 0.0
 n = 0
 while True:
+    w0 = run_delay()
     t0 = time.perf_counter()
     try:
         urllib.request.urlopen(url, timeout=5).read()
@@ -36,21 +53,26 @@ while True:
         if "refused" in str(e):  # not started yet, or restarting: nothing to time
             time.sleep(0.02)
             continue
-    worst = max(worst, time.perf_counter() - t0)
+    rtt = time.perf_counter() - t0
+    raw_worst = max(raw_worst, rtt)
+    worst = max(worst, rtt - (run_delay() - w0))
     n += 1
     with open(out + ".tmp", "w") as f:
-        f.write(f"{worst} {n}")
+        f.write(f"{worst} {n} {raw_worst}")
     os.replace(out + ".tmp", out)  # whole, even when killed mid-write
     time.sleep(0.02)
 """
 
 
 class Probe:
-    """Asks /healthz every 20 ms from another process; `worst` is the slowest answer."""
+    """Asks /healthz every 20 ms from another process; `worst` is the slowest answer less the
+    time the collector's loop and the probe waited for a CPU (schedstat's run_delay)."""
 
     def __init__(self, c: CollectorProc) -> None:
         self.out = c.tmp / f"probe-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, c.url("/healthz"), str(self.out)])
+        assert c.proc is not None
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, c.url("/healthz"), str(self.out),
+                                      str(c.proc.pid)])
         deadline = time.monotonic() + 10
         while not self.out.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -147,7 +169,7 @@ def test_a_span_of_years_and_many_ids_do_not_freeze_or_grow(probed: Callable[...
     assert 'experiment="other"' in body.decode()
     assert c.metrics()["scitagd_collector_spans_clamped_total"] == 1
     with sqlite3.connect(c.db) as con:
-        assert con.execute("SELECT COUNT(*) FROM traffic WHERE exp = 2").fetchone()[0] <= 722
+        assert con.execute("SELECT COUNT(*) FROM traffic WHERE exp = 2").fetchone()[0] <= 1441
     no_tracebacks(c)
 
 

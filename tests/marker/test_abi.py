@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Python mirror of the kernel structs (bpf/abi.py) against the BTF in the shipped objects:
 a field added, moved or resized on one side only fails here, not on the wire."""
 

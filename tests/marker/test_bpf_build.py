@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shipped eBPF objects are what the C source compiles to."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """libbpf through ctypes: a clear error when it is missing or too old; struct layouts."""
 
 from __future__ import annotations

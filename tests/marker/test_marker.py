@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The eBPF marker for real: namespaces joined by veth, real transfers, a raw capture in the
 receiving namespace, and the bits on the wire checked packet by packet."""
 
@@ -464,3 +465,26 @@ def test_no_packet_unmarked_across_reloads(lab: Lab) -> None:
     assert not unmarked, f"{len(unmarked)} of {len(data)} data packets left unmarked across the reloads"
     assert len({gather_entropy(p.label) for p in data}) == 1  # the flow kept its entropy too
     assert "Traceback" not in text and "detached interface" not in text
+
+
+def test_grafana_daemon_dashboard_uses_exported_metrics(lab: Lab) -> None:
+    from ..grafana_check import check_structure, exported, load, metric_names
+
+    dash = load("scitagd-daemon.json")
+    check_structure(dash)
+    used = metric_names(dash)
+    assert {"scitagd_marked_bytes_total", "scitagd_unmarked_packets_total", "scitagd_fireflies_sent_total"} <= used
+    d = lab.daemon("markingStrategy: label", backends="  firefly: {destinationPort: 10514}")
+    d.wait_log("attached interface=a0")
+    srv = lab.server(5001)
+    d.send(f"start tcp {A_ADDR} 40555 {B_ADDR} 5001 2 3", "garbage line")
+    d.wait_log("flow start")
+    lab.result(lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, "5001", "40555", str(MB), "--tclass", "0",
+                                 "--seed", "1"]))
+    lab.result(srv)
+    d.send(f"end tcp {A_ADDR} 40555 {B_ADDR} 5001 2 3")
+    d.wait_log("flow end")
+    text = d.metrics_text()
+    have = exported(d.metrics()) | {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    have |= {n + "_total" for n in list(have)}
+    assert used <= have, used - have

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The kernel side: eBPF programs (shipped compiled: marker.bpf.o on tc egress, watcher.bpf.o on
 a cgroup's sock_ops) and what loads and reads them from Python through the system libbpf.
 

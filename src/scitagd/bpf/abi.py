@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one Python mirror of the structs user space shares with the kernel programs
 (scitags.bpf.h, marker.bpf.c, watcher.bpf.c). tests/marker/test_abi.py checks every layout
 here, size and member offsets, against the BTF in the shipped objects, so the C and the Python

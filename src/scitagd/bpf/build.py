@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Compile the eBPF programs: `python -m scitagd.bpf.build [--check]`.
 
 The objects are shipped as package data so that hosts need no compiler. The build is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The few libbpf calls scitagd needs, through ctypes over the system libbpf.so.1 (>= 1.0).
 
 libbpf 1.x returns -errno from int functions and NULL with errno set from pointer functions;
@@ -122,6 +123,8 @@ def lib() -> ctypes.CDLL:
         ("bpf_prog_query", INT, [INT, INT, U32, ctypes.POINTER(U32), ctypes.POINTER(U32),
                                  ctypes.POINTER(U32)]),
         ("ring_buffer__poll", INT, [P, INT]),
+        ("bpf_program__attach_cgroup", P, [P, INT]),
+        ("bpf_link__destroy", INT, [P]),
         ("ring_buffer__free", None, [P]),
     ]:
         f = getattr(L, fname)
@@ -264,6 +267,10 @@ def find_map(obj: int, name: str) -> int:
 
 def map_fd(obj: int, name: str) -> int:
     return check(lib().bpf_map__fd(find_map(obj, name)), f"fd of map {name}")
+
+
+def find_prog(obj: int, name: str) -> int:
+    return check_ptr(lib().bpf_object__find_program_by_name(obj, name.encode()), f"program {name}")
 
 
 def prog_fd(obj: int, name: str) -> int:

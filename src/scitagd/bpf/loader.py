@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load the marker object, pin its maps, attach it to tc egress, and read/write its maps.
 
 Everything here is a blocking system call of microseconds (map updates) or milliseconds
@@ -231,12 +232,14 @@ def prog_name(prog_id: int) -> str:
         os.close(fd)
 
 
-def detach(ifindex: int, priority: int = TC_PRIORITY) -> bool:
-    """Remove our filter (by handle and priority, and only if it runs one of our programs)."""
+def detach(ifindex: int, priority: int = TC_PRIORITY, ours: Optional[set[int]] = None) -> bool:
+    """Remove our filter (by handle and priority, and only if it runs one of our programs).
+    `ours`: the ids of the programs this process loaded; a filter running one of them is ours
+    without asking its name (which needs CAP_SYS_ADMIN: the unit does not have it)."""
     prog_id = query(ifindex, priority)
     if prog_id is None:
         return False
-    if not prog_name(prog_id).startswith("scitagd_"):
+    if (ours is None or prog_id not in ours) and not prog_name(prog_id).startswith("scitagd_"):
         log.warning("filter with our handle runs another program, left alone ifindex=%d prog_id=%d",
                     ifindex, prog_id)
         return False

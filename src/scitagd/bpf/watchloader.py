@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load the watcher (watcher.bpf.c), attach it to a cgroup v2, and read its ring buffer."""
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from typing import Any, Callable, List, Optional, Tuple
 from . import libbpf as lb
 from .abi import EVENT, NET_KEY, RULE, RULE_NET_KEY, U32, WCFG, flow_key
 
-__all__ = ["MAX_RULES", "Event", "Rule", "Watcher", "cgroup2_path", "key", "net16", "parse_event"]
+__all__ = [
+    "MAX_RULES",
+    "Event",
+    "Rule",
+    "Watcher",
+    "attached_programs",
+    "cgroup2_path",
+    "key",
+    "net16",
+    "parse_event",
+]
 
 log = logging.getLogger("scitagd.watcher")
 
-BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI = 3, 2
+BPF_CGROUP_SOCK_OPS = 3
 MAX_RULES = 64  # the size of the kernel's rules array (watcher.bpf.c)
 
 
@@ -87,6 +98,30 @@ def key(src: str, sport: int, dst: str, dport: int) -> bytes:
     return flow_key("tcp", src, sport, dst, dport)
 
 
+def attached_programs(cgroup: str) -> List[Tuple[int, str]]:
+    """(id, name) of the sock_ops programs on a cgroup (naming them needs CAP_SYS_ADMIN: "" without)."""
+    L = lb.lib()
+    fd = os.open(cgroup2_path(cgroup), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = (ctypes.c_uint32 * 64)()
+        cnt, flags = ctypes.c_uint32(64), ctypes.c_uint32(0)
+        lb.check(L.bpf_prog_query(fd, BPF_CGROUP_SOCK_OPS, 0, ctypes.byref(flags), ids, ctypes.byref(cnt)),
+                 f"query sock_ops programs on {cgroup}")
+        out = []
+        for i in range(cnt.value):
+            pfd = L.bpf_prog_get_fd_by_id(ids[i])
+            name = ""
+            if pfd >= 0:
+                try:
+                    name = lb.prog_info(pfd).name.decode(errors="replace")
+                finally:
+                    os.close(pfd)
+            out.append((int(ids[i]), name))
+        return out
+    finally:
+        os.close(fd)
+
+
 class Watcher:
     """`sample_period`: enrichers.skops's period in seconds (RTT callbacks on every connection,
     one sample per socket and period), or None for no sampling: fixed at load, read-only to
@@ -103,6 +138,7 @@ class Watcher:
         self.obj: Optional[int] = None
         self.prog_fd = -1
         self.cg_fd = -1
+        self.link: Optional[int] = None
         self.rb: Optional[int] = None
         self._cb: Any = None
         self._thread: Optional[threading.Thread] = None
@@ -177,11 +213,15 @@ class Watcher:
         self.L.bpf_map_delete_elem(self.watched_fd, k)
 
     def attach(self) -> None:
+        """Through a bpf_link, not pinned: it lives as long as this process holds it, so a
+        watcher killed with -9 leaves nothing on the cgroup (no privilege needed to clean up).
+        Programs attached the older way by an earlier scitagd are taken off when we may."""
         self.cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         self._detach_leftovers()
-        lb.check(self.L.bpf_prog_attach(self.prog_fd, self.cg_fd, BPF_CGROUP_SOCK_OPS, BPF_F_ALLOW_MULTI),
-                 f"attach sock_ops to {self.cgroup}")
-        log.info("sock_ops attached cgroup=%s rules=%d", self.cgroup, len(self.rules))
+        assert self.obj is not None
+        self.link = lb.check_ptr(self.L.bpf_program__attach_cgroup(lb.find_prog(self.obj, "scitagd_watch"),
+                                                                    self.cg_fd), f"attach sock_ops to {self.cgroup}")
+        log.info("sock_ops attached cgroup=%s rules=%d link=yes", self.cgroup, len(self.rules))
 
     def run(self, on_event: Callable[[Event], None]) -> None:
         """Poll the ring buffer in a thread; `on_event` is called there."""
@@ -206,8 +246,10 @@ class Watcher:
         self._stop.set()
         if self._thread:
             self._thread.join(2)
+        if self.link:
+            self.L.bpf_link__destroy(self.link)
+            self.link = None
         if self.cg_fd >= 0:
-            self.L.bpf_prog_detach2(self.prog_fd, self.cg_fd, BPF_CGROUP_SOCK_OPS)
             os.close(self.cg_fd)
             self.cg_fd = -1
         if self.rb:

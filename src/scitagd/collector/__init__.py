@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The firefly collector (`scitagd collector`): its own process and config file section.
 
 conf.py its config (parsed on its own, not through the daemon's); service.py receivers, relay

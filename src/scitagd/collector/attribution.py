@@ -1,93 +1,117 @@
-"""How a flow's bytes are given to time: order-independent, bounded, incremental.
+# SPDX-License-Identifier: Apache-2.0
+"""How a flow's bytes are given to time: one function of the flow's set of fireflies, so that
+every store (SQLite in one process, ClickHouse fed by several receivers) gives the same answer
+whatever the arrival order, the split across receivers and the duplicates.
 
-Fireflies carry running totals (sent + received so far), not deltas. A flow's reports, ordered by
-their event time, with the flow's start as a report of 0 bytes, cut its life into intervals; the
-increase of the running total's maximum over an interval is spread evenly over that interval.
-XRootD sends only start and end: its bytes are spread over the transfer. The result depends on
-the set of reports only, not on the order they arrive in, nor on duplicates.
+Fireflies carry running totals (sent + received so far), not deltas. A flow's reports are its
+fireflies' (event minute, total) pairs, the event time being the end-time of an `end` and the
+current-time of the others (the start-time when a producer sends neither), never before the
+flow's start minute. Only the largest total per minute matters, and the flow's running maximum
+over minutes (a report below an earlier one adds nothing) is what is attributed:
 
-Bounds (an end whose start is years ago must not freeze anything):
-- an interval longer than a day is spread over hours, not minutes (at each hour's first minute),
-  and one longer than MAX_SPAN (30 days) only over its last 30 days: at most 1,440 buckets;
-- a flow keeps its last KEEP reports in memory (by event time); a report older than all of them
-  counts only the part of its total above the flow's running maximum, at its own time (running
-  totals only grow, so in practice nothing): with more than KEEP reports in flight out of order,
-  exactness gives way to bounded memory.
+- POINT (A): the increase of the running maximum lands in the minute of the report showing it.
+- SPREAD (B): the increase between two consecutive report minutes (the start counts as a report
+  of total 0 in the start minute) is shared equally by the minutes from the earlier to the later
+  one, both included, at most the CAP_MINUTES up to the later one; the integer remainder goes to
+  the later minute. Equal shares (not shares by overlap) keep the arithmetic in integers: no
+  rounding difference between Python, SQLite and ClickHouse, and no overflow.
+
+Both keep the flow's total exact: the sum over minutes is the largest total reported. The
+ClickHouse rebuild (ch/rebuild.py) is `contributions` written in SQL; SQLite keeps each flow's
+`FlowReports` and applies what a new report changes (`add`), which tests check equal to
+`contributions` of the whole set, in any order.
+
+Bounds: an interval touches at most CAP_MINUTES (1,440) minutes, and a flow keeps its last KEEP
+report minutes in memory; a report older than all of them counts only the part of its total
+above the flow's running maximum, at its own minute (running totals only grow, so in practice
+nothing): with more than KEEP minutes of reports in flight out of order, exactness gives way to
+bounded memory.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
-__all__ = ["DAY", "HOUR", "KEEP", "MAX_SPAN", "MINUTE", "FlowReports", "spread"]
+__all__ = ["CAP_MINUTES", "DAY", "HOUR", "KEEP", "MAX_COUNTER", "METHODS", "MINUTE", "POINT", "SPREAD",
+           "FlowReports", "contributions", "report_minutes"]
 
+POINT, SPREAD = "point", "spread"
+METHODS = (POINT, SPREAD)
+CAP_MINUTES = 1440  # an interval is spread over at most the last 24 h before its later report
+MAX_COUNTER = 1 << 60  # sent, received and their sum above this are rejected on input: sums stay in 64 bits
 MINUTE, HOUR, DAY = 60, 3600, 86400
-MAX_SPAN = 30 * DAY
 KEEP = 256
 
-Buckets = Dict[int, int]
+Buckets = Dict[int, int]  # epoch minute -> bytes
 
 
-def spread(t0: float, t1: float, nbytes: int, width: int = MINUTE) -> Tuple[Buckets, bool]:
-    """`nbytes` over the buckets of [t0, t1] in proportion to the overlap; exact in total.
-    Returns (bucket start -> bytes, whether the span was clamped to MAX_SPAN)."""
-    if nbytes <= 0:
-        return {}, False
-    clamped = False
-    if t1 - t0 > MAX_SPAN:
-        t0, clamped = t1 - MAX_SPAN, True
-    if t1 <= t0:
-        return {int(t1 // MINUTE) * MINUTE: nbytes}, clamped
-    if width == MINUTE and t1 - t0 > DAY:
-        width = HOUR
-    out: Buckets = {}
-    dur = t1 - t0
-    b = int(t0 // width) * width
-    given = 0
-    last = b
-    while b < t1:
-        share = int(nbytes * (min(t1, b + width) - max(t0, b)) / dur)
-        if share:
-            out[b] = out.get(b, 0) + share
-            given += share
-        last = b
-        b += width
-    out[last] = out.get(last, 0) + nbytes - given  # rounding: the total is exact
-    return out, clamped
+def report_minutes(start_minute: int, reports: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """(minute, running maximum) per report minute, ascending; minutes are epoch // 60.
+
+    `reports` are (minute, total) pairs, duplicates welcome."""
+    best: Dict[int, int] = {}
+    for m, total in reports:
+        m = max(m, start_minute)
+        if total > best.get(m, -1):
+            best[m] = total
+    out: List[Tuple[int, int]] = []
+    run = 0
+    for m in sorted(best):
+        run = max(run, best[m])
+        out.append((m, run))
+    return out
 
 
-def _add(into: Buckets, other: Buckets, sign: int) -> None:
-    for k, v in other.items():
-        n = into.get(k, 0) + sign * v
-        if n:
-            into[k] = n
-        else:
-            into.pop(k, None)
+def _interval(out: Buckets, prev_m: int, m: int, inc: int, method: str, cap: int, sign: int = 1) -> bool:
+    """Add one interval's increment to `out`; True when it was longer than `cap` minutes."""
+    if inc <= 0:
+        return False
+    if method == POINT:
+        out[m] = out.get(m, 0) + sign * inc
+        return False
+    lo = max(prev_m, m - cap + 1)
+    n = m - lo + 1
+    share = inc // n
+    if share:
+        for b in range(lo, m + 1):
+            out[b] = out.get(b, 0) + sign * share
+    out[m] = out.get(m, 0) + sign * (inc - share * n)
+    return m - prev_m + 1 > cap
+
+
+def contributions(start_minute: int, reports: Iterable[Tuple[int, int]], method: str = SPREAD,
+                  cap: int = CAP_MINUTES) -> Dict[int, int]:
+    """Bytes per minute (epoch minute -> bytes) for one flow; zero minutes left out."""
+    out: Dict[int, int] = {}
+    prev_m, prev_c = start_minute, 0
+    for m, c in report_minutes(start_minute, reports):
+        _interval(out, prev_m, m, c - prev_c, method, cap)
+        prev_m, prev_c = m, c
+    return {k: v for k, v in out.items() if v}
 
 
 class FlowReports:
-    """A flow's reports (event time, running total) and the increments they imply.
+    """A flow's report minutes (largest total per minute, running maximum) and the change of its
+    attribution each new report makes: `add` returns the minute deltas the aggregate tables must
+    add (negative where a late report splits an interval already spread)."""
 
-    `add` returns the change of the flow's attribution as bucket deltas, for minutes and (with
-    `pair_width`) days: what the aggregate tables must add (deltas may be negative where a late
-    report splits an interval that was already spread)."""
-
-    __slots__ = ("base_cum", "base_t", "clamped", "cum", "start", "times", "totals")
+    __slots__ = ("base_cum", "base_m", "best", "cap", "clamped", "cum", "method", "mins", "start_m")
 
     def __init__(self, start: float, reports: Iterable[Tuple[float, int]] = (), floor: int = 0,
-                 floor_time: Optional[float] = None) -> None:
-        self.start = start
-        # What is already accounted and not kept report by report: the running maximum `base_cum`
-        # reached by `base_t` (folded reports; or a flow's bytes from before its reports were kept).
-        self.base_t = max(start, floor_time) if floor_time is not None else start
+                 floor_time: float | None = None, method: str = SPREAD, cap: int = CAP_MINUTES) -> None:
+        self.start_m = int(start // MINUTE)
+        self.method, self.cap = method, cap
+        self.clamped = 0  # intervals longer than `cap`: spread over their last `cap` minutes only
+        # What is accounted and not kept minute by minute: the running maximum `base_cum` reached
+        # by minute `base_m` (folded minutes; or a flow's bytes from before its reports were kept).
+        self.base_m = max(self.start_m, int(floor_time // MINUTE)) if floor_time is not None else self.start_m
         self.base_cum = floor
-        self.times: List[float] = []
-        self.totals: List[int] = []
+        self.mins: List[int] = []
+        self.best: List[int] = []
         self.cum: List[int] = []
-        self.clamped = 0
-        for t, total in sorted(reports):
-            self._insert(len(self.times), max(t, self.base_t), total)
+        for t, total in reports:
+            self._put(int(t // MINUTE), total)
         self._recompute(0)
         self._fold()
 
@@ -96,75 +120,88 @@ class FlowReports:
         return self.cum[-1] if self.cum else self.base_cum
 
     @property
-    def last_time(self) -> float:
-        return self.times[-1] if self.times else self.base_t
+    def base_t(self) -> float:
+        """Reports before this time fall into the folded part (none while nothing is folded)."""
+        return float(self.base_m * MINUTE) if self.base_m > self.start_m else float("-inf")
 
-    def _insert(self, k: int, t: float, total: int) -> None:
-        self.times.insert(k, t)
-        self.totals.insert(k, total)
+    def _put(self, m: int, total: int) -> Tuple[int, bool]:
+        """Merge a report into the minutes: (its index, whether anything changed)."""
+        m = max(m, self.start_m, self.base_m)
+        k = bisect.bisect_left(self.mins, m)
+        if k < len(self.mins) and self.mins[k] == m:
+            if total <= self.best[k]:
+                return k, False
+            self.best[k] = total
+            return k, True
+        self.mins.insert(k, m)
+        self.best.insert(k, total)
         self.cum.insert(k, 0)
+        return k, True
 
     def _recompute(self, k: int) -> None:
         prev = self.cum[k - 1] if k else self.base_cum
-        for i in range(k, len(self.times)):
-            prev = max(prev, self.totals[i])
+        for i in range(k, len(self.mins)):
+            prev = max(prev, self.best[i])
             self.cum[i] = prev
 
-    def _intervals(self, k: int) -> List[Tuple[float, float, int]]:
-        """Intervals ending at reports k.. (their increments), from the current state."""
-        out = []
-        t_prev = self.times[k - 1] if k else self.base_t
-        c_prev = self.cum[k - 1] if k else self.base_cum
-        for i in range(k, len(self.times)):
-            out.append((t_prev, self.times[i], self.cum[i] - c_prev))
-            t_prev, c_prev = self.times[i], self.cum[i]
-        return out
+    def _contrib(self, out: Buckets, k: int, sign: int) -> None:
+        """What the intervals ending at minutes k.. attribute (into `out`, times `sign`)."""
+        prev_m = self.mins[k - 1] if k else self.base_m
+        prev_c = self.cum[k - 1] if k else self.base_cum
+        for i in range(k, len(self.mins)):
+            _interval(out, prev_m, self.mins[i], self.cum[i] - prev_c, self.method, self.cap, sign)
+            prev_m, prev_c = self.mins[i], self.cum[i]
 
-    def _attribute(self, intervals: List[Tuple[float, float, int]], sign: int, minutes: Buckets,
-                   days: Optional[Buckets]) -> None:
-        for t0, t1, n in intervals:
-            if n <= 0:
-                continue
-            m, clamped = spread(t0, t1, n)
-            _add(minutes, m, sign)
-            if clamped and sign > 0:
-                self.clamped += 1
-            if days is not None:
-                _add(days, spread(t0, t1, n, DAY)[0], sign)
-
-    def add(self, t: float, total: int, days: bool = False) -> Tuple[Buckets, Optional[Buckets]]:
-        minutes: Buckets = {}
-        day_buckets: Optional[Buckets] = {} if days else None
-        t = max(t, self.start)
-        if t < self.base_t:
+    def add(self, t: float, total: int) -> Buckets:
+        m = max(int(t // MINUTE), self.start_m)  # a report before the start counts at the start
+        if m < self.base_m:
             # inside what was folded away: only an excess over the running maximum counts
             excess = total - self.maximum
-            if excess > 0:
-                self._attribute([(t, t, excess)], 1, minutes, day_buckets)
-                self.base_cum += excess
-                self._recompute(0)
-            return minutes, day_buckets
-        k = bisect.bisect_right(self.times, t)
-        before = self._intervals(k)
-        self._insert(k, t, total)
-        self._recompute(k)
-        after = self._intervals(k)
-        self._attribute(before, -1, minutes, day_buckets)
-        self._attribute(after, 1, minutes, day_buckets)
+            if excess <= 0:
+                return {}
+            self.base_cum += excess
+            self._recompute(0)
+            out: Buckets = {}
+            _interval(out, m, m, excess, POINT, self.cap)
+            return out
+        mins = self.mins
+        m = max(m, self.start_m, self.base_m)
+        if not mins or m > mins[-1]:
+            # the common case, a minute later than all others: one new interval at the end
+            prev_m = mins[-1] if mins else self.base_m
+            prev = self.cum[-1] if mins else self.base_cum
+            cum = total if total > prev else prev
+            mins.append(m)
+            self.best.append(total)
+            self.cum.append(cum)
+            out = {}
+            if _interval(out, prev_m, m, cum - prev, self.method, self.cap):
+                self.clamped += 1
+            if len(mins) > KEEP:
+                self._fold()
+            return out
+        k = bisect.bisect_left(mins, m)
+        k = k - 1 if k and (k == len(mins) or mins[k] != m) else k  # intervals from the one before change
+        out = {}
+        self._contrib(out, max(k, 0), -1)
+        j, changed = self._put(m, total)
+        if not changed:
+            return {}
+        self._recompute(j)
+        self._contrib(out, max(k, 0), 1)
         self._fold()
-        return minutes, day_buckets
+        return {b: v for b, v in out.items() if v}
 
     def _fold(self) -> None:
-        """Keep the last KEEP reports; the older ones become the base (their effect stays)."""
-        extra = len(self.times) - KEEP
+        """Keep the last KEEP minutes; the older ones become the base (their effect stays)."""
+        extra = len(self.mins) - KEEP
         if extra > 0:
-            self.base_t = self.times[extra - 1]
+            self.base_m = self.mins[extra - 1]
             self.base_cum = self.cum[extra - 1]
-            del self.times[:extra], self.totals[:extra], self.cum[:extra]
+            del self.mins[:extra], self.best[:extra], self.cum[:extra]
 
-    def attribution(self, days: bool = False) -> Tuple[Buckets, Optional[Buckets]]:
-        """Everything the kept reports attribute (for tests and for loading a flow)."""
-        minutes: Buckets = {}
-        day_buckets: Optional[Buckets] = {} if days else None
-        self._attribute(self._intervals(0), 1, minutes, day_buckets)
-        return minutes, day_buckets
+    def attribution(self) -> Buckets:
+        """Everything the kept minutes attribute (for tests)."""
+        out: Buckets = {}
+        self._contrib(out, 0, 1)
+        return {b: v for b, v in out.items() if v}

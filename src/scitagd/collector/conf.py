@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`collector:` config section (`scitagd collector --config FILE`).
 
   udp:        {bindAddresses: ["::"], port: 10514, receiveBuffer: 16777216, allowedSources: [CIDR]}

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Router flow exports into the collector: receivers -> aggregators -> the store's link tables.
 
 One receiver per configured section (`collector.ipfix`, `.netflow`, `.sflow`), each with its own
@@ -297,29 +298,66 @@ class LinkFeed:
         started: List[Section] = []
         try:
             for s in self.sections:
-                try:
-                    await s.receiver.start()
-                except OSError as e:
-                    raise StartupError(f"collector.{s.name}: cannot listen on port {s.conf.port} "
-                                       f"({','.join(s.conf.bind_addresses)}): {e.strerror or e}") from None
+                await self._start_section(s)
                 started.append(s)
-                s.receive_buffer = min((so.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-                                        for so in s.receiver.sockets), default=0)
-                c = s.conf
-                log.info("flow exports %s on ports=%s allowed_sources=%s known_activities_only=%s "
-                         "marking_prefixes=%s false_positive_rate=%.4f", s.name,
-                         ",".join(map(str, s.receiver.ports)), ",".join(c.allowed_sources) or "any",
-                         str(c.known_only).lower(), ",".join(c.marking_prefixes) or "none",
-                         s.matcher.false_positive_rate)
-                if s.receive_buffer < c.receive_buffer:  # the kernel reports twice what it was set to
-                    log.warning("%s receive buffer smaller than configured receive_buffer=%d asked=%d: raise "
-                                "net.core.rmem_max (or run as root), exporters send in bursts", s.name,
-                                s.receive_buffer, c.receive_buffer)
         except StartupError:
             for s in started:
                 await s.receiver.stop()
             raise
         self._tasks = [asyncio.get_running_loop().create_task(self._tick(), name="links-tick")]
+
+    async def _start_section(self, s: Section) -> None:
+        try:
+            await s.receiver.start()
+        except OSError as e:
+            msg = str(e)  # udp_listener's text names "port N" and what to do
+            raise StartupError(f"collector.{s.name}.{msg}" if msg.startswith("port ")
+                               else f"collector.{s.name}: {msg}") from None
+        # the kernel reports twice what it grants; set_receive_buffer logged it (and any cap)
+        s.receive_buffer = min((so.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+                                for so in s.receiver.sockets), default=0)
+        c = s.conf
+        log.info("flow exports %s on ports=%s allowed_sources=%s known_activities_only=%s "
+                 "marking_prefixes=%s false_positive_rate=%.4f", s.name, ",".join(map(str, s.receiver.ports)),
+                 ",".join(c.allowed_sources) or "any", str(c.known_only).lower(),
+                 ",".join(c.marking_prefixes) or "none", s.matcher.false_positive_rate)
+
+    async def reconfigure(self, conf: CollectorConfig) -> List[str]:
+        """SIGHUP: sections whose settings changed are rebound (their counters start again; what
+        they aggregated is written with the next take), new ones started, removed ones stopped;
+        unchanged ones go on. A section that cannot bind is logged and left out. Returns the
+        names of the sections touched."""
+        old = {s.name: s for s in self.sections}
+        keep: List[Section] = []
+        touched: List[str] = []
+        self.conf = conf
+        self.watch.active_timeout = conf.active_timeout
+        for name, sec in conf.flow_exports():
+            cur = old.pop(name, None)
+            if cur is not None and cur.conf == sec and cur.agg.max_skew == conf.max_clock_skew:
+                keep.append(cur)
+                continue
+            if cur is not None:
+                await self._retire(cur)
+            new = Section(name, sec, self._reg, self._records, conf.max_clock_skew)
+            try:
+                await self._start_section(new)
+            except StartupError as e:
+                log.error("reload: %s not listening error=%r", name, str(e))
+                continue
+            keep.append(new)
+            touched.append(name)
+        for cur in old.values():
+            await self._retire(cur)
+            touched.append(cur.name)
+        self.sections = keep
+        return touched
+
+    async def _retire(self, s: Section) -> None:
+        await s.receiver.stop()
+        s.agg.flush(everything=True)
+        self.pending[0].extend(s.rows)  # written with the next take
+        s.rows.clear()
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Syslog over TCP (RFC 6587): octet counting (`LEN SP MSG`) and newline-terminated messages on
 one stream, with resynchronisation: a bad frame costs one rejection and nothing after it.
 

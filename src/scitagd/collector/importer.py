@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd collector import FILE[.gz] ...`: syslog archives of fireflies into the store.
 
 The same parser and accounting as live traffic, so an imported archive and the same fireflies

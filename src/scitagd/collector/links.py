@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Link tables: traffic seen by routers' flow exports (IPFIX, NetFlow v9, sFlow), per link and tag.
 
 A link is (exporter, observation domain, interface, direction). Rows are per minute (and per

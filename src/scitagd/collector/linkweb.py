@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP side of the link tables (router flow exports): /links (dashboard view), /api/v1/links,
 /api/v1/links/timeseries, /api/v1/exporters.
 

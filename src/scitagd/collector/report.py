@@ -1,9 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
 """A received firefly as the collector accounts it: one `Report`, with an identity.
 
-The identity (`fid`) is a hash of what makes a firefly itself: its flow (5-tuple and start
-time), state, event time and byte counts. The same firefly received twice, by any path (the
-peer and a relay, a live receiver and an archive import), has the same fid and counts once; the
-store enforces that across restarts.
+A firefly's identity is what makes it itself: its flow (5-tuple and start time), state, event
+time and byte counts (`ident` within its flow). The same firefly received twice, by any path
+(the peer and a relay, a live receiver and an archive import), has the same identity and counts
+once; the store enforces that across restarts.
 
 Who reported it: the sender's address, unless the sender is a trusted relay (then the syslog
 HOSTNAME it forwarded): a HOSTNAME is a claim anyone can make.
@@ -11,7 +12,6 @@ HOSTNAME it forwarded): a HOSTNAME is a claim anyone can make.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import msgspec
@@ -24,7 +24,6 @@ __all__ = ["Report", "make_report"]
 
 
 class Report(msgspec.Struct, frozen=True, gc=False):
-    fid: bytes  # 16-byte identity
     proto: str
     src: str
     sport: int
@@ -51,6 +50,11 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     def total(self) -> int:
         return self.sent + self.received
 
+    @property
+    def ident(self) -> tuple[str, float, int, int]:
+        """Which report of its flow this is: with the flow's key, the firefly's identity."""
+        return (self.state, self.t, self.sent, self.received)
+
 
 def make_report(rec: Received, sender: str, trusted: bool, at: float, max_future: Optional[float] = None) -> Report:
     """`max_future`: seconds an event time may be ahead of `at` (clock skew), None for archives."""
@@ -68,8 +72,7 @@ def make_report(rec: Received, sender: str, trusted: bool, at: float, max_future
     sent = (usage.sent or 0) if usage else 0
     received = (usage.received or 0) if usage else 0
     src, dst = normalize_ip(fid.src_ip), normalize_ip(fid.dst_ip)  # one flow, however it is spelled
-    ident = f"{fid.protocol}|{src}|{fid.src_port}|{dst}|{fid.dst_port}|{start:.6f}|{lc.state}|{t:.6f}|{sent}|{received}"
     reporter = rec.hostname if trusted and rec.hostname else sender
-    return Report(hashlib.blake2b(ident.encode(), digest_size=16).digest(), fid.protocol, src,
+    return Report(fid.protocol, src,
                   fid.src_port, dst, fid.dst_port, start, lc.state, t, sent, received,  # type: ignore[arg-type]
                   ctx.experiment_id, ctx.activity_id, ctx.application, reporter, rec.hostname, sender, at)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The collector's counters per experiment/activity, for /metrics: updated from what the store
 accounted, with label sets bounded whatever senders send (a tag the registry does not know is
 folded into one `other` series), and throughput over the last minute in O(1) per update."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP side of the collector: the dashboard (static files bundled, no CDN), a JSON query API
 and /metrics. Parameters: `from`/`to` (epoch seconds, or `-6h`-style offsets from now),
 `experiment`/`activity` (ids or registry names), `host`, `limit`, `step`, `by`."""
@@ -17,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..errors import ParamError, RegistryError
 from ..httpserver import HttpServer
+from ..netutil import drops_of
 from ..registry import TAG_LABELS
 from .tally import OTHER
 
@@ -305,6 +307,12 @@ class _Metrics:
         for tag, bps in t.throughput().items():
             g.add_metric(lv(tag), bps)
         yield g
+        m = CounterMetricFamily("scitagd_collector_udp_drops", "Datagrams the kernel dropped for the collector's "
+                                "UDP socket (receive buffer full; see collector.udp.receiveBuffer)", labels=["address"])
+        for addr, sock in list(c.udp_sockets.items()):
+            if sock.fileno() >= 0:
+                m.add_metric([addr], drops_of([sock]))
+        yield m
         m = CounterMetricFamily("scitagd_collector_datagrams", "Messages received", labels=["transport"])
         for tr, n in list(c.datagrams.items()):
             m.add_metric([tr], n)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Enrichers (`enrichers:`): TCP statistics of active flows for ongoing fireflies, per-flow
 metrics and the final usage of an end (components.Enricher).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`enrichers` config (flowd-go's keys).
 
   period    milliseconds between samples (default 1000)

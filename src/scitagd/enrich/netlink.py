@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`enrichers.netlink`: tcp_info of every active TCP flow, every `enrichers.period` ms.
 
 One batch of exact sock_diag lookups per address family and period (sockdiag.py: the kernel

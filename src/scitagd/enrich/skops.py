@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`enrichers.skops`: samples taken by the watcher's sock_ops program on RTT callbacks, at most
 one per socket and period (rate-limited in the kernel with per-socket storage), delivered over
 its ring buffer. Same output as the netlink enricher: ongoing events, per-flow metrics (flavour

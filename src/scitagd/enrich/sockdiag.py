@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A small sock_diag (NETLINK_SOCK_DIAG) client, hand-written because pyroute2 can only dump.
 
 pyroute2 dumps every TCP socket and the caller filters in Python: 2.7 s per period with 10,000

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """SciTags from the network's own flow exports: IPFIX (with PSAMP), NetFlow v9 and sFlow v5.
 
 Every packet scitagd marks carries its experiment and activity in the IPv6 flow label (or an

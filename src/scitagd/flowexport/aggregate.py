@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-minute traffic by exporter, interface, direction and tag; a bounded index of tagged flows.
 
 `Aggregator.add(records)` sums bytes, packets and records per

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`collector.ipfix`, `collector.netflow` (v9) and `collector.sflow` config sections.
 
   ipfix:   {bindAddresses: ["::"], port: 4739, allowedSources: [CIDR...], receiveBuffer: 33554432,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """IPFIX (RFC 7011) over UDP, PSAMP packet reports (RFC 5476) included.
 
 Config (`collector.ipfix`, see conf.py): bindAddresses, port (4739), allowedSources,

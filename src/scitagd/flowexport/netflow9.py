@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """NetFlow v9 (RFC 3954) over UDP.
 
 Config (`collector.netflow`, see conf.py): bindAddresses, port (2055), allowedSources,

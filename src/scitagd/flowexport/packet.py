@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A sampled packet's header (sFlow raw header, PSAMP section): Ethernet, VLAN, IPv6, IPv4.
 
 Sampled headers are cut (sFlow's default is 128 bytes), so the IP header is required and the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """asyncio UDP receivers for IPFIX, NetFlow v9 and sFlow: datagram -> decoder -> callback.
 
 `Receiver.start()` binds every `bindAddresses` entry (SO_RCVBUF = receiveBuffer; "::" takes
@@ -12,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ..netutil import udp_listener
+from ..netutil import drops_of, socket_drops, udp_listener
 from .conf import IpfixConfig, NetflowConfig, SflowConfig
 from .ipfix import IpfixDecoder
 from .netflow9 import NetflowV9Decoder
@@ -65,12 +65,8 @@ class Receiver:
         loop = asyncio.get_running_loop()
         try:
             for addr in self.conf.bind_addresses:
-                sock = udp_listener(addr, self.conf.port, self.conf.receive_buffer)
+                sock = udp_listener(addr, self.conf.port, self.conf.receive_buffer, key="port")
                 self.sockets.append(sock)
-                try:  # past net.core.rmem_max when we may (root): exporters send in bursts
-                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.conf.receive_buffer)
-                except OSError:
-                    pass
                 # a reader that drains the socket into one reused buffer: no transport, no bytes
                 # object per datagram (~25% of the receive path at 4 records per datagram)
                 loop.add_reader(sock.fileno(), self._drain, sock)
@@ -142,24 +138,7 @@ class Receiver:
 
     def drops(self) -> int:
         """Kernel drops (receive buffer full) of this receiver's sockets since they opened."""
-        inodes = {os.fstat(s.fileno()).st_ino for s in self.sockets if s.fileno() >= 0}
-        return sum(socket_drops(inodes).values())
-
-
-def socket_drops(inodes: set[int]) -> Dict[int, int]:
-    """inode -> drops, from /proc/net/udp and /proc/net/udp6 (last column)."""
-    out: Dict[int, int] = {}
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) >= 13 and int(cols[9]) in inodes:
-                        out[int(cols[9])] = int(cols[-1])
-        except OSError:
-            continue
-    return out
+        return drops_of(self.sockets)
 
 
 class IpfixReceiver(Receiver):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The decoders' output (one `FlowRecord` per flow record or sampled packet) and their rejects.
 
 Addresses stay raw bytes (4 or 16): the hot path never formats them; `src_text`/`dst_text` do

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-exporter template state shared by the IPFIX and NetFlow v9 decoders, bounded everywhere.
 
 State lives per (exporter address, observation domain): templates with the time they were last

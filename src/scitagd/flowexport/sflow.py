@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """sFlow v5 datagrams: flow samples (plain and expanded) with raw packet headers (record 1).
 
 Config (`collector.sflow`, see conf.py): bindAddresses, port (6343), allowedSources,

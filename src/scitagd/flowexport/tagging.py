@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Which flow labels count as SciTags tags, as one table lookup per record.
 
 A label is tagged when `label & 0x3FEFC` (the 5 entropy bits ignored) decodes, through

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Templates compiled to code: one struct format per run of fixed-length fields, unpacked in bulk.
 
 IPFIX and NetFlow v9 data records are laid out by templates the exporter sends. Interpreting

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`scitagd demo`: the daemon for real, on loopback, with every source and sink it has.
 
 It starts `scitagd run` as a child process, reports flows through the REST API, the named pipe

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Network namespace labs: two hosts joined by veth, real processes in each, a raw capture.
 
 Used by the tests, the demo and the benchmarks. Only namespaces this process creates, with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Small network tools for namespace labs (tests, demo, benchmarks): `python -m scitagd.lab.tools ...`
 and the parser for what `capture` records. Standard library only.
 

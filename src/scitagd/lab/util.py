@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Small helpers the demo, the tests and the benchmarks share: free ports on loopback, waiting
 for an HTTP endpoint, posting JSON, draining a UDP socket."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Config sections of the sinks (`backends:`), flowd-go's keys plus extensions.
 
 Importing this module imports no sink implementation (see sources/conf.py for why).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`backends.firefly`: start/end fireflies to the transfer's peer and to collectors.
 
 Keys (sinks/conf.py): destinationPort, prependSyslog, collectors (+ flowd-go's sendToCollector,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`backends.marker`: every packet of a tagged IPv6 flow leaves the host carrying its tag.
 
 Start -> two map entries (the flow seen leaving in either direction: the data of a GET, the
@@ -198,7 +199,7 @@ class MarkerSink(Sink):
 
         for name, att in list(self.attached.items()):
             try:
-                loader.detach(att.ifindex, self.conf.tc_priority)
+                loader.detach(att.ifindex, self.conf.tc_priority, self._prog_ids)
                 log.info("detached interface=%s", name)
                 if self.conf.remove_qdisc and att.owns_qdisc:
                     others = loader.other_filters(att.ifindex, self.conf.tc_priority)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sources (`plugins:`): each turns one kind of outside input into FlowEvents for Host.submit.
 
 conf.py holds every source's config struct (imported by config.py without loading a source);

@@ -1,12 +1,18 @@
+# SPDX-License-Identifier: Apache-2.0
 """Config sections of the sources (`plugins:`), flowd-go's keys plus extensions.
 
 Importing this module imports no source implementation: `scitagd conf` and the collector read
 configs without paying for aiohttp or eBPF. Each struct validates itself and raises ValueError
 naming the key and what was expected; config.py adds the key path.
 
-plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384)
-plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024);
-                   flowd-go's maxReaders, buffSize accepted (buffSize sets the read size)
+plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384), allowedHosts ([]:
+                   Host header names besides loopback ones), token | tokenFile (Bearer; required
+                   off loopback unless allowUnauthenticated: true), maxConnections (256),
+                   maxConnectionsPerSource (64), headerTimeout (10 s), keepAliveTimeout (15 s),
+                   requestTimeout (10 s)
+plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024),
+                   checkInterval (2 s); flowd-go's maxReaders, buffSize accepted (buffSize sets
+                   the read size, 4..16 KiB)
 plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
                    allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
                    (8 MiB); flowd-go's hasSyslogHeader, deadline accepted
@@ -22,6 +28,7 @@ from __future__ import annotations
 import grp
 import ipaddress
 import os
+import re
 from typing import List, Optional, Tuple, Union
 
 import msgspec
@@ -46,12 +53,69 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     bind_address: str = "127.0.0.1"
     bind_port: int = 7777
     max_body_bytes: int = 16384
+    # who may call: a Host header that names this server (DNS rebinding), a bearer token
+    allowed_hosts: List[str] = msgspec.field(default_factory=list)
+    token: Optional[str] = None
+    token_file: Optional[str] = None
+    allow_unauthenticated: bool = False
+    # how much a client may hold (httpserver.py)
+    max_connections: int = 256
+    max_connections_per_source: int = 64
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 15.0
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         check_bind_address("bindAddress", self.bind_address)
         check_port("bindPort", self.bind_port)
         if not 256 <= self.max_body_bytes <= 1 << 20:
             raise ValueError(f"maxBodyBytes {self.max_body_bytes}: expected 256..1048576")
+        for h in self.allowed_hosts:
+            check_host("allowedHosts", h)
+        self.allowed_hosts = [h.lower().rstrip(".") for h in self.allowed_hosts]
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("token and tokenFile: expected one of them, not both")
+        if self.token is not None:
+            check_token("token", self.token)
+        if self.token_file is not None and not os.path.isabs(self.token_file):
+            raise ValueError(f"tokenFile {self.token_file!r}: expected an absolute path")
+        if (not ipaddress.ip_address(self.bind_address).is_loopback and self.token is None
+                and self.token_file is None and not self.allow_unauthenticated):
+            raise ValueError(f"bindAddress {self.bind_address} is not a loopback address: set token or "
+                             "tokenFile (clients then send 'Authorization: Bearer <token>'), or "
+                             "allowUnauthenticated: true to let anyone who reaches the port report flows")
+        if not 1 <= self.max_connections <= 65536:
+            raise ValueError(f"maxConnections {self.max_connections}: expected 1..65536")
+        if not 1 <= self.max_connections_per_source <= self.max_connections:
+            raise ValueError(f"maxConnectionsPerSource {self.max_connections_per_source}: expected "
+                             f"1..maxConnections ({self.max_connections})")
+        for key, v in (("headerTimeout", self.header_timeout), ("keepAliveTimeout", self.keep_alive_timeout),
+                       ("requestTimeout", self.request_timeout)):
+            if not 0.1 <= v <= 3600:
+                raise ValueError(f"{key} {v}: expected 0.1..3600 seconds")
+
+    def read_token(self) -> Optional[str]:
+        """The token in force: `token`, or the first line of `tokenFile` (read at start)."""
+        if self.token_file is None:
+            return self.token
+        try:
+            with open(self.token_file, "rb") as f:
+                raw = f.read(4097)
+        except OSError as e:
+            raise ValueError(f"tokenFile {self.token_file!r}: cannot read: {e.strerror or e}") from None
+        lines = raw.decode("utf-8", "replace").strip().splitlines()
+        text = lines[0].strip() if lines else ""
+        check_token(f"tokenFile {self.token_file!r}", text)
+        return text
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,4096}$")  # RFC 6750 token68, at least 16 characters
+
+
+def check_token(key: str, token: str) -> None:
+    if not _TOKEN.match(token):
+        raise ValueError(f"{key}: expected at least 16 characters of A-Z a-z 0-9 . _ ~ + / = - "
+                         "(e.g. the output of `openssl rand -hex 32`)")
 
 
 class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -61,8 +125,11 @@ class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
     max_readers: int = 5
     buff_size: int = 65536
     max_line_bytes: int = 1024
+    check_interval: float = 2.0  # seconds between checks that pipePath is still our FIFO
 
     def __post_init__(self) -> None:
+        if not 0.05 <= self.check_interval <= 300:
+            raise ValueError(f"checkInterval {self.check_interval}: expected 0.05..300 seconds")
         if not os.path.isabs(self.pipe_path):
             raise ValueError(f"pipePath {self.pipe_path!r}: expected an absolute path")
         try:

@@ -1,9 +1,15 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins.firefly`: fireflies from XRootD (`xrootd.pmark ... ffdest`) or dCache become flows.
 
 Keys (sources/conf.py): bindAddress | bindAddresses, bindPort, allowedSources,
 fireflyReceivers (each datagram forwarded verbatim before parsing, loop-protected),
 receiveBuffer; flowd-go's hasSyslogHeader and deadline are accepted (the header is detected
 per datagram).
+
+Whatever arrives is either an event or a counted rejection with a reason (firefly.parse bounds
+sizes, nesting, UTF-8, ids, counters and times); the log gets at most one line per reason per
+second. The port is bound without SO_REUSEADDR (netutil.udp_listener): a port in use is a
+start-up error, not a silently shared port.
 """
 
 from __future__ import annotations
@@ -11,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+import socket
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from ..components import Host, Source
 from ..errors import InputError
 from ..firefly import parse, to_event
 from ..logs import Throttle
-from ..netutil import udp_listener
+from ..netutil import drops_of, open_udp_endpoint, udp_listener
 from ..relay import Relay
 from .conf import FireflySourceConfig
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["FireflySource"]
 
@@ -29,9 +39,11 @@ log = logging.getLogger("scitagd.firefly.source")
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, source: FireflySource) -> None:
         self.datagram_received = source.datagram_received  # type: ignore[method-assign]
+        self._throttle = source._throttle
 
     def error_received(self, exc: Exception) -> None:
-        log.warning("socket error error=%r", str(exc))
+        if self._throttle.allow("socket_error"):
+            log.warning("socket error error=%r", str(exc))
 
 
 class FireflySource(Source):
@@ -50,19 +62,34 @@ class FireflySource(Source):
                                 lambda dest: c.sent(f"forward:{dest}"),
                                 lambda dest, err: c.failed(f"forward:{dest}", err))
         self._throttle = Throttle(1.0)
+        self._sockets: Dict[str, socket.socket] = {}
+        host.register_metrics(self)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for addr in self.conf.addresses():
-            sock = udp_listener(addr, self.conf.bind_port, self.conf.receive_buffer)
-            tr, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            sock = udp_listener(addr, self.conf.bind_port, self.conf.receive_buffer, key="bindPort")
+            tr, _ = await open_udp_endpoint(loop, lambda: _Protocol(self), sock)
             self._transports.append(tr)
+            self._sockets[addr] = sock
             log.info("listening address=%s port=%d", addr, self.conf.bind_port)
+
+    def collect(self) -> Iterator[Metric]:
+        """The kernel's drops for our sockets (receive buffer full): the loss no counter of ours sees."""
+        from prometheus_client.core import CounterMetricFamily
+
+        m = CounterMetricFamily("scitagd_firefly_udp_drops", "Datagrams the kernel dropped for the firefly "
+                                "listener (receive buffer full; see plugins.firefly.receiveBuffer)", labels=["address"])
+        for addr, sock in list(self._sockets.items()):
+            if sock.fileno() >= 0:
+                m.add_metric([addr], drops_of([sock]))
+        yield m
 
     async def stop(self) -> None:
         for tr in self._transports:
             tr.close()
         self._transports.clear()
+        self._sockets.clear()
         if self._relay is not None:
             self._relay.close()
 
@@ -91,6 +118,12 @@ class FireflySource(Source):
             ev = to_event(parse(data, header=False).firefly, self.name)
         except InputError as e:
             self._reject(e.reason, str(e), addr, data)
+            return
+        except Exception as e:  # a bug, not the sender's fault: counted, logged, the listener goes on
+            self.counters.reject("internal_error")
+            if self._throttle.allow("internal_error"):
+                log.error("datagram not handled from=%s error=%r sample=%r", addr[0], f"{type(e).__name__}: {e}",
+                          data[:100].decode("utf-8", "replace"), exc_info=True)
             return
         host.submit(ev)
 

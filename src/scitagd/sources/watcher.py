@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins.watcher`: TCP connections reported by the kernel as they are established and closed
 (a cgroup sock_ops program, bpf/watcher.bpf.c), tagged by port rules.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """From a Config to the components that run, split by kind as flowd-go's cmd/plugins.go,
 cmd/backends.go and cmd/enrichment.go are: sources.py, sinks.py, enrichers.py.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`enrichers:` -> the netlink and sock_ops samplers, as one group: they share the per-flow
 metrics (same names, a `flavour` label each). netlink, when on, also finishes ends (an exact
 last sample on demand); sock_ops alone finishes them with its latest sample."""

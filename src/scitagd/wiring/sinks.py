@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`backends:` -> sinks (firefly, marker) and the Prometheus exporter."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`plugins:` -> sources. perfSONAR is a preset of the watcher (its iperf3 ports), unless
 backends.marker.matchAll marks everything as flowd-go does; enrichers.skops needs the watcher's
 sock_ops program, so it brings a watcher with no rules when none is configured."""

@@ -1,0 +1,360 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ClickHouse store: ingest rate, traffic rebuild cost, and dashboard queries on N generated
+flows over D days, side by side with SQLiteStore on the same flows.
+
+  python bench/clickhouse.py generate --flows 10000000 --days 30   # once: RowBinary + SQLite (long)
+  python bench/clickhouse.py run                                    # load into 18.16, rebuild A and B, time queries
+
+Data live under --dir (default /var/tmp/scitagd-chbench), never in the repository. The
+generator is seeded: the RowBinary files (for ClickHouse) and the SQLite file (written with
+SQLiteStore.write, traffic spread with attribution.contributions) hold the same flows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from scitagd.collector.attribution import POINT, SPREAD, contributions  # noqa: E402
+from scitagd.collector.ch.rows import FireflyRow, encode  # noqa: E402
+
+EXPERIMENTS = [(2, 0.35), (3, 0.25), (4, 0.15), (5, 0.1), (6, 0.05), (7, 0.04), (8, 0.03), (9, 0.03)]
+CHUNK = 1_000_000  # fireflies per RowBinary file
+
+
+def generate(n: int, days: int, end: int, seed: int = 7) -> Iterator[Tuple[List[FireflyRow], bool]]:
+    """Per flow: its fireflies (start, ongoing every 5 min for scitagd-like producers, end),
+    relay copies, and whether it ended. Hosts are a pool of 3000 with skewed pairs."""
+    rnd = random.Random(seed)
+    hosts = [f"2001:db8:{i // 256:x}:{i % 256:x}::{i % 7 + 1:x}" if i % 3 else f"10.{i // 256}.{i % 256}.1"
+             for i in range(3000)]
+    reporters = [f"site{i // 20}.example.org" for i in range(3000)]
+    exps = [e for e, _ in EXPERIMENTS]
+    weights = [w for _, w in EXPERIMENTS]
+    t0 = end - days * 86400
+    span_us = (days * 86400 - 7200) * 1_000_000
+    for _ in range(n):
+        si = min(2999, int(rnd.paretovariate(1.2)) * 7 % 3000)
+        di = rnd.randrange(3000)
+        exp = rnd.choices(exps, weights)[0]
+        act = rnd.randint(1, 6)
+        start = t0 * 1_000_000 + rnd.randrange(span_us)
+        dur = min(2 * 86400, rnd.lognormvariate(math.log(90), 1.6))
+        total = int(min(1e13, rnd.lognormvariate(math.log(3e8), 2.0)))
+        sent = total * 49 // 50
+        recv = total - sent
+        scitagd = rnd.random() < 0.4
+        app = "scitagd" if scitagd else "xrootd"
+        rep = reporters[si]
+        src, dst, sport, dport = hosts[si], hosts[di], rnd.randint(1024, 65535), 1094
+        proto = "tcp"
+        first = rnd.randint(0, 800)
+        ff = [FireflyRow(start, proto, src, sport, dst, dport, exp, act, "start", start, first // 2,
+                         first - first // 2, app, rep)]
+        end_us = start + int(dur * 1e6)
+        if scitagd:
+            t = start + 300_000_000
+            while t < end_us:
+                f = (t - start) / (end_us - start)
+                ff.append(FireflyRow(start, proto, src, sport, dst, dport, exp, act, "ongoing", t,
+                                     int(sent * f), int(recv * f), app, rep))
+                t += 300_000_000
+        ended = rnd.random() > 0.01
+        if ended:
+            ff.append(FireflyRow(start, proto, src, sport, dst, dport, exp, act, "end", end_us, sent, recv,
+                                 app, rep))
+        if rnd.random() < 0.03:  # a relay copy, the syslog header lost: the relay's address
+            ff.append(ff[rnd.randrange(len(ff))]._replace(reporter="192.0.2.250"))
+        yield ff, ended
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    d = Path(a.dir)
+    (d / "rowbinary").mkdir(parents=True, exist_ok=True)
+    end = int(time.time()) // 86400 * 86400 + 86400  # flows up to the end of today (UTC)
+    meta = {"flows": a.flows, "days": a.days, "end": end, "seed": 7}
+    (d / "meta.json").write_text(json.dumps(meta))
+    if a.what in ("all", "rowbinary"):
+        t = time.monotonic()
+        buf: List[bytes] = []
+        k = rows = 0
+        for ff, _ in generate(a.flows, a.days, end):
+            buf += [encode(r) for r in ff]
+            if len(buf) >= CHUNK:
+                (d / "rowbinary" / f"{k:04d}.bin").write_bytes(b"".join(buf))
+                rows += len(buf)
+                k, buf = k + 1, []
+        if buf:
+            (d / "rowbinary" / f"{k:04d}.bin").write_bytes(b"".join(buf))
+            rows += len(buf)
+        meta["fireflies"] = rows
+        (d / "meta.json").write_text(json.dumps(meta))
+        print(f"rowbinary: {rows} fireflies in {time.monotonic() - t:.0f} s")
+    if a.what in ("all", "sqlite"):
+        build_sqlite(d, a.flows, a.days, end)
+
+
+def build_sqlite(d: Path, n: int, days: int, end: int) -> None:
+    from scitagd.collector.store import DAY, MINUTE, SQLiteStore
+
+    path = d / "collector.sqlite"
+    if path.exists():
+        path.unlink()
+    store = SQLiteStore(str(path))
+    t = time.monotonic()
+    flows: List[Any] = []
+    traffic: Dict[Tuple[int, int, int], List[int]] = {}
+    pairs: Dict[Tuple[int, str, str, int, int], List[int]] = {}
+
+    def flush() -> None:
+        store.write(flows, {k: (v[0], v[1]) for k, v in traffic.items()},
+                    {k: (v[0], v[1]) for k, v in pairs.items()})
+        flows.clear()
+        traffic.clear()
+        pairs.clear()
+
+    for ff, ended in generate(n, days, end):
+        f0 = ff[0]
+        sent = max(r.sent for r in ff)
+        recv = max(r.received for r in ff)
+        last = max(r.t_us for r in ff)
+        fin = last / 1e6  # the end, or the last report of an expired flow
+        flows.append((f0.proto, f0.src, f0.sport, f0.dst, f0.dport, f0.start_us / 1e6, fin, f0.exp, f0.act,
+                      f0.app, f0.reporter, sent, recv, "ended" if ended else "expired"))
+        m0 = f0.start_us // 60_000_000
+        k0 = (m0 * MINUTE, f0.exp, f0.act)
+        traffic.setdefault(k0, [0, 0])[1] += 1
+        pk0 = (m0 * 60 // DAY * DAY, f0.src, f0.dst, f0.exp, f0.act)
+        pairs.setdefault(pk0, [0, 0])[1] += 1
+        for m, b in contributions(m0, {(r.t_us // 60_000_000, r.sent + r.received) for r in ff}, SPREAD).items():
+            traffic.setdefault((m * 60, f0.exp, f0.act), [0, 0])[0] += b
+            pairs.setdefault((m * 60 // DAY * DAY, f0.src, f0.dst, f0.exp, f0.act), [0, 0])[0] += b
+        if len(flows) >= 200_000:
+            flush()
+    flush()
+    store.close()
+    print(f"sqlite: {n} flows in {time.monotonic() - t:.0f} s, {path.stat().st_size / 1e9:.2f} GB")
+
+
+# --- run ---------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any], runs: int) -> Tuple[float, Any]:
+    out = None
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), out
+
+
+def queries(store: Any, end: int) -> Dict[str, Callable[[], Any]]:
+    now = end - 3600
+    return {
+        "24 h per-minute series": lambda: store.timeseries(now - 86400, now, 60),
+        "24 h per-minute series, one experiment": lambda: store.timeseries(now - 86400, now, 60, exp=2),
+        "30-day totals by experiment": lambda: store.totals("experiment", now - 30 * 86400, now),
+        "30-day totals by activity": lambda: store.totals("activity", now - 30 * 86400, now),
+        "30-day series, hourly": lambda: store.timeseries(now - 30 * 86400, now, 3600),
+        "top 10 host pairs, 7 days": lambda: store.totals("pair", now - 7 * 86400, now, limit=10),
+        "recent flows (24 h, 100)": lambda: store.flows(now - 86400, now, limit=100),
+        "flow lookup by host (24 h)": lambda: store.flows(now - 86400, now, host="10.0.3.1", limit=100),
+        "flows of one experiment, ended (24 h)": lambda: store.flows(now - 86400, now, exp=3, state="ended", limit=100),
+    }
+
+
+def server_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from scitagd.collector.ch.client import HttpClient, query
+    from scitagd.collector.ch.rebuild import Rebuilder
+    from scitagd.collector.ch.store import ClickHouseStore
+    from scitagd.collector.store import SQLiteStore
+    from tests.collector_ch.chserver import ClickHouseServer
+
+    d = Path(a.dir)
+    meta = json.loads((d / "meta.json").read_text())
+    end = meta["end"]
+    srv = ClickHouseServer(d / "server", http_port=a.port or None)
+    srv.start()
+    try:
+        client = HttpClient(srv.url, timeout=600)
+        loaded = int(query(client, "SELECT count() FROM system.tables WHERE database = 'bench' AND name = 'fireflies'")[0][0])
+        store = ClickHouseStore(client, "bench", active_timeout=86400)
+        if not loaded or a.reload:
+            client.execute("DROP DATABASE IF EXISTS bench")
+            store = ClickHouseStore(client, "bench", active_timeout=86400)
+            files = sorted((d / "rowbinary").glob("*.bin"))
+            assert srv.proc is not None
+            # baseline in the same run: the same RowBinary into a table without views
+            client.execute("DROP DATABASE IF EXISTS bench_plain")
+            client.execute("CREATE DATABASE bench_plain")
+            client.execute("CREATE TABLE bench_plain.fireflies AS bench.fireflies")
+            cpu0, t0, n0 = server_cpu(srv.proc.pid), time.monotonic(), 0
+            for f in files[:3]:
+                client.insert("bench_plain.fireflies", f.read_bytes())
+            n0 = int(query(client, "SELECT count() FROM bench_plain.fireflies")[0][0])
+            took0, cpu_0 = time.monotonic() - t0, server_cpu(srv.proc.pid) - cpu0
+            print(f"baseline ingest, no views: {n0} fireflies in {took0:.1f} s = {n0 / took0:,.0f} rows/s "
+                  f"(server CPU {cpu_0 / n0 * 1e6:.2f} us/firefly)")
+            client.execute("DROP DATABASE bench_plain")
+            cpu0, t0 = server_cpu(srv.proc.pid), time.monotonic()
+            c0 = resource.getrusage(resource.RUSAGE_SELF)
+
+            for f in files:
+                client.insert("bench.fireflies", f.read_bytes())
+            took = time.monotonic() - t0
+            c1 = resource.getrusage(resource.RUSAGE_SELF)
+            n = int(query(client, "SELECT count() FROM bench.fireflies")[0][0])
+            cpu = server_cpu(srv.proc.pid) - cpu0
+            print(f"ingest: {n} fireflies in {took:.1f} s = {n / took:,.0f} rows/s (server CPU {cpu:.1f} s = "
+                  f"{cpu / n * 1e6:.2f} us/firefly, client CPU {c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime:.1f} s, "
+                  f"with flows_mv, flows_host_mv and dirty_mv)")
+        sq = SQLiteStore(str(d / "collector.sqlite")) if (d / "collector.sqlite").exists() and not a.no_sqlite else None
+        results: Dict[str, Dict[str, float]] = {}
+        if sq is not None:
+            for name, fn in queries(sq, end).items():
+                results.setdefault(name, {})["sqlite"] = timed(fn, 1 if a.quick else 3)[0]
+        for method in (a.methods.split(",")):
+            rb = Rebuilder(client, "bench", method)
+            days = sorted({int(r[0]) for r in query(client, "SELECT DISTINCT toYYYYMMDD(start) FROM bench.fireflies")})
+            per = []
+            if not a.skip_rebuild:
+                for day in days:
+                    per.append(rb.rebuild_day(day))
+                print(f"rebuild {method}: {len(days)} days, median {statistics.median(per):.2f} s/day, "
+                      f"max {max(per):.2f} s, total {sum(per):.0f} s")
+            for name, fn in queries(store, end).items():
+                results.setdefault(name, {})[method] = timed(fn, 5)[0]
+            if sq is not None and method == SPREAD:
+                if sq.count() == meta["flows"]:
+                    check_same(store, sq, end)
+                else:
+                    print(f"SQLite holds {sq.count()} of the {meta['flows']} flows (generation stopped): "
+                          "its timings are a lower bound, results not compared")
+        cols = [c for c in ("sqlite", POINT, SPREAD) if any(c in r for r in results.values())]
+        print("\n| query | " + " | ".join(cols) + " | ratio sqlite/spread |")
+        print("|---|" + "---:|" * (len(cols) + 1))
+        for name, r in results.items():
+            ratio = f"{r['sqlite'] / r[SPREAD]:.1f}x" if "sqlite" in r and SPREAD in r else ""
+            print(f"| {name} | " + " | ".join(f"{r[c] * 1000:.0f} ms" if c in r else "" for c in cols) + f" | {ratio} |")
+    finally:
+        srv.stop()
+
+
+def cmd_ingest(a: argparse.Namespace) -> None:
+    """Server CPU per firefly with the full schema against a table without views (the same
+    rows, alternating, median of --runs), and the collector's CPU per firefly to encode."""
+    from scitagd.collector.ch.client import HttpClient, query
+    from scitagd.collector.ch.rows import check, from_received
+    from scitagd.collector.ch.schema import ddl
+    from scitagd.firefly import parse
+    from tests.collector_ch.chserver import ClickHouseServer
+
+    d = Path(a.dir)
+    files = sorted((d / "rowbinary").glob("*.bin"))[: a.files]
+    data = [f.read_bytes() for f in files]
+    srv = ClickHouseServer(Path(a.tmp), http_port=a.port or None)
+    srv.start()
+    try:
+        assert srv.proc is not None
+        client = HttpClient(srv.url, timeout=600)
+        res: Dict[str, List[Tuple[float, float]]] = {"no views": [], "scitagd schema": []}
+        for run in range(a.runs):
+            for name in res:
+                db = f"ing{run}{'p' if name == 'no views' else 's'}"
+                if name == "no views":
+                    client.execute(f"CREATE DATABASE {db}")
+                    client.execute(ddl(db)[2].replace(f"{db}.fireflies", f"{db}.fireflies", 1))
+                else:
+                    for stmt in ddl(db):
+                        client.execute(stmt)
+                cpu0, t0 = server_cpu(srv.proc.pid), time.monotonic()
+                for chunk in data:
+                    client.insert(f"{db}.fireflies", chunk)
+                took, cpu = time.monotonic() - t0, server_cpu(srv.proc.pid) - cpu0
+                n = int(query(client, f"SELECT count() FROM {db}.fireflies")[0][0])
+                res[name].append((n / took, cpu / n * 1e6))
+                client.execute(f"DROP DATABASE {db}")
+        base = statistics.median(c for _, c in res["no views"])
+        for name, xs in res.items():
+            rate, cpu = statistics.median(r for r, _ in xs), statistics.median(c for _, c in xs)
+            print(f"{name}: {rate:,.0f} rows/s, server CPU {cpu:.2f} us/firefly ({cpu / base:.1f}x no views)")
+    finally:
+        srv.stop()
+    wire = (b'<134>1 - host.example.org xrootd - firefly-json - {"version":1,"flow-lifecycle":{"state":"end",'
+            b'"current-time":"2026-11-25T16:34:07.449149+00:00","start-time":"2026-11-25T16:34:07.373828+00:00",'
+            b'"end-time":"2026-11-25T16:34:07.449149+00:00"},"usage":{"received":289,"sent":20992483},'
+            b'"netlink":{"rtt":0.921},"context":{"experiment-id":1,"activity-id":1,"application":"xrdcp"},'
+            b'"flow-id":{"afi":"ipv4","src-ip":"127.0.0.1","dst-ip":"127.0.0.1","protocol":"tcp",'
+            b'"src-port":21094,"dst-port":39042}}')  # XRootD 5.5.3's, from shared/data/fireflies/producers.jsonl
+    recs = [parse(wire)] * 100_000
+    t = time.process_time()
+    for _ in recs:
+        parse(wire)
+    t_parse = (time.process_time() - t) / len(recs)
+    t = time.process_time()
+    for r in recs:
+        row = from_received(r, "192.0.2.1")
+        check(row)
+        encode(row)
+    t_enc = (time.process_time() - t) / len(recs)
+    print(f"collector CPU per firefly: parse {t_parse * 1e6:.2f} us (existing), to row + check + RowBinary "
+          f"{t_enc * 1e6:.2f} us")
+
+
+def check_same(ch: Any, sq: Any, end: int) -> None:
+    now = end - 3600
+    a = sorted(ch.totals("activity", now - 40 * 86400, end + 86400, limit=1000), key=lambda r: (r["exp"], r["act"]))
+    b = sorted(sq.totals("activity", now - 40 * 86400, end + 86400, limit=1000), key=lambda r: (r["exp"], r["act"]))
+    print("same 40-day totals by activity on ClickHouse (spread) and SQLite:", a == b)
+    s1 = ch.timeseries(now - 86400, now, 60)
+    s2 = sorted(sq.timeseries(now - 86400, now, 60))
+    print("same 24 h per-minute series:", sorted(s1) == s2, len(s1), "points")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default="/var/tmp/scitagd-chbench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("--flows", type=int, default=10_000_000)
+    g.add_argument("--days", type=int, default=30)
+    g.add_argument("--what", choices=("all", "rowbinary", "sqlite"), default="all")
+    g.set_defaults(func=cmd_generate)
+    r = sub.add_parser("run")
+    r.add_argument("--port", type=int, default=0)
+    r.add_argument("--reload", action="store_true")
+    r.add_argument("--quick", action="store_true", help="SQLite queries once (they take seconds)")
+    r.add_argument("--skip-rebuild", action="store_true")
+    r.add_argument("--no-sqlite", action="store_true")
+    r.add_argument("--methods", default=f"{POINT},{SPREAD}")
+    r.set_defaults(func=cmd_run)
+    i = sub.add_parser("ingest")
+    i.add_argument("--files", type=int, default=2, help="RowBinary files of 1M fireflies")
+    i.add_argument("--runs", type=int, default=3)
+    i.add_argument("--port", type=int, default=0)
+    i.add_argument("--tmp", default="/var/tmp/scitagd-chbench/ingest-server")
+    i.set_defaults(func=cmd_ingest)
+    a = p.parse_args()
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
