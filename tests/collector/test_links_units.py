@@ -148,6 +148,8 @@ def test_sections_on_when_present_and_false_positive_policy() -> None:
     assert [n for n, _ in c.flow_exports()] == ["ipfix", "sflow"] and c.netflow is None
     assert c.ipfix is not None and c.ipfix.known_only and c.ipfix.port == 4739
     assert not load_text("collector:\n  netflow: {anyExperiment: true}\n").collector.netflow.known_only
+    assert not load_text("collector:\n  sflow: {anyExperiment: true, knownActivitiesOnly: true}\n"
+                         ).collector.sflow.known_only  # anyExperiment overrides
     assert not load_text("collector:\n  ipfix: {knownActivitiesOnly: false}\n").collector.ipfix.known_only
     assert load_text("collector: {}\n").collector.flow_exports() == []
 
@@ -155,7 +157,6 @@ def test_sections_on_when_present_and_false_positive_policy() -> None:
 @pytest.mark.parametrize("text,needle", [
     ("  ipfix: {port: 10514}", "ipfix.port 10514: already used by udp"),
     ("  ipfix: {port: 6343}\n  sflow: {}", "sflow.port 6343: already used by ipfix"),
-    ("  netflow: {anyExperiment: true, knownActivitiesOnly: true}", "at most one of them true"),
     ("  sflow: {markingPrefixes: [2001:db8::/129]}", "markingPrefixes '2001:db8::/129'"),
     ("  ipfix: {allowedSources: [nowhere]}", "allowedSources 'nowhere'"),
     ("  ipfix: {receiveBuffer: 1}", "receiveBuffer 1"),

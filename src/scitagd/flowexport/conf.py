@@ -1,28 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`collector.ipfix`, `collector.netflow` (v9) and `collector.sflow` config sections.
-
-  ipfix:   {bindAddresses: ["::"], port: 4739, allowedSources: [CIDR...], receiveBuffer: 33554432,
-            templateTimeout: 1800, holdTime: 2, maxExporters: 1024, maxDomains: 64,
-            maxTemplates: 512, anyExperiment: false, knownActivitiesOnly: true,
-            markingPrefixes: [CIDR...]}
-  netflow: the same keys, port 2055
-  sflow:   bindAddresses, port 6343, allowedSources, receiveBuffer, maxExporters,
-           anyExperiment, knownActivitiesOnly, markingPrefixes
-
-allowedSources: exporters' addresses; datagrams from elsewhere are counted and dropped. Empty
-(the default) takes any source: flow exports carry no authentication, so set it in production.
-knownActivitiesOnly (default true unless anyExperiment): only the registry's (experiment,
-activity) pairs count as tagged; a random label of an unmarked host then looks tagged with
-probability 114/32768 = 0.35% (bundled registry), against 2.7% with `false` (any activity of a
-known experiment). anyExperiment: a label decoding to any experiment 1..511 counts (99.8%:
-for networks where only marking hosts send IPv6, e.g. a test bed).
-markingPrefixes: networks of the marking sites; a label tag counts only when one end is in them.
-"""
+"""`collector.ipfix`, `collector.netflow` (v9) and `collector.sflow` config sections; each
+struct's `Keys:` block documents its keys."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List
 
 import msgspec
 
@@ -48,13 +31,32 @@ def _check_range(key: str, value: float, lo: float, hi: float, unit: str = "") -
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """What every flow-export listener shares.
+
+    Keys:
+      bindAddresses: addresses to listen on; "::" takes IPv4 too.
+      port: UDP port.
+      allowedSources: exporters' addresses (CIDRs); datagrams from elsewhere are counted and
+        dropped. Empty takes any source: flow exports carry no authentication, so set it in
+        production.
+      receiveBuffer: socket receive buffer in bytes, 65536..1073741824.
+      maxExporters: exporters tracked at most (per-exporter state is bounded by it).
+      anyExperiment: a flow label decoding to any experiment 1..511 counts as tagged, not only the
+        registry's (then 99.8% of an unmarked host's random labels look tagged: test beds only).
+      knownActivitiesOnly: only the registry's (experiment, activity) pairs count as tagged
+        (anyExperiment overrides it). A random label of an unmarked host then looks tagged with
+        probability 114/32768 = 0.35% (bundled registry), against 2.7% with false.
+      markingPrefixes: networks of the marking sites (CIDRs); a label counts only when one end is in
+        them.
+    """
+
     bind_addresses: List[str] = msgspec.field(default_factory=lambda: ["::"])
     port: int = 0
     allowed_sources: List[str] = msgspec.field(default_factory=list)
     receive_buffer: int = 32 << 20
     max_exporters: int = 1024
     any_experiment: bool = False
-    known_activities_only: Optional[bool] = None  # None: true unless anyExperiment
+    known_activities_only: bool = True
     marking_prefixes: List[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,18 +69,23 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
         _check_cidrs("markingPrefixes", self.marking_prefixes)
         _check_range("receiveBuffer", self.receive_buffer, 65536, 1 << 30, " bytes")
         _check_range("maxExporters", self.max_exporters, 1, 1 << 20)
-        if self.any_experiment and self.known_activities_only:
-            raise ValueError("anyExperiment and knownActivitiesOnly: expected at most one of them true")
 
     @property
     def known_only(self) -> bool:
         """Whether only the registry's (experiment, activity) pairs count as tags."""
-        if self.known_activities_only is None:
-            return not self.any_experiment
-        return self.known_activities_only
+        return self.known_activities_only and not self.any_experiment
 
 
 class TemplateProtocolConfig(_Base):
+    """What IPFIX and NetFlow v9 listeners share: templates.
+
+    Keys:
+      templateTimeout: seconds a template is kept without being refreshed, 10..86400.
+      holdTime: seconds data records that arrive before their template are held, 0..60.
+      maxDomains: observation domains per exporter at most.
+      maxTemplates: templates per observation domain at most.
+    """
+
     template_timeout: float = 1800.0
     hold_time: float = 2.0
     max_domains: int = 64
@@ -100,12 +107,30 @@ class TemplateProtocolConfig(_Base):
 
 
 class IpfixConfig(TemplateProtocolConfig):
+    """`collector.ipfix`: IPFIX (RFC 7011) from routers and switches; on when present.
+
+    Keys:
+      port: UDP port (4739, IANA's).
+    """
+
     port: int = 4739
 
 
 class NetflowConfig(TemplateProtocolConfig):
+    """`collector.netflow`: NetFlow v9 (RFC 3954); on when present.
+
+    Keys:
+      port: UDP port (2055, the usual one).
+    """
+
     port: int = 2055
 
 
 class SflowConfig(_Base):
+    """`collector.sflow`: sFlow v5 sampled packet headers; on when present.
+
+    Keys:
+      port: UDP port (6343, IANA's).
+    """
+
     port: int = 6343
