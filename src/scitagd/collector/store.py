@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from ..flowexport.aggregate import Row
+from . import links as linktables
 from .attribution import DAY, HOUR, KEEP, MINUTE, FlowReports
+from .links import PathRow
 from .report import Report
 
 __all__ = ["DAY", "FLOW_COLUMNS", "HOUR", "LONG_RANGE", "MINUTE", "PAIR_BUCKET", "IngestResult", "SQLiteStore",
@@ -94,6 +97,16 @@ class Store(Protocol):
     def extent(self) -> Tuple[Optional[float], Optional[float]]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
+    # router flow exports (links.py): additive deltas, and queries by link
+    def ingest_links(self, rows: Sequence[Row], paths: Sequence[PathRow] = ()) -> None: ...
+    def links(self, start: float, end: float, exporter: Optional[str] = None, domain: Optional[int] = None,
+              iface: Optional[int] = None, direction: Optional[int] = None,
+              limit: int = 100) -> List[Dict[str, Any]]: ...
+    def link_timeseries(self, start: float, end: float, step: int, exporter: Optional[str] = None,
+                        domain: Optional[int] = None, iface: Optional[int] = None, direction: Optional[int] = None,
+                        exp: Optional[int] = None, measure: str = "bytes") -> List[Tuple[int, int, int, int]]: ...
+    def paths(self, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]]
+              ) -> List[List[Dict[str, Any]]]: ...
 
 
 SCHEMA = """
@@ -215,7 +228,7 @@ class SQLiteStore:
                 db.execute("ALTER TABLE flows ADD COLUMN last REAL")
                 db.execute("UPDATE flows SET last = COALESCE(end, start)")
             log.info("store upgraded from schema 1 to %d path=%s", SCHEMA_VERSION, self.path)
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + linktables.SCHEMA)
         got = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if got is None:
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -503,7 +516,8 @@ class SQLiteStore:
                 if len(ids) < 5000:
                     break
             db.execute("BEGIN")
-            for table, width in (("traffic", MINUTE), ("traffic_hour", HOUR), ("pairs", PAIR_BUCKET)):
+            for table, width in (("traffic", MINUTE), ("traffic_hour", HOUR), ("pairs", PAIR_BUCKET),
+                                 *linktables.RETAINED):
                 db.execute(f"DELETE FROM {table} WHERE bucket < ? {pins.format(col='bucket')}",
                            (int(before) // width * width,))
             db.execute("COMMIT")
@@ -619,6 +633,37 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+    # --- links (router flow exports; the SQL is in links.py) ------------------------------
+
+    def ingest_links(self, rows: Sequence[Row], paths: Sequence[PathRow] = ()) -> None:
+        """Add link deltas in one transaction; StoreFull (nothing written) when it cannot."""
+        with self._lock:
+            try:
+                self.db.execute("BEGIN")
+                linktables.write(self.db, rows, paths)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._abort()
+                raise StoreFull(str(e)) from None
+
+    def links(self, start: float, end: float, exporter: Optional[str] = None, domain: Optional[int] = None,
+              iface: Optional[int] = None, direction: Optional[int] = None,
+              limit: int = 100) -> List[Dict[str, Any]]:
+        with self._lock:
+            return linktables.links(self.db, start, end, exporter, domain, iface, direction, limit)
+
+    def link_timeseries(self, start: float, end: float, step: int, exporter: Optional[str] = None,
+                        domain: Optional[int] = None, iface: Optional[int] = None, direction: Optional[int] = None,
+                        exp: Optional[int] = None, measure: str = "bytes") -> List[Tuple[int, int, int, int]]:
+        with self._lock:
+            return linktables.link_timeseries(self.db, start, end, step, exporter, domain, iface, direction, exp,
+                                              measure)
+
+    def paths(self, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]]
+              ) -> List[List[Dict[str, Any]]]:
+        with self._lock:
+            return linktables.paths_for(self.db, flows)
 
 
 def _bump(d: Dict[Any, List[int]], k: Any, nbytes: int, nflows: int) -> None:

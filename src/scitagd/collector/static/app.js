@@ -16,7 +16,7 @@ function fmtBytes(n) {
   while (Math.abs(n) >= 1000 && i < u.length - 1) { n /= 1000; i++; }
   return (i ? n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0) : n) + " " + u[i];
 }
-function fmtBits(n) { return n == null ? "" : fmtBytes(n / 8).replace("B", "b") + "/s"; }
+function fmtBits(n) { return n == null ? "" : fmtBytes(n).replace("B", "b") + "/s"; }
 function fmtTime(t) {
   const d = new Date(t * 1000);
   return d.toISOString().replace("T", " ").slice(0, 19) + "Z";
