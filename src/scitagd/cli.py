@@ -192,6 +192,14 @@ def cmd_collector(a: argparse.Namespace) -> int:
     path = a.config or (DEFAULT_COLLECTOR_CONFIG if Path(DEFAULT_COLLECTOR_CONFIG).is_file() else None)
     conf = load(path) if path else load_text("")
     cconf = conf.collector
+    if getattr(a, "schema", False):
+        from .collector.ch.schema import render
+
+        try:
+            print(render(a.database or cconf.store.database, a.cluster), end="")
+        except ValueError as e:
+            raise CommandError(f"collector schema: {e}") from None
+        return 0
     if getattr(a, "import_files", False):
         import json as _json
 
@@ -293,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
                      f"{DEFAULT_COLLECTOR_CONFIG} if it exists, else built-in defaults, said at start)")
     col.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level")
     col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False, keep=False, log_level=None)
-    colsub = col.add_subparsers(dest="collector_cmd", metavar="{import}")
+    colsub = col.add_subparsers(dest="collector_cmd", metavar="{import,schema}")
     imp = colsub.add_parser("import", help="load syslog archives of fireflies (.gz or plain)")
     imp.add_argument("files", nargs="+", metavar="FILE", help="archives, one firefly per line")
     imp.add_argument("--config", metavar="FILE", help="YAML with a collector: section")
@@ -302,6 +310,13 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--keep", action="store_true", help="exempt the imported time range from retention "
                      "(archives older than collector.store.retentionDays)")
     imp.set_defaults(func=cmd_collector, import_files=True)
+    sch = colsub.add_parser("schema", help="print the ClickHouse DDL (collector.store.kind: clickhouse)")
+    sch.add_argument("--config", metavar="FILE", help="YAML with a collector: section (its store.database)")
+    sch.add_argument("--database", metavar="DB", help="database name (default: collector.store.database, "
+                     "scitagd)")
+    sch.add_argument("--cluster", metavar="NAME", help="a cluster's layout: Replicated*MergeTree <table>_local "
+                     "tables and Distributed tables over them, to run on every node")
+    sch.set_defaults(func=cmd_collector, schema=True)
 
     doc = sub.add_parser("doctor", help="check this host against the config: kernel, BTF, bpffs, cgroup v2, "
                          "libbpf, capabilities, interfaces, sysctls, registry cache, listeners, collectors")

@@ -168,7 +168,7 @@ def _struct_type(tp: Any) -> Any:
     return None
 
 
-SECRET_KEYS = frozenset({"token"})
+SECRET_KEYS = frozenset({"token", "password"})
 
 
 def dump(conf: msgspec.Struct) -> str:

@@ -8,6 +8,8 @@ struct's `Keys:` block documents its keys.
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -79,25 +81,64 @@ class TcpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`collector.store`: the SQLite file fireflies are accounted into.
+    """`collector.store`: where fireflies are accounted: an SQLite file (the default: embedded,
+    one writer, one process) or a ClickHouse database (a server: several receivers, collectors
+    and hosts may write to it, months of flows stay quick to query).
 
     Keys:
-      path: the database file (its directory must be writable: SQLite keeps a journal beside it).
-      retentionDays: days of fireflies and per-minute traffic kept; older is deleted every 10 minutes
-        (ranges imported with --keep excepted).
-      flushInterval: seconds between writes of what arrived, 0.01..10.
+      kind: sqlite or clickhouse. collector.workers above 1 needs clickhouse.
+      path: sqlite: the database file (its directory must be writable: SQLite keeps a journal
+        beside it).
+      retentionDays: days of fireflies and per-minute traffic kept; older is deleted every 10
+        minutes (ranges imported with --keep excepted). clickhouse drops whole days of flows by
+        their start day (daily partitions).
+      flushInterval: seconds between hand-overs of what arrived to the store, 0.01..10.
       maxPending: fireflies held in memory while the store is behind or the disk is full; beyond
         it new ones are dropped and counted.
-      cacheFlows: flows kept in memory between their fireflies.
+      cacheFlows: flows kept in memory between their fireflies (clickhouse: remembered only for the
+        counters in /metrics).
+      url: clickhouse: the server's HTTP interface, http(s)://host:port/ (8123 is ClickHouse's).
+      database: clickhouse: database name (letters, digits, _). The collector creates the
+        single-node schema when the database has none and refuses a schema of another version.
+      user: clickhouse: user name.
+      password: clickhouse: the user's password; passwordFile keeps it out of this file.
+      passwordFile: clickhouse: absolute path of a file whose first line is the password, read
+        at start.
+      batchRows: clickhouse: fireflies per INSERT at most, 100..1000000.
+      batchInterval: clickhouse: seconds a firefly waits at most for its INSERT, 0.05..60.
+      maxBufferRows: clickhouse: fireflies held while ClickHouse is down or slow, 1000..100000000;
+        beyond it new ones are dropped and counted (scitagd_collector_store_dropped_total).
+      spoolDir: clickhouse: directory where fireflies still unwritten at stop are kept (fsynced)
+        and written at the next start. Unset: they are lost when ClickHouse is down at stop.
+      timeout: clickhouse: seconds an INSERT or a query may take, 1..3600.
+      rebuild: clickhouse: this collector rebuilds the per-minute traffic from the fireflies (one
+        collector per database must; more are harmless, only wasteful).
+      rebuildInterval: clickhouse: seconds between rebuilds of the days that got fireflies,
+        5..3600; the dashboard's traffic series lag by about this.
     """
 
+    kind: str = "sqlite"
     path: str = "/var/lib/scitagd/collector.sqlite"
     retention_days: float = 30.0
     flush_interval: float = 0.2
     max_pending: int = 200_000
     cache_flows: int = 200_000
+    url: str = "http://127.0.0.1:8123/"
+    database: str = "scitagd"
+    user: str = "default"
+    password: Optional[str] = None
+    password_file: Optional[str] = None
+    batch_rows: int = 20_000
+    batch_interval: float = 1.0
+    max_buffer_rows: int = 2_000_000
+    spool_dir: Optional[str] = None
+    timeout: float = 30.0
+    rebuild: bool = True
+    rebuild_interval: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.kind not in ("sqlite", "clickhouse"):
+            raise ValueError(f"kind {self.kind!r}: expected sqlite or clickhouse")
         if self.retention_days <= 0:
             raise ValueError(f"retentionDays {self.retention_days}: expected > 0")
         if not 0.01 <= self.flush_interval <= 10:
@@ -106,6 +147,64 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"maxPending {self.max_pending}: expected 1000..10000000 fireflies")
         if not 100 <= self.cache_flows <= 10_000_000:
             raise ValueError(f"cacheFlows {self.cache_flows}: expected 100..10000000")
+        if self.kind == "sqlite":
+            # a ClickHouse key under an SQLite store is a mistake worth saying (kind forgotten)
+            defaults = StoreConfig.__struct_defaults__
+            for name, key in _CLICKHOUSE_KEYS:
+                if getattr(self, name) != defaults[StoreConfig.__struct_fields__.index(name)]:
+                    raise ValueError(f"{key}: a clickhouse key, and kind is sqlite (set kind: clickhouse)")
+            return
+        if self.path != StoreConfig.__struct_defaults__[StoreConfig.__struct_fields__.index("path")]:
+            raise ValueError("path: an sqlite key, and kind is clickhouse (the database is url + database)")
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment or "@" in u.netloc:
+            raise ValueError(f"url {self.url!r}: expected http(s)://host:port/ (user and password have keys "
+                             "of their own)")
+        try:
+            _ = u.port
+        except ValueError:
+            raise ValueError(f"url {self.url!r}: bad port") from None
+        if not self.database or not (self.database[0].isalpha() or self.database[0] == "_") or \
+                not all(c.isascii() and (c.isalnum() or c == "_") for c in self.database) or len(self.database) > 64:
+            raise ValueError(f"database {self.database!r}: expected letters, digits and _ (a ClickHouse "
+                             "identifier, at most 64)")
+        if not self.user or len(self.user) > 64 or not self.user.isprintable():
+            raise ValueError(f"user {self.user[:70]!r}: expected a user name")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and passwordFile: expected one of them, not both")
+        if self.password_file is not None and not os.path.isabs(self.password_file):
+            raise ValueError(f"passwordFile {self.password_file!r}: expected an absolute path")
+        if self.spool_dir is not None and not os.path.isabs(self.spool_dir):
+            raise ValueError(f"spoolDir {self.spool_dir!r}: expected an absolute path")
+        for key, v, lo, hi in (("batchRows", self.batch_rows, 100, 1_000_000),
+                               ("batchInterval", self.batch_interval, 0.05, 60),
+                               ("maxBufferRows", self.max_buffer_rows, 1000, 100_000_000),
+                               ("timeout", self.timeout, 1, 3600),
+                               ("rebuildInterval", self.rebuild_interval, 5, 3600)):
+            if not lo <= v <= hi:
+                raise ValueError(f"{key} {v}: expected {lo}..{hi}")
+        if self.max_buffer_rows < self.batch_rows:
+            raise ValueError(f"maxBufferRows {self.max_buffer_rows}: expected at least batchRows ({self.batch_rows})")
+
+    def read_password(self) -> str:
+        """The password in force: `password`, or the first line of `passwordFile` (read at start)."""
+        if self.password_file is None:
+            return self.password or ""
+        try:
+            with open(self.password_file, "rb") as f:
+                raw = f.read(4097)
+        except OSError as e:
+            raise ValueError(f"collector.store.passwordFile {self.password_file!r}: cannot read: "
+                             f"{e.strerror or e}") from None
+        lines = raw.decode("utf-8", "replace").splitlines()
+        return lines[0].rstrip("\r") if lines else ""
+
+
+_CLICKHOUSE_KEYS = (("url", "url"), ("database", "database"), ("user", "user"), ("password", "password"),
+                    ("password_file", "passwordFile"), ("batch_rows", "batchRows"),
+                    ("batch_interval", "batchInterval"), ("max_buffer_rows", "maxBufferRows"),
+                    ("spool_dir", "spoolDir"), ("timeout", "timeout"), ("rebuild", "rebuild"),
+                    ("rebuild_interval", "rebuildInterval"))
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -146,6 +245,11 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
       ipfix: IPFIX and PSAMP from routers and switches, accounted per link and tag; on when present.
       netflow: NetFlow v9 from routers, accounted per link and tag; on when present.
       sflow: sFlow v5 from switches and routers, accounted per link and tag; on when present.
+      workers: receiving processes, 1..64. Above 1 the collector starts that many workers sharing
+        the UDP port (SO_REUSEPORT; the kernel spreads senders over them), each writing to
+        ClickHouse, and serves the dashboard, API and summed metrics itself; restarts a worker
+        that dies. Needs store.kind clickhouse (SQLite has one writer); syslogTcp is served by
+        the first worker; flow-export sections need workers 1.
     """
 
     udp: UdpConfig = msgspec.field(default_factory=UdpConfig)
@@ -163,8 +267,18 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
     ipfix: Optional[IpfixConfig] = None
     netflow: Optional[NetflowConfig] = None
     sflow: Optional[SflowConfig] = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers {self.workers}: expected 1..64")
+        if self.workers > 1 and self.store.kind != "clickhouse":
+            raise ValueError(f"workers {self.workers}: the SQLite store has one writer, so the collector runs one "
+                             "process with it; several workers need store.kind: clickhouse")
+        if self.workers > 1 and self.flow_exports():
+            raise ValueError(f"workers {self.workers} with {', '.join(n for n, _ in self.flow_exports())}: flow "
+                             "exports run in one process, whose flow paths need every firefly; use workers: 1, "
+                             "or a second collector for the exports writing to the same ClickHouse database")
         check_networks("localNetworks", self.local_networks)
         check_networks("trustedRelays", self.trusted_relays)
         if not 1 <= self.max_active_flows <= 50_000_000:

@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Dict, List
 
-from ..errors import FireflyError
+from ..errors import CommandError, FireflyError
 from ..firefly import parse
 from ..netset import NetSet
 from .conf import CollectorConfig
 from .report import Report, make_report
-from .store import IngestResult, SQLiteStore
+from .storeapi import IngestResult, StoreError, StoreFull, open_store
 
 __all__ = ["Progress", "import_files", "print_summary"]
 
@@ -53,7 +53,10 @@ class Progress:
 def import_files(conf: CollectorConfig, files: List[str], progress: bool = True, keep: bool = False) -> Dict[str, Any]:
     """Every line through the same parser and store as live traffic, so an archive and the same
     fireflies received over UDP give the same rows, and importing twice changes nothing."""
-    store = SQLiteStore(conf.store.path, conf.store.cache_flows, conf.active_timeout)
+    try:
+        store = open_store(conf.store, conf.active_timeout, "import")
+    except (StoreError, ValueError) as e:
+        raise CommandError(f"collector import: collector.store: {e}") from None
     local = NetSet(conf.local_networks) if conf.drop_local_only else NetSet([])
     summary: Dict[str, Any] = {"files": [], "lines": 0, "imported": 0, "rejected": Counter(), "samples": []}
     tags: Counter[str] = Counter()  # experiment/activity/state -> fireflies
@@ -64,7 +67,11 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True,
     now = time.time()
 
     def write() -> None:
-        res.merge(store.ingest(batch))
+        try:
+            res.merge(store.ingest(batch))
+        except (StoreFull, StoreError) as e:
+            raise CommandError(f"collector import: the store cannot write, stopped after {summary['imported']} "
+                               f"fireflies (importing again is harmless: duplicates count once): {e}") from None
         batch.clear()
 
     try:
@@ -109,11 +116,15 @@ def import_files(conf: CollectorConfig, files: List[str], progress: bool = True,
             summary["lines"] += n
             summary["imported"] += ok
         write()
-        if keep and lo <= hi:
-            store.pin(lo, hi, f"import of {', '.join(Path(f).name for f in files)}")
-        # flows silent for longer than activeTimeout by their own times are closed now, as live
-        res.merge(store.expire(time.time(), conf.max_active_flows))
-        active = store.active(1)[1]
+        try:
+            if keep and lo <= hi:
+                store.pin(lo, hi, f"import of {', '.join(Path(f).name for f in files)}")
+            # flows silent for longer than activeTimeout by their own times are closed now, as live
+            res.merge(store.expire(time.time(), conf.max_active_flows))
+            store.maintain()  # ClickHouse: the imported days' traffic rebuilt now, not at the next interval
+            active = store.active(1)[1]
+        except (StoreFull, StoreError) as e:
+            raise CommandError(f"collector import: fireflies written, then the store failed: {e}") from None
     finally:
         store.close()
     cut = time.time() - conf.store.retention_days * 86400

@@ -29,10 +29,10 @@ from ..netutil import open_udp_endpoint, parse_hostport, udp_listener
 from ..registry import RegistryHolder
 from ..relay import Relay
 from ..runtime import run_async, until_signalled
-from .conf import CollectorConfig
+from .conf import CollectorConfig, CollectorFile
 from .framing import Framer
 from .report import Report, make_report
-from .store import IngestResult, SQLiteStore, StoreFull
+from .storeapi import IngestResult, StoreError, StoreFull, StoreStats, open_store
 from .tally import Tally
 
 if TYPE_CHECKING:
@@ -46,13 +46,20 @@ T = TypeVar("T")
 
 
 class Collector:
-    def __init__(self, conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[str] = None) -> None:
+    def __init__(self, conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[str] = None,
+                 role: str = "single") -> None:
         self.conf = conf
         self.config_path = config_path  # read again on SIGHUP
         self.registry = registry
-        self.store = SQLiteStore(conf.store.path, conf.store.cache_flows, conf.active_timeout)
+        try:
+            self.store = open_store(conf.store, conf.active_timeout, role)
+        except (StoreError, ValueError) as e:  # unreadable passwordFile, a ClickHouse schema of another version
+            raise StartupError(f"collector.store: {e}") from None
         self.tally = Tally(lambda e, a: self.registry.current.activity_name(e, a) is not None)
-        self.tally.set_active(self.store.active_by_tag())
+        try:
+            self.tally.set_active(self.store.active_by_tag())
+        except StoreError as e:  # a server not answering yet: the housekeeping reads it later
+            log.warning("active flows not read from the store error=%r", str(e))
         self.datagrams: DefaultDict[str, int] = defaultdict(int)  # transport
         self.rejected: DefaultDict[str, int] = defaultdict(int)  # reason (a fixed set)
         self.samples: Deque[Dict[str, Any]] = deque(maxlen=conf.samples)
@@ -81,8 +88,10 @@ class Collector:
         self._local = NetSet(conf.local_networks)
         self._drop_local = conf.drop_local_only and bool(self._local)
         self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
+        # SQLite answers on its one thread; a ClickHouse server takes several queries at once
+        self._reads = ThreadPoolExecutor(4, thread_name_prefix="query") if self.store.kind == "clickhouse" else self._db
         self._transports: List[asyncio.BaseTransport] = []
-        self.udp_sockets: Dict[str, socket.socket] = {}  # bind address -> socket, for the kernel's drop counts
+        self.udp_sockets: Dict[str, List[socket.socket]] = {}  # bind address -> sockets, for the kernel's drop counts
         self._servers: List[asyncio.AbstractServer] = []
         self._tasks: List[asyncio.Task[Any]] = []
         self._throttle = Throttle(1.0)
@@ -303,8 +312,10 @@ class Collector:
                     gone = await loop.run_in_executor(self._db, self.store.retention, cut)
                     if gone:
                         log.info("retention removed flows=%d", gone)
-                self.flows_in_store = await loop.run_in_executor(self._db, self.store.count)
-            except StoreFull as e:
+                self.flows_in_store = await loop.run_in_executor(self._reads, self.store.count)
+                if self.store.kind == "clickhouse":  # its receivers each know a part: the database knows all
+                    self.tally.set_active(await loop.run_in_executor(self._reads, self.store.active_by_tag))
+            except (StoreFull, StoreError) as e:
                 log.error("store housekeeping failed error=%r", str(e))
             try:
                 await asyncio.wait_for(self._stopping.wait(), 30)
@@ -312,7 +323,7 @@ class Collector:
                 pass
 
     async def query(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kw))
+        return await asyncio.get_running_loop().run_in_executor(self._reads, lambda: fn(*args, **kw))
 
     def health(self) -> Tuple[bool, Dict[str, Any]]:
         reasons = []
@@ -322,8 +333,16 @@ class Collector:
             reasons.append(f"store behind: {len(self.pending)} fireflies pending")
         if self.links is not None and self.links.problem is not None:
             reasons.append(f"store cannot write link rows: {self.links.problem}")
+        reasons += self.store_stats().problems
         return not reasons, {"status": "ok" if not reasons else "degraded", "reasons": reasons,
-                             "pending": len(self.pending), "active_flows": sum(self.tally.active.values())}
+                             "pending": self.pending_count(), "active_flows": sum(self.tally.active.values())}
+
+    def pending_count(self) -> int:
+        """Fireflies received and not yet handed to the store."""
+        return len(self.pending)
+
+    def store_stats(self) -> StoreStats:
+        return self.store.stats()
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -334,6 +353,7 @@ class Collector:
         # worst answer under load well inside 100 ms (tests/hostile/test_collector_e2e.py).
         sys.setswitchinterval(0.002)
         c = self.conf
+        await self.store.start()
         await self._start_udp()
         await self._start_tcp()
         if self.links is not None:
@@ -346,7 +366,7 @@ class Collector:
         self._own_tasks = [loop.create_task(self._flusher(), name="flusher"),
                            loop.create_task(self._housekeeping(), name="housekeeping")]
         self._tasks += [loop.create_task(self.registry.run_refresher())]
-        log.info("started store=%s trusted_relays=%s", c.store.path, ",".join(c.trusted_relays) or "none")
+        log.info("started store=%s trusted_relays=%s", _store_name(c), ",".join(c.trusted_relays) or "none")
 
     async def _start_udp(self) -> None:
         loop = asyncio.get_running_loop()
@@ -356,7 +376,7 @@ class Collector:
                                 buffer_key="collector.udp.receiveBuffer")
             tr, _ = await open_udp_endpoint(loop, lambda: _Udp(self), sock)
             self._transports.append(tr)
-            self.udp_sockets[addr] = sock
+            self.udp_sockets[addr] = [sock]
             log.info("listening udp address=%s port=%d allowed_sources=%s", addr, u.port,
                      ",".join(u.allowed_sources) if u.allowed_sources is not None else "any")
 
@@ -392,8 +412,11 @@ class Collector:
                       else 0, self.links.problem if self.links else None)
         if self.web:
             await self.web.stop()
+        await self.store.stop()
         await asyncio.get_running_loop().run_in_executor(self._db, self.store.close)
         self._db.shutdown(wait=True)
+        if self._reads is not self._db:
+            self._reads.shutdown(wait=True)
         tally = self.tally
         if written:
             log.info("stopped; store flushed and closed flows_started=%d flows_ended=%d rows_written=%d",
@@ -435,20 +458,19 @@ class Collector:
         file changes nothing."""
         from .. import logs
         from ..errors import ConfigError
-        from .conf import load
 
         if self.config_path is None:
             log.warning("reload: no config file to read (started without one)")
             return False
         try:
-            f = await asyncio.get_running_loop().run_in_executor(None, load, self.config_path)
+            f = await self._read_config()
         except ConfigError as e:
             log.error("config not reloaded, the running one stays error=%r", str(e))
             return False
         new, old = f.collector, self.conf
-        if new.store.path != old.store.path:
-            log.error("config not reloaded: store.path changed (%s -> %s); restart the collector for that",
-                      old.store.path, new.store.path)
+        fixed = self._restart_needed(old, new)
+        if fixed:
+            log.error("config not reloaded: %s changed; restart the collector for that", ", ".join(fixed))
             return False
         changed = [k for k in ("udp", "syslog_tcp", "http", "relay", "trusted_relays", "local_networks",
                                "drop_local_only", "active_timeout", "max_active_flows", "max_clock_skew", "samples",
@@ -468,29 +490,63 @@ class Collector:
             self._relay = Relay([parse_hostport("relay", r, 10514) for r in new.relay],
                                 self._relayed_one, self._relay_failed) if new.relay else None
         try:
-            if "udp" in changed:
-                for tr in self._transports:
-                    tr.close()
-                self._transports = []
-                self.udp_sockets = {}
-                await self._start_udp()
-            if "syslog_tcp" in changed:
-                for srv in self._servers:
-                    srv.close()
-                self._servers = []
-                await self._start_tcp()
-            if "http" in changed and self.web is not None:
-                await self.web.stop()
-                await self.web.start()
+            await self._rebind(changed)
         except OSError as e:
             log.error("reload: a listener could not be started error=%r", str(e))
         changed += await self._reload_links(new)
         if f.logging.level:
             logs.setup(f.logging.level, False)
-        self.registry.reconfigure(f.registry)
-        await self.registry.refresh()
+        await self._reload_registry(f)
         log.info("reloaded config=%s changed=%s", self.config_path, ",".join(changed) or "nothing")
         return True
+
+    async def _read_config(self) -> CollectorFile:
+        from .conf import load
+
+        path = self.config_path
+        assert path is not None
+        return await asyncio.get_running_loop().run_in_executor(None, load, path)
+
+    def _restart_needed(self, old: CollectorConfig, new: CollectorConfig) -> List[str]:
+        return _restart_needed(old, new)
+
+    async def _rebind(self, changed: List[str]) -> None:
+        """The listeners whose settings changed on a reload."""
+        if "udp" in changed:
+            for tr in self._transports:
+                tr.close()
+            self._transports = []
+            self.udp_sockets = {}
+            await self._start_udp()
+        if "syslog_tcp" in changed:
+            for srv in self._servers:
+                srv.close()
+            self._servers = []
+            await self._start_tcp()
+        if "http" in changed and self.web is not None:
+            await self.web.stop()
+            await self.web.start()
+
+    async def _reload_registry(self, f: CollectorFile) -> None:
+        self.registry.reconfigure(f.registry)
+        await self.registry.refresh()
+
+
+def _store_name(c: CollectorConfig) -> str:
+    st = c.store
+    return st.path if st.kind == "sqlite" else f"clickhouse:{st.url.rstrip('/')}/{st.database}"
+
+
+_RELOADABLE_STORE_KEYS = frozenset({"retention_days", "flush_interval", "max_pending", "rebuild_interval"})
+
+
+def _restart_needed(old: CollectorConfig, new: CollectorConfig) -> List[str]:
+    """Keys a SIGHUP cannot change: the store's identity and writer, the number of workers."""
+    out = [f"store.{k}" for k in old.store.__struct_fields__
+           if k not in _RELOADABLE_STORE_KEYS and getattr(old.store, k) != getattr(new.store, k)]
+    if old.workers != new.workers:
+        out.append("workers")
+    return out
 
 
 def _unmap(addr: str) -> str:
@@ -510,6 +566,15 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 def run(conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[str] = None) -> int:
+    if conf.workers > 1:  # the parent of N receiving processes (workers.py); the file says how many
+        from pathlib import Path
+
+        from .conf import load_text
+        from .workers import run as run_workers
+
+        assert config_path is not None  # workers > 1 comes from a file
+        text = Path(config_path).read_text()
+        return run_workers(load_text(text, config_path), text, registry, config_path)
     c = Collector(conf, registry, config_path)
     run_async(c.run_until_stopped())
     return 0

@@ -19,15 +19,15 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..flowexport.aggregate import Row
 from . import links as linktables
 from .attribution import DAY, HOUR, KEEP, MINUTE, FlowReports
 from .links import PathRow
 from .report import Report
+from .storeapi import IngestResult, Store, StoreFull, StoreStats
 
 __all__ = ["DAY", "FLOW_COLUMNS", "HOUR", "LONG_RANGE", "MINUTE", "PAIR_BUCKET", "IngestResult", "SQLiteStore",
            "Store", "StoreFull"]
@@ -43,70 +43,6 @@ FLOW_COLUMNS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", 
                 "reporter", "sent", "received", "state")
 Tag = Tuple[int, int]
 FlowKey = Tuple[str, str, int, str, int, float]
-
-
-class StoreFull(Exception):
-    """The store cannot write now (disk full, I/O error, locked): keep the batch, retry later."""
-
-
-@dataclass
-class IngestResult:
-    """What a batch (or an expiry pass) changed, for the counters and metrics on the loop."""
-
-    outcomes: Dict[str, int] = field(default_factory=dict)  # start/ongoing/end accounted, duplicate
-    started: Dict[Tag, int] = field(default_factory=dict)  # new flows
-    ended: Dict[Tag, int] = field(default_factory=dict)
-    expired: Dict[Tag, int] = field(default_factory=dict)
-    active: Dict[Tag, int] = field(default_factory=dict)  # change of active flows
-    bytes: Dict[Tag, int] = field(default_factory=dict)  # attributed
-    rejected: List[Tuple[Report, str]] = field(default_factory=list)  # a report the store refused
-    clamped: int = 0  # intervals spread over only their last 30 days
-    tag_conflicts: int = 0  # a firefly of a known flow with other tags (the first ones stay)
-    evicted: int = 0  # active flows closed early: collector.maxActiveFlows reached
-
-    def add(self, d: Dict[Any, int], k: Any, n: int = 1) -> None:
-        d[k] = d.get(k, 0) + n
-
-    def merge(self, o: IngestResult) -> None:
-        for name in ("outcomes", "started", "ended", "expired", "active", "bytes"):
-            mine = getattr(self, name)
-            for k, v in getattr(o, name).items():
-                mine[k] = mine.get(k, 0) + v
-        self.rejected += o.rejected
-        self.clamped += o.clamped
-        self.tag_conflicts += o.tag_conflicts
-        self.evicted += o.evicted
-
-
-class Store(Protocol):
-    def ingest(self, reports: Sequence[Report]) -> IngestResult: ...
-    def expire(self, now: float, max_active: int) -> IngestResult: ...
-    def retention(self, before: float) -> int: ...
-    def pin(self, lo: float, hi: float, note: str) -> None: ...
-    def flows(self, start: float, end: float, exp: Optional[int] = None, act: Optional[int] = None,
-              host: Optional[str] = None, state: Optional[str] = None,
-              limit: int = 100) -> List[Dict[str, Any]]: ...
-    def active(self, limit: int) -> Tuple[List[Dict[str, Any]], int]: ...
-    def active_by_tag(self) -> Dict[Tag, int]: ...
-    def timeseries(self, start: float, end: float, step: int, exp: Optional[int] = None,
-                   act: Optional[int] = None, host: Optional[str] = None,
-                   measure: str = "bytes") -> List[Tuple[int, int, int]]: ...
-    def totals(self, by: str, start: float, end: float, exp: Optional[int] = None,
-               act: Optional[int] = None, host: Optional[str] = None,
-               limit: int = 50) -> List[Dict[str, Any]]: ...
-    def extent(self) -> Tuple[Optional[float], Optional[float]]: ...
-    def count(self) -> int: ...
-    def close(self) -> None: ...
-    # router flow exports (links.py): additive deltas, and queries by link
-    def ingest_links(self, rows: Sequence[Row], paths: Sequence[PathRow] = ()) -> None: ...
-    def links(self, start: float, end: float, exporter: Optional[str] = None, domain: Optional[int] = None,
-              iface: Optional[int] = None, direction: Optional[int] = None,
-              limit: int = 100) -> List[Dict[str, Any]]: ...
-    def link_timeseries(self, start: float, end: float, step: int, exporter: Optional[str] = None,
-                        domain: Optional[int] = None, iface: Optional[int] = None, direction: Optional[int] = None,
-                        exp: Optional[int] = None, measure: str = "bytes") -> List[Tuple[int, int, int, int]]: ...
-    def paths(self, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]]
-              ) -> List[List[Dict[str, Any]]]: ...
 
 
 SCHEMA = """
@@ -633,6 +569,22 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+    # --- the rest of the Store interface: nothing to do for an embedded file ----------------
+
+    kind = "sqlite"
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> StoreStats:
+        return StoreStats()
+
+    def maintain(self) -> None:
+        pass
 
     # --- links (router flow exports; the SQL is in links.py) ------------------------------
 

@@ -18,8 +18,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..errors import ParamError, RegistryError
 from ..httpserver import HttpServer
+from ..logs import Throttle
 from ..netutil import drops_of
 from ..registry import TAG_LABELS
+from .storeapi import StoreError
 from .tally import OTHER
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class Web:
     def __init__(self, c: Collector) -> None:
         self.c = c
         self._server = HttpServer(log)
+        self._throttle = Throttle(10.0)
         self.prom = CollectorRegistry(auto_describe=False)
         self.prom.register(_Metrics(c))
         if c.links is not None:
@@ -121,6 +124,10 @@ class Web:
             return resp
         except ParamError as e:
             return web.json_response({"error": str(e), "param": e.name}, status=400)
+        except StoreError as e:
+            if self._throttle.allow("store"):
+                log.warning("query failed: store unavailable path=%s error=%r", request.path, str(e)[:300])
+            return web.json_response({"error": f"store unavailable: {str(e)[:300]}"}, status=503)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -277,6 +284,20 @@ class Web:
         return web.json_response(body, status=200 if ok else 503)
 
 
+_CH_COUNTERS = (
+    ("written", "Fireflies written to ClickHouse"),
+    ("batches", "INSERTs into ClickHouse that succeeded"),
+    ("errors", "INSERTs into ClickHouse that failed (retried with backoff)"),
+    ("poisoned", "Fireflies dropped after ClickHouse refused their INSERT 5 times"),
+    ("rebuilds", "Days of traffic rebuilt from the fireflies"),
+    ("rebuild_seconds", "Seconds spent rebuilding traffic"),
+)
+_CH_GAUGES = (
+    ("buffered", "Fireflies waiting for their INSERT (bounded by store.maxBufferRows)"),
+    ("oldest_seconds", "Age of the oldest firefly waiting for its INSERT"),
+)
+
+
 class _Metrics:
     def __init__(self, c: Collector) -> None:
         self.c = c
@@ -309,9 +330,8 @@ class _Metrics:
         yield g
         m = CounterMetricFamily("scitagd_collector_udp_drops", "Datagrams the kernel dropped for the collector's "
                                 "UDP socket (receive buffer full; see collector.udp.receiveBuffer)", labels=["address"])
-        for addr, sock in list(c.udp_sockets.items()):
-            if sock.fileno() >= 0:
-                m.add_metric([addr], drops_of([sock]))
+        for addr, socks in list(c.udp_sockets.items()):
+            m.add_metric([addr], drops_of(socks))  # one socket per worker (SO_REUSEPORT)
         yield m
         m = CounterMetricFamily("scitagd_collector_datagrams", "Messages received", labels=["transport"])
         for tr, n in list(c.datagrams.items()):
@@ -339,16 +359,25 @@ class _Metrics:
         yield CounterMetricFamily("scitagd_collector_store_rows", "Fireflies written to the store", value=c.store_rows)
         yield CounterMetricFamily("scitagd_collector_store_errors", "Failed store flushes (batch kept)",
                                   value=c.store_errors)
+        st = c.store_stats()
         yield CounterMetricFamily("scitagd_collector_store_dropped", "Fireflies lost because the store could not "
-                                  "write and maxPending was reached", value=c.store_dropped)
+                                  "write and maxPending (SQLite) or maxBufferRows (ClickHouse) was reached",
+                                  value=c.store_dropped + st.counters.get("dropped", 0))
         yield CounterMetricFamily("scitagd_collector_store_refused", "Fireflies the database refused (the rest of "
                                   "their batch written)", value=c.store_refused)
-        yield GaugeMetricFamily("scitagd_collector_store_up", "1 when the last flush succeeded",
-                                value=0 if c.store_problem else 1)
+        yield GaugeMetricFamily("scitagd_collector_store_up", "1 when the store takes writes (the last flush "
+                                "succeeded; ClickHouse: the last INSERT)",
+                                value=0 if c.store_problem or st.problems else 1)
+        for name, doc in _CH_COUNTERS:
+            if name in st.counters:
+                yield CounterMetricFamily(f"scitagd_collector_clickhouse_{name}", doc, value=st.counters[name])
+        for name, doc in _CH_GAUGES:
+            if name in st.gauges:
+                yield GaugeMetricFamily(f"scitagd_collector_clickhouse_{name}", doc, value=st.gauges[name])
         yield GaugeMetricFamily("scitagd_collector_store_flows", "Flows in the store (updated every 30 s)",
                                 value=c.flows_in_store)
         yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush",
-                                value=len(c.pending))
+                                value=c.pending_count())
         yield CounterMetricFamily("scitagd_collector_spans_clamped", "Byte intervals longer than 30 days, spread "
                                   "over their last 30 days only", value=t.clamped)
         yield CounterMetricFamily("scitagd_collector_tag_conflicts", "Fireflies of a known flow carrying other "

@@ -14,8 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol
 
+from ..storeapi import StoreError
 
-class ClickHouseError(Exception):
+
+class ClickHouseError(StoreError):
     """A statement ClickHouse refused, or a server that could not be reached."""
 
     def __init__(self, message: str, unreachable: bool = False) -> None:
@@ -26,6 +28,7 @@ class ClickHouseError(Exception):
 class Client(Protocol):
     def execute(self, sql: str) -> str: ...
     def insert(self, table: str, rowbinary: bytes) -> None: ...
+    def insert_text(self, table: str, fmt: str, data: bytes) -> None: ...
 
 
 def _convert(meta: List[Dict[str, Any]], rows: List[List[Any]]) -> List[List[Any]]:
@@ -77,6 +80,9 @@ class HttpClient:
     def insert(self, table: str, rowbinary: bytes) -> None:
         self._post(rowbinary, {"query": f"INSERT INTO {table} FORMAT RowBinary"})
 
+    def insert_text(self, table: str, fmt: str, data: bytes) -> None:
+        self._post(data, {"query": f"INSERT INTO {table} FORMAT {fmt}"})
+
 
 class ChdbClient:
     """Embedded ClickHouse (chdb) with its data under `path`: the same SQL, a current release."""
@@ -96,15 +102,18 @@ class ChdbClient:
             raise ClickHouseError(f"chdb: {e}") from None
 
     def insert(self, table: str, rowbinary: bytes) -> None:
+        self.insert_text(table, "RowBinary", rowbinary)
+
+    def insert_text(self, table: str, fmt: str, data: bytes) -> None:
         from .schema import _COLUMNS
 
         name = table.rsplit(".", 1)[-1]
         self._n += 1
         f = self.tmp / f"{self._n}.bin"
-        f.write_bytes(rowbinary)
+        f.write_bytes(data)
         structure = " ".join(_COLUMNS[name].split()).replace("'", "\\'")
         try:
-            self.execute(f"INSERT INTO {table} SELECT * FROM file('{f}', 'RowBinary', '{structure}')")
+            self.execute(f"INSERT INTO {table} SELECT * FROM file('{f}', '{fmt}', '{structure}')")
         finally:
             f.unlink()
 

@@ -130,14 +130,18 @@ class Rebuilder:
             sql = contributions_sql(db, day, self.method, mono).replace(f"{db}.fireflies ", f"{db}.fireflies{s} ")
             c.execute(f"INSERT INTO {db}.contrib_stage_{t} {sql}")
         cs = f"{db}.contrib_stage_{t}"
-        c.execute(f"INSERT INTO {db}.traffic_minute_stage_{t} SELECT day, toDateTime(m * 60) AS bucket, exp, act, "
+        c.execute(f"INSERT INTO {db}.traffic_minute_stage_{t} (day, bucket, exp, act, bytes, flows) "
+                  f"SELECT day, toDateTime(m * 60) AS bucket, exp, act, "
                   f"sum(b), sum(f) FROM {cs} GROUP BY day, bucket, exp, act")
-        c.execute(f"INSERT INTO {db}.traffic_hour_stage_{t} SELECT day, toDateTime(intDiv(m, 60) * 3600) AS bucket, "
+        c.execute(f"INSERT INTO {db}.traffic_hour_stage_{t} (day, bucket, exp, act, bytes, flows) "
+                  f"SELECT day, toDateTime(intDiv(m, 60) * 3600) AS bucket, "
                   f"exp, act, sum(b), sum(f) FROM {cs} GROUP BY day, bucket, exp, act")
-        c.execute(f"INSERT INTO {db}.pairs_day_stage_{t} SELECT day, toDateTime(intDiv(m, 1440) * 86400) AS bucket, "
-                  f"src, dst, exp, act, sum(b), sum(f) FROM {cs} GROUP BY day, bucket, src, dst, exp, act")
-        c.execute(f"INSERT INTO {db}.pairs_total_day_stage_{t} SELECT day, bucket, src, dst, sum(bytes), sum(flows) "
-                  f"FROM {db}.pairs_day_stage_{t} GROUP BY day, bucket, src, dst")
+        c.execute(f"INSERT INTO {db}.pairs_day_stage_{t} (day, bucket, exp, act, pair, src, dst, bytes, flows) "
+                  f"SELECT day, toDateTime(intDiv(m, 1440) * 86400) AS bucket, exp, act, cityHash64(src, dst), "
+                  f"src, dst, sum(b), sum(f) FROM {cs} GROUP BY day, bucket, src, dst, exp, act")
+        c.execute(f"INSERT INTO {db}.pairs_total_day_stage_{t} (day, bucket, pair, src, dst, bytes, flows) "
+                  f"SELECT day, bucket, pair, src, dst, sum(bytes), sum(flows) "
+                  f"FROM {db}.pairs_day_stage_{t} GROUP BY day, bucket, pair, src, dst")
         for name in REBUILT:
             c.execute(f"ALTER TABLE {db}.{name}{s} REPLACE PARTITION {day} FROM {db}.{name}_stage_{t}")
         c.execute(f"TRUNCATE TABLE {db}.contrib_stage_{t}")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Dict, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, NamedTuple, Optional
 
 from ...firefly import Received, ts
 from ..attribution import MAX_COUNTER
+
+if TYPE_CHECKING:
+    from ..report import Report
 
 PROTO = {"tcp": 6, "udp": 17}
 STATE = {"start": 1, "ongoing": 2, "end": 3}
@@ -114,3 +117,24 @@ def encode(r: FireflyRow) -> bytes:
 
 def encode_all(rows: Iterable[FireflyRow]) -> bytes:
     return b"".join(encode(r) for r in rows)
+
+
+def encode_report(r: Report) -> bytes:
+    """A live firefly (the collector's Report: times in epoch seconds, exact to the µs) as one
+    row; RowError when a column cannot hold it (the parser's bounds make that rare)."""
+    start_us, t_us = round(r.start * 1_000_000), round(r.t * 1_000_000)
+    if not (0 <= start_us < MAX_TIME_US and 0 <= t_us < MAX_TIME_US):
+        raise RowError(f"flow-lifecycle times {r.start:.0f}, {r.t:.0f}: expected 1970..2106", "bad_time")
+    if not (0 <= r.sent <= MAX_COUNTER and 0 <= r.received <= MAX_COUNTER):
+        raise RowError(f"usage {r.sent}, {r.received}: expected 0..2^60", "bad_usage")
+    if not (0 <= r.exp <= MAX_ID and 0 <= r.act <= MAX_ID and 0 <= r.sport < 65536 and 0 <= r.dport < 65536):
+        raise RowError(f"experiment {r.exp}, activity {r.act}, ports {r.sport}, {r.dport}: out of range", "bad_tag")
+    proto = PROTO.get(r.proto)
+    if proto is None:
+        raise RowError(f"protocol {r.proto!r}: expected tcp or udp", "bad_protocol")
+    try:
+        src, dst = addr16(r.src), addr16(r.dst)
+    except ValueError:
+        raise RowError(f"addresses {r.src!r}, {r.dst!r}: expected IP addresses", "bad_address") from None
+    return _HEAD.pack(start_us // 1_000_000, start_us % 1_000_000, proto, src, r.sport, dst, r.dport, r.exp, r.act,
+                      STATE[r.state], t_us, r.sent, r.received) + _text(r.app or "") + _text(r.reporter)

@@ -13,15 +13,17 @@ import math
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..store import DAY, HOUR, LONG_RANGE, MINUTE
+from ..attribution import DAY, HOUR, MINUTE
 from .client import ClickHouseError, Client, query
 from .rows import addr16, addr_text
 from .schema import DAY_TABLES, SCHEMA_VERSION, _ident, ddl
 
+LONG_RANGE = 2 * DAY  # longer ranges read the hourly roll-up, as on SQLite
 FLOW_WINDOWS = (HOUR, 6 * HOUR, DAY, 7 * DAY, 31 * DAY)  # newest flows first, widened as needed
 # A flow overlapping [from, to) is looked for among flows that started at most this long before
 # `from` (flows, host series): the merge cost stays bounded by the window, not by the retention.
 MAX_FLOW_AGE = 7 * DAY
+ACTIVE_CANDIDATES = 20_000  # flows listed by key to the merge of the active ones; beyond, a join
 _FLOW_COLS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "act", "app", "reporter",
               "sent", "received", "state")
 
@@ -29,6 +31,10 @@ _FLOW_COLS = ("proto", "src", "sport", "dst", "dport", "start", "end", "exp", "a
 _SUS = "(toUInt64(start) * 1000000 + start_frac)"
 _KEY_COLS = "start, src, dst, sport, dport, proto, start_frac, exp, act"
 _KEY_HASH = "cityHash64(src, dst, sport, dport, toUInt32(start), start_frac, proto, exp, act)"
+
+
+class SchemaError(ClickHouseError):
+    """The database holds no scitagd schema where one is required, or one of another version."""
 
 
 def _q(s: str) -> str:
@@ -44,6 +50,10 @@ def _t(x: float) -> int:
     return min(max(0, math.ceil(x)), (1 << 32) - 1)
 
 
+def _ymd(day: int) -> str:
+    return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+
+
 def _is_ip(s: str) -> bool:
     try:
         ipaddress.ip_address(s)
@@ -54,11 +64,13 @@ def _is_ip(s: str) -> bool:
 
 class ClickHouseStore:
     def __init__(self, client: Client, database: str = "scitagd", active_timeout: float = 86400.0,
-                 create: bool = True) -> None:
+                 create: bool = True, local: str = "", check: bool = True) -> None:
         self.c = client
         self.db = _ident(database)
         self.active_timeout = active_timeout
-        self.check_schema(create)
+        self.local = local  # "_local" on a cluster node: retention drops this node's partitions
+        if check:
+            self.check_schema(create)
 
     # --- schema ---------------------------------------------------------------------------
 
@@ -68,13 +80,16 @@ class ClickHouseStore:
                              "AND name = 'schema_version'")[0][0]
         if not int(have):
             if not create:
-                raise ClickHouseError(f"database {self.db}: no scitagd schema (run `scitagd collector schema`)")
+                raise SchemaError(f"database {self.db}: no scitagd schema (create it with the statements "
+                                  "`scitagd collector schema` prints)")
             for stmt in ddl(self.db):
                 self.c.execute(stmt)
         rows = query(self.c, f"SELECT max(version) FROM {self.db}.schema_version")
-        v = int(rows[0][0]) if rows else 0
+        v = int(rows[0][0] or 0) if rows else 0
         if v != SCHEMA_VERSION:
-            raise ClickHouseError(f"database {self.db}: schema version {v}, this scitagd needs {SCHEMA_VERSION}")
+            raise SchemaError(f"database {self.db}: schema version {v}, this scitagd needs {SCHEMA_VERSION}: "
+                              f"point collector.store.database at a new database (the collector creates it), or "
+                              f"create version {SCHEMA_VERSION} with `scitagd collector schema`")
 
     # --- flows ----------------------------------------------------------------------------
 
@@ -230,31 +245,80 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
                limit: int = 50) -> List[Dict[str, Any]]:
         tags = "".join(f" AND {k} = {int(v)}" for k, v in (("exp", exp), ("act", act)) if v is not None)
         names = {"pair": ["src", "dst"], "experiment": ["exp"], "activity": ["exp", "act"]}[by]
-        if by == "pair" or host:
-            if host:
-                tags += f" AND (src = {_fs(host)} OR dst = {_fs(host)})" if _is_ip(host) else " AND 0"
-            cols = {"pair": "src, dst", "experiment": "exp", "activity": "exp, act"}[by]
-            sel = "hex(src), hex(dst)" if by == "pair" else cols
-            untagged = by == "pair" and exp is None and act is None and not host
-            table, lo = ("pairs_total_day" if untagged else "pairs_day"), int(start // DAY) * DAY
+        if host:
+            tags += f" AND (src = {_fs(host)} OR dst = {_fs(host)})" if _is_ip(host) else " AND 0"
+        if by == "pair":
+            return self._top_pairs(start, end, tags, exp is None and act is None, limit)
+        if host:
+            table, lo = "pairs_day", int(start // DAY) * DAY
         else:
-            cols = sel = {"experiment": "exp", "activity": "exp, act"}[by]
             table, width = ("traffic_hour", HOUR) if end - start > LONG_RANGE else ("traffic_minute", MINUTE)
             lo = int(start // width) * width
+        cols = {"experiment": "exp", "activity": "exp, act"}[by]
         n = len(names)
-        sql = (f"SELECT {sel}, sum(bytes) AS nb, sum(flows) AS nf FROM {self.db}.{table} "
-               f"WHERE bucket >= toDateTime({lo}) AND bucket < toDateTime({_t(end)}){tags} "
+        sql = (f"SELECT {cols}, sum(bytes) AS nb, sum(flows) AS nf FROM {self.db}.{table} "
+               f"WHERE bucket >= toDateTime({max(0, lo)}) AND bucket < toDateTime({_t(end)}){tags} "
                f"GROUP BY {cols} ORDER BY nb DESC, nf DESC, {cols} LIMIT {int(limit)}")
         out = []
         for r in query(self.c, sql):
-            d: Dict[str, Any] = dict(zip(names, r))
-            if by == "pair":
-                d["src"], d["dst"] = addr_text(bytes.fromhex(r[0])), addr_text(bytes.fromhex(r[1]))
-            else:
-                d.update({k: int(d[k]) for k in names})
+            d: Dict[str, Any] = {k: int(v) for k, v in zip(names, r)}
             d["bytes"], d["flows"] = int(r[n]), int(r[n + 1])
             out.append(d)
         return out
+
+    def _top_pairs(self, start: float, end: float, tags: str, untagged: bool, limit: int) -> List[Dict[str, Any]]:
+        """Host pairs by bytes, grouped by `pair` (cityHash64 of the two addresses: 8 bytes to
+        hash and compare instead of 32), then the addresses of only the winners."""
+        table = "pairs_total_day" if untagged and "exp" not in tags else "pairs_day"
+        where = (f"bucket >= toDateTime({max(0, int(start // DAY) * DAY)}) AND bucket < toDateTime({_t(end)})"
+                 f"{tags}")
+        top = query(self.c, f"SELECT pair, sum(bytes) AS nb, sum(flows) AS nf FROM {self.db}.{table} WHERE {where} "
+                            f"GROUP BY pair ORDER BY nb DESC, nf DESC, pair LIMIT {int(limit)}")
+        if not top:
+            return []
+        addrs = {int(p): (s, d) for p, s, d in query(
+            self.c, f"SELECT pair, hex(any(src)), hex(any(dst)) FROM {self.db}.{table} WHERE {where} "
+                    f"AND pair IN ({', '.join(str(int(r[0])) for r in top)}) GROUP BY pair")}
+        out = []
+        for p, nb, nf in top:
+            s, d = addrs[int(p)]
+            out.append({"src": addr_text(bytes.fromhex(s)), "dst": addr_text(bytes.fromhex(d)), "bytes": int(nb),
+                        "flows": int(nf)})
+        return out
+
+    # --- active flows ------------------------------------------------------------------------
+
+    def _active_where(self, now_us: int) -> List[str]:
+        """Flows that can be active: a firefly within activeTimeout and no end among those,
+        started at most MAX_FLOW_AGE ago; by start second and key hash (the index picks the
+        granules), the exact state from the merge."""
+        since = now_us - int(self.active_timeout * 1e6)
+        floor = max(0, now_us // 1_000_000 - MAX_FLOW_AGE)
+        cand = query(self.c, f"SELECT {_KEY_HASH} AS h, toUInt32(start) AS s FROM {self.db}.fireflies "
+                             f"PREWHERE t >= {max(0, since)} WHERE start >= toDateTime({floor}) "
+                             f"GROUP BY h, s HAVING max(state = 'end') = 0 LIMIT {ACTIVE_CANDIDATES + 1}")
+        if len(cand) > ACTIVE_CANDIDATES:  # too many to list: let ClickHouse join them
+            return [f"start >= toDateTime({floor})",
+                    f"{_KEY_HASH} IN (SELECT {_KEY_HASH} FROM {self.db}.fireflies PREWHERE t >= {max(0, since)} "
+                    f"WHERE start >= toDateTime({floor}))"]
+        if not cand:
+            return ["0"]
+        starts = ", ".join(f"toDateTime({s})" for s in sorted({int(r[1]) for r in cand}))
+        return [f"start IN ({starts})", f"{_KEY_HASH} IN ({', '.join(str(int(r[0])) for r in cand)})"]
+
+    def active(self, limit: int) -> Tuple[List[Dict[str, Any]], int]:
+        now_us = int(time.time() * 1e6)
+        inner = self._flow_select(self._active_where(now_us), ["st = 'active'"], now_us)
+        rows = [self._flow_dict(r) for r in query(self.c, inner + f" ORDER BY start DESC, start_frac DESC "
+                                                               f"LIMIT {int(limit)}")]
+        n = len(rows) if len(rows) < limit else int(query(self.c, f"SELECT count() FROM ({inner})")[0][0])
+        return rows, n
+
+    def active_by_tag(self) -> Dict[Tuple[int, int], int]:
+        now_us = int(time.time() * 1e6)
+        inner = self._flow_select(self._active_where(now_us), ["st = 'active'"], now_us)
+        return {(int(e), int(a)): int(n) for e, a, n in query(
+            self.c, f"SELECT exp, act, count() FROM ({inner}) GROUP BY exp, act")}
 
     # --- housekeeping ---------------------------------------------------------------------
 
@@ -270,22 +334,39 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
         return int(query(self.c, f"SELECT sum(flows) FROM {self.db}.traffic_minute")[0][0] or 0)
 
     def partitions(self) -> List[int]:
+        """Days (YYYYMMDD) with data in any day table (this node's, on a cluster)."""
+        names = ", ".join(_q(t + self.local) for t in DAY_TABLES)
         rows = query(self.c, f"SELECT DISTINCT partition FROM system.parts WHERE database = {_q(self.db)} "
-                             f"AND active AND table IN ({', '.join(_q(t) for t in DAY_TABLES)})")
+                             f"AND active AND table IN ({names})")
         return sorted(int(r[0]) for r in rows)
 
+    def pins(self) -> List[Tuple[float, float]]:
+        return [(float(lo), float(hi)) for lo, hi in query(self.c, f"SELECT lo, hi FROM {self.db}.pins")]
+
+    def pin(self, lo: float, hi: float, note: str) -> None:
+        self.c.execute(f"INSERT INTO {self.db}.pins VALUES ({float(lo)!r}, {float(hi)!r}, {_q(note[:1000])})")
+
     def expire(self, before: float) -> int:
-        """Retention: drop whole start days before the day of `before` (flows, raw, traffic)."""
-        cut = int(query(self.c, f"SELECT toYYYYMMDD(toDateTime({int(before)}))")[0][0])
-        old = [p for p in self.partitions() if p < cut]
+        """Retention: drop whole days before the day of `before` from every day table (flows by
+        their start day: a flow goes with its fireflies and traffic), except days that overlap
+        a pinned range (`collector import --keep`). Returns the flows dropped."""
+        cut = int(query(self.c, f"SELECT toYYYYMMDD(toDateTime({max(0, int(before))}))")[0][0])
+        pins = self.pins()
+        old = []
+        for p in self.partitions():
+            if p >= cut:
+                continue
+            lo = int(query(self.c, f"SELECT toUInt32(toDateTime(toDate('{_ymd(p)}')))")[0][0])
+            if not any(a < lo + DAY and b >= lo for a, b in pins):
+                old.append(p)
         if not old:
             return 0
         ids = ", ".join(str(p) for p in old)
-        n = int(query(self.c, f"SELECT sum(flows) FROM {self.db}.traffic_minute "
+        n = int(query(self.c, f"SELECT sum(flows) FROM {self.db}.traffic_minute{self.local} "
                               f"WHERE toYYYYMMDD(day) IN ({ids})")[0][0] or 0)
         for p in old:
             for t in DAY_TABLES:
-                self.c.execute(f"ALTER TABLE {self.db}.{t} DROP PARTITION {p}")
+                self.c.execute(f"ALTER TABLE {self.db}.{t}{self.local} DROP PARTITION {p}")
         return n
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -57,7 +58,10 @@ class ClickHouseWriter:
         self._cur_first = 0.0
         self._queue: Deque[_Batch] = deque()
         self._queued_rows = 0
+        self._lock = threading.Lock()  # add_rows() comes from the store's thread
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake = asyncio.Event()
+        self.gate: Optional[asyncio.Event] = None  # when set up: no INSERT before it is set (schema checked)
         self._task: Optional[asyncio.Task[None]] = None
         self._session: Optional[aiohttp.ClientSession] = None
         self._stopping = False
@@ -85,18 +89,48 @@ class ClickHouseWriter:
         except RowError as e:
             self.rejected[e.reason] += 1
             return False
-        if self.buffered >= self.max_buffer_rows:
-            self.dropped += 1
-            return False
-        if not self._cur:
-            self._cur_first = time.monotonic()
-        self._cur.append(encode(row))
-        if len(self._cur) >= self.batch_rows:
-            self._seal()
-            self._wake.set()
-        return True
+        return self.add_rows([encode(row)]) == 0
+
+    def add_rows(self, rows: List[bytes]) -> int:
+        """Queue encoded rows (checked already); any thread. Returns how many were dropped
+        because the buffer is full (counted in `dropped`)."""
+        with self._lock:
+            room = self.max_buffer_rows - self._queued_rows - len(self._cur)
+            dropped = max(0, len(rows) - max(0, room))
+            if dropped:
+                self.dropped += dropped
+                rows = rows[:len(rows) - dropped]
+            if rows:
+                if not self._cur:
+                    self._cur_first = time.monotonic()
+                self._cur += rows
+                full = len(self._cur) >= self.batch_rows
+                if full:
+                    self._seal()
+            else:
+                full = False
+        if full:
+            self._kick()
+        return dropped
+
+    def _kick(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if loop is asyncio.get_running_loop():
+                self._wake.set()
+                return
+        except RuntimeError:
+            pass
+        try:
+            loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass  # the loop is closed: stop() spooled what was left
 
     def _seal(self) -> None:
+        """The current rows become a batch (caller holds the lock, or is the loop with no other
+        thread adding)."""
         if self._cur:
             self._queue.append(_Batch(b"".join(self._cur), len(self._cur), self._cur_first))
             self._queued_rows += len(self._cur)
@@ -125,6 +159,7 @@ class ClickHouseWriter:
     # --- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout), auth=self.auth)
         if self.spool:
             self.spool.mkdir(parents=True, exist_ok=True)
@@ -140,7 +175,8 @@ class ClickHouseWriter:
     async def stop(self) -> None:
         """Write what is buffered (for at most stop_timeout), spool the rest."""
         self._stopping = True
-        self._seal()
+        with self._lock:
+            self._seal()
         self._wake.set()
         if self._task:
             try:
@@ -182,7 +218,8 @@ class ClickHouseWriter:
                 if self._stopping:
                     return
                 if self._cur and time.monotonic() - self._cur_first >= self.interval:
-                    self._seal()
+                    with self._lock:
+                        self._seal()
                 else:
                     self._wake.clear()
                     wait = self.interval - (time.monotonic() - self._cur_first) if self._cur else self.interval
@@ -191,11 +228,14 @@ class ClickHouseWriter:
                     except asyncio.TimeoutError:
                         pass
                     continue
+            if self.gate is not None and not self.gate.is_set():
+                await self.gate.wait()  # the schema is not checked yet: ClickHouse may be down since the start
             b = self._queue[0]
             ok = await self._insert(b)
             if ok or b.failures >= self.poison_after:
-                self._queue.popleft()
-                self._queued_rows -= b.rows
+                with self._lock:
+                    self._queue.popleft()
+                    self._queued_rows -= b.rows
                 if b.path is not None:
                     b.path.unlink(missing_ok=True)
                 if not ok:
