@@ -14,6 +14,7 @@ Everything here runs on the store's own thread (the service's executor); nothing
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sqlite3
 import threading
@@ -244,6 +245,11 @@ class SQLiteStore:
             else:
                 if flow.known(ident, db):
                     outcomes["duplicate"] = outcomes.get("duplicate", 0) + 1
+                    # a relay's copy counts once, but its reporter competes as any other (the
+                    # earliest report's, then the smallest): so the order of arrival cannot matter
+                    if r.t == flow.reporter_t and r.reporter < flow.reporter:
+                        flow.reporter = r.reporter
+                        dirty[flow.id] = flow
                     continue
                 if (r.exp, r.act) != (flow.exp, flow.act):
                     res.tag_conflicts += 1
@@ -474,8 +480,9 @@ class SQLiteStore:
             clauses.append("act = ?")
             args.append(act)
         if host:
-            clauses.append("(src = ? OR dst = ? OR reporter = ?)")
-            args += [host, host, host]
+            sql, hargs = _host_filter(host)
+            clauses.append(sql)
+            args += hargs
         if state:
             clauses.append("state = ?")
             args.append(state)
@@ -513,10 +520,11 @@ class SQLiteStore:
         args: List[Any]
         if host:
             hcol = "1" if measure == "flows" else "sent + received"
+            hsql, hargs = _host_filter(host)
             q = (f"SELECT (CAST(COALESCE(end, start) AS INTEGER) / ?) * ?, {key}, SUM({hcol}) FROM flows "
-                 f"WHERE (src = ? OR dst = ? OR reporter = ?) AND COALESCE(end, start) >= ? "
+                 f"WHERE {hsql} AND COALESCE(end, start) >= ? "
                  f"AND COALESCE(end, start) < ?{tag_sql} GROUP BY 1, 2 HAVING SUM({hcol}) > 0 ORDER BY 1")
-            args = [step, step, host, host, host, start, end, *tag_args]
+            args = [step, step, *hargs, start, end, *tag_args]
         else:
             table, width = ("traffic_hour", HOUR) if end - start > LONG_RANGE and step % HOUR == 0 \
                 else ("traffic", MINUTE)
@@ -625,6 +633,16 @@ def _bump(d: Dict[Any, List[int]], k: Any, nbytes: int, nflows: int) -> None:
     else:
         cur[0] += nbytes
         cur[1] += nflows
+
+
+def _host_filter(host: str) -> Tuple[str, List[Any]]:
+    """`host=`: an address matches either end of a flow, a name its reporter (the rule of both
+    stores: a reporter's address is a relay's or the flow's own end)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "reporter = ?", [host]
+    return "(src = ? OR dst = ?)", [host, host]
 
 
 def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:

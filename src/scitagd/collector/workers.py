@@ -385,6 +385,7 @@ class _Slot:
         self.started = 0.0
         self.last_report = 0.0
         self.restarts = 0
+        self.datagrams = 0  # received by this slot's workers, all incarnations
         self.gauges: Dict[str, float] = {}
         self.store_gauges: Dict[str, float] = {}
         self.problems: List[str] = []
@@ -555,6 +556,7 @@ class Supervisor(Collector):
             mine = getattr(self, k)
             for name, n in c.get(k, {}).items():
                 mine[str(name)] += int(n)
+        slot.datagrams += sum(int(n) for n in c.get("datagrams", {}).values())
         t = msg["tally"]
         res = IngestResult(outcomes={str(k): int(v) for k, v in t["outcomes"].items()},
                            clamped=int(t["clamped"]), tag_conflicts=int(t["tag_conflicts"]), evicted=int(t["evicted"]))
@@ -614,7 +616,8 @@ class Supervisor(Collector):
     def health(self) -> Tuple[bool, Dict[str, Any]]:
         ok, body = super().health()
         body["workers"] = [{"index": s.index, "pid": s.proc.pid if s.proc else None, "alive": s.alive,
-                            "restarts": s.restarts, "pending": int(s.gauges.get("pending", 0)),
+                            "restarts": s.restarts, "datagrams": s.datagrams,
+                            "pending": int(s.gauges.get("pending", 0)),
                             "buffered": int(s.store_gauges.get("buffered", 0))} for s in self.slots]
         return ok, body
 
@@ -665,13 +668,17 @@ class _WorkerMetrics:
                                        "one exited", labels=["worker"])
         pending = GaugeMetricFamily("scitagd_collector_worker_pending_rows", "Fireflies a worker holds before its "
                                     "next hand-over to the store", labels=["worker"])
+        grams = CounterMetricFamily("scitagd_collector_worker_datagrams", "Messages a worker received (the "
+                                    "kernel's share of the senders)", labels=["worker"])
         for slot in self.s.slots:
             up.add_metric([str(slot.index)], 1 if slot.alive else 0)
+            grams.add_metric([str(slot.index)], slot.datagrams)
             restarts.add_metric([str(slot.index)], slot.restarts)
             pending.add_metric([str(slot.index)], slot.gauges.get("pending", 0))
         yield up
         yield restarts
         yield pending
+        yield grams
         yield GaugeMetricFamily("scitagd_collector_udp_foreign_sockets", "Sockets of other processes on the "
                                 "collector's UDP port (they take a share of the fireflies)", value=self.s.foreign)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -148,7 +149,9 @@ class ClickHouseAdapter:
                                            spool_dir=conf.spool_dir, stop_timeout=min(30.0, conf.timeout))
         self.rebuilder: Optional[Rebuilder] = None
         if role in ("single", "reader", "import") and conf.rebuild:
-            self.rebuilder = Rebuilder(self.client, conf.database, SPREAD, tag=role)
+            # its own staging tables: several collectors (or a collector and an import) may
+            # rebuild the same database at once, and shared staging tables would mix their days
+            self.rebuilder = Rebuilder(self.client, conf.database, SPREAD, tag=f"{role}_{secrets.token_hex(4)}")
         self.schema_ok = False
         self.schema_problem: Optional[str] = None
         self.rebuild_problem: Optional[str] = None
@@ -246,6 +249,16 @@ class ClickHouseAdapter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)  # a rebuild under way finishes (its swap is atomic)
             self._pool = None
+        self._drop_stage()
+
+    def _drop_stage(self) -> None:
+        if self.rebuilder is None:
+            return
+        try:
+            self.rebuilder.drop_stage()
+        except ClickHouseError as e:
+            log.warning("clickhouse staging tables left behind (DROP TABLE <db>.*_stage_<tag> by hand) "
+                        "tag=%s error=%r", self.rebuilder.tag, str(e))
 
     def stats(self) -> StoreStats:
         st = StoreStats()
@@ -340,7 +353,7 @@ class ClickHouseAdapter:
         self.reader.pin(lo, hi, note)
 
     def close(self) -> None:
-        pass
+        self._drop_stage()
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -103,6 +103,14 @@ class Rebuilder:
                        "ENGINE = Memory")
         self._staged = True
 
+    def drop_stage(self) -> None:
+        """Drop this rebuilder's staging tables (at the collector's stop: their tag is its own)."""
+        if not self._staged:
+            return
+        for name in (*REBUILT, "contrib"):
+            self.c.execute(f"DROP TABLE IF EXISTS {self.db}.{name}_stage_{self.tag}")
+        self._staged = False
+
     def dirty_days(self) -> List[int]:
         """Days (YYYYMMDD) with fireflies newer than their last rebuild, or built another way."""
         db, s = self.db, self.sfx

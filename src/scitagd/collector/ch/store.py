@@ -290,10 +290,10 @@ GROUP BY start, src, dst, sport, dport, proto, start_frac, exp, act
 
     def _active_where(self, now_us: int) -> List[str]:
         """Flows that can be active: a firefly within activeTimeout and no end among those,
-        started at most MAX_FLOW_AGE ago; by start second and key hash (the index picks the
-        granules), the exact state from the merge."""
+        started at most MAX_FLOW_AGE (or activeTimeout, if longer) ago; by start second and key
+        hash (the index picks the granules), the exact state from the merge."""
         since = now_us - int(self.active_timeout * 1e6)
-        floor = max(0, now_us // 1_000_000 - MAX_FLOW_AGE)
+        floor = max(0, now_us // 1_000_000 - max(MAX_FLOW_AGE, int(self.active_timeout)))
         cand = query(self.c, f"SELECT {_KEY_HASH} AS h, toUInt32(start) AS s FROM {self.db}.fireflies "
                              f"PREWHERE t >= {max(0, since)} WHERE start >= toDateTime({floor}) "
                              f"GROUP BY h, s HAVING max(state = 'end') = 0 LIMIT {ACTIVE_CANDIDATES + 1}")
