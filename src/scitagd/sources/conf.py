@@ -3,24 +3,8 @@
 
 Importing this module imports no source implementation: `scitagd conf` and the collector read
 configs without paying for aiohttp or eBPF. Each struct validates itself and raises ValueError
-naming the key and what was expected; config.py adds the key path.
-
-plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384), allowedHosts ([]:
-                   Host header names besides loopback ones), token | tokenFile (Bearer; required
-                   off loopback unless allowUnauthenticated: true), maxConnections (256),
-                   maxConnectionsPerSource (64), headerTimeout (10 s), keepAliveTimeout (15 s),
-                   requestTimeout (10 s)
-plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024),
-                   checkInterval (2 s); flowd-go's maxReaders, buffSize accepted (buffSize sets
-                   the read size, 4..16 KiB)
-plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
-                   allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
-                   (8 MiB); flowd-go's hasSyslogHeader, deadline accepted
-plugins.watcher    mode (auto|ebpf|poll), pollInterval (1 s), cgroupPath (/sys/fs/cgroup),
-                   rules [{localPorts, remotePorts, remoteNetworks, uids, cgroup, experiment,
-                   activity}], ignoreNetworks (internal networks)
-plugins.perfsonar  experimentID, activityID, ports ("5201-5210")
-plugins.iperf3     flowd-go's keys (not available yet: refused at start)
+naming the key and what was expected; config.py adds the key path. Each struct's `Keys:` block
+documents its keys (confdoc.py turns them into the sample config and scitagd.yaml(5)).
 """
 
 from __future__ import annotations
@@ -50,6 +34,28 @@ __all__ = [
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.api`: the REST API storage systems call to report transfers (POST /api/v1/flows).
+    Who may call: a Host header naming this server (against DNS rebinding) and, off loopback, a
+    bearer token.
+
+    Keys:
+      bindAddress: address to listen on. Off loopback, token or tokenFile is required (or
+        allowUnauthenticated: true).
+      bindPort: TCP port.
+      maxBodyBytes: largest request body accepted, 256..1048576 bytes; larger ones get 413.
+      allowedHosts: Host header names accepted besides loopback names and the bind address (the
+        names clients use to reach this host).
+      token: bearer token clients send as `Authorization: Bearer <token>`, at least 16 characters
+        (e.g. `openssl rand -hex 32`). tokenFile keeps it out of this file.
+      tokenFile: absolute path of a file whose first line is the token, read when the API starts.
+      allowUnauthenticated: true lets anyone who reaches a non-loopback bindAddress report flows.
+      maxConnections: open connections at most; beyond it the longest-idle one is closed.
+      maxConnectionsPerSource: open connections at most per client address.
+      headerTimeout: seconds a client has to send the request line and headers.
+      keepAliveTimeout: seconds an idle keep-alive connection is kept.
+      requestTimeout: seconds a client has to send the whole body.
+    """
+
     bind_address: str = "127.0.0.1"
     bind_port: int = 7777
     max_body_bytes: int = 16384
@@ -119,6 +125,21 @@ def check_token(key: str, token: str) -> None:
 
 
 class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.namedPipe`: the FIFO StoRM and scripts write lines to (`start|end tcp SRC SPORT DST
+    DPORT EXP ACT`, python flowd's and flowd-go's protocol). scitagd creates it, checks every
+    checkInterval that it is still its own FIFO and recreates it otherwise.
+
+    Keys:
+      pipePath: absolute path of the FIFO. Under systemd the unit may only write /run/scitagd: use
+        /run/scitagd/flowd there (a tmpfiles.d link keeps /run/flowd working).
+      mode: permission bits of the FIFO, an octal string.
+      group: group (name or gid) given the FIFO, so writers in it need not be root.
+      maxReaders: flowd-go key, accepted and unused: one reader reads every line in order.
+      buffSize: flowd-go key: bytes read per wake-up (clamped to 4..16 KiB).
+      maxLineBytes: longest line accepted, 64..65536 bytes; longer lines are dropped and counted.
+      checkInterval: seconds between checks that pipePath is still our FIFO, 0.05..300.
+    """
+
     pipe_path: str = "/var/run/flowd"
     mode: str = "0660"
     group: Optional[Union[str, int]] = None
@@ -157,6 +178,13 @@ class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
 
 
 class Receiver(msgspec.Struct, forbid_unknown_fields=True):
+    """One place to forward received fireflies to.
+
+    Keys:
+      address: host name or address.
+      port: UDP port.
+    """
+
     address: str
     port: int = 10514
 
@@ -166,6 +194,20 @@ class Receiver(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.firefly`: a UDP listener for fireflies from XRootD, dCache and other producers on this
+    host; each becomes a flow (marked, announced to the peer) as if reported through the API.
+
+    Keys:
+      bindAddress: one address to listen on (flowd-go's key).
+      bindAddresses: several addresses to listen on; default 127.0.0.1 and ::1.
+      bindPort: UDP port (XRootD's default target is 10514).
+      allowedSources: CIDRs whose fireflies are taken; others are dropped and counted. Unset: any.
+      fireflyReceivers: where to forward each valid firefly unchanged (a collector of your own).
+      receiveBuffer: socket receive buffer in bytes; raise net.core.rmem_max if the log says capped.
+      hasSyslogHeader: flowd-go key, accepted: both framings are read whatever it says.
+      deadline: flowd-go key, accepted and unused (the listener never blocks).
+    """
+
     bind_address: Optional[str] = None
     bind_addresses: Optional[List[str]] = None
     bind_port: int = 10514
@@ -214,6 +256,19 @@ INTERNAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0
 
 
 class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """One watcher rule: TCP connections that match are tagged with its experiment and activity, in
+    the kernel, before their first data packet.
+
+    Keys:
+      experiment: experiment id or registry name.
+      activity: activity id or registry name.
+      localPorts: a port or range ("1094", "20000-25000") on this host.
+      remotePorts: a port or range on the peer.
+      remoteNetworks: CIDRs the peer must be in.
+      uids: users (names or uids) owning the socket; checked in user space on establishment.
+      cgroup: cgroup v2 path the socket's process must be in; checked in user space.
+    """
+
     experiment: Union[int, str]
     activity: Union[int, str]
     local_ports: Union[str, int, None] = None
@@ -247,6 +302,18 @@ class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.watcher`: finds TCP connections itself (cgroup sock_ops eBPF program, or sock_diag
+    polling) and tags those its rules match; ends carry the socket's exact byte counts.
+
+    Keys:
+      cgroupPath: cgroup v2 directory the sock_ops program attaches to (all processes below it).
+      rules: the tagging rules; the first that matches wins.
+      mode: auto (eBPF, polling when eBPF is unavailable), ebpf (fail without it) or poll.
+      pollInterval: seconds between sock_diag polls in poll mode, 0.05..60.
+      ignoreNetworks: peers in these CIDRs are never tagged (default: RFC 1918, loopback,
+        link-local, ULA).
+    """
+
     cgroup_path: str = "/sys/fs/cgroup"
     rules: List[WatchRule] = msgspec.field(default_factory=list)
     mode: str = "auto"
@@ -262,8 +329,14 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """flowd-go's keys; `ports` (extension) is where perfSONAR's iperf3 tests listen. Without
-    backends.marker.matchAll, the measurement connections are found by the watcher."""
+    """`plugins.perfsonar`: tags perfSONAR's iperf3 measurement connections. Without
+    backends.marker.matchAll, the watcher finds them by port.
+
+    Keys:
+      activityID: activity id to tag with.
+      experimentID: experiment id to tag with.
+      ports: port or range perfSONAR's iperf3 tests listen on (extension).
+    """
 
     activityID: int = 0
     experimentID: int = 0
@@ -271,6 +344,21 @@ class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.iperf3`: flowd-go's iperf3 plugin (tags connections by port ranges).
+
+    Keys:
+      minSourcePort: lowest source port of the connections to tag.
+      maxSourcePort: highest source port.
+      minDestinationPort: lowest destination port.
+      maxDestinationPort: highest destination port.
+      cgroupPath: cgroup v2 directory to watch.
+      programPath: a compiled eBPF object to load instead of the shipped one.
+      debugMode: a program that reports its decisions.
+      randomIDs: pick from the id lists at random instead of in turn.
+      activityIDs: activity ids given to connections in turn.
+      experimentIDs: experiment ids given to connections in turn.
+    """
+
     min_source_port: int = 0
     max_source_port: int = 0
     min_destination_port: int = 0
