@@ -7,7 +7,7 @@
                  on PYTHONPATH), with its own config
        current   this tree's collector
        ceiling   a bare uvloop + msgspec receiver that only parses (what Python can do here)
-     The traffic is real fireflies (bench data: /work/shared/data/fireflies, or --fireflies):
+     The traffic is real fireflies (../shared/data/fireflies, $SCITAGD_SHARED, or --fireflies):
      XRootD, flowd (syslog-daemon archive lines) and dCache templates, made into distinct flows
      (5-tuples varied) with start, sometimes an ongoing, and end, interleaved as concurrent flows.
      Counting is closed: sent = accounted + rejected + kernel drops + still queued + lost inside
@@ -47,7 +47,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CPU, LOAD_CPU = 1, 0
-DATA = Path("/work/shared/data/fireflies")
+DATA = Path(os.environ.get("SCITAGD_SHARED", ROOT.parent / "shared")) / "data" / "fireflies"  # as the tests find it
 KINDS = ("baseline", "current", "ceiling")
 
 # --- traffic from real fireflies ----------------------------------------------------------
