@@ -125,16 +125,19 @@ def templates(data: Path) -> Dict[str, List[Tuple[Template, Template]]]:
     return out
 
 
-def traffic(n: int, seed: int, data: Path, now: Optional[float] = None) -> List[bytes]:
+def traffic(n: int, seed: int, data: Path, rate: float = 10000.0, now: Optional[float] = None) -> List[bytes]:
     """About n datagrams: distinct flows (40 % XRootD, 40 % flowd, 20 % dCache), each a start,
-    an ongoing for one in four, an end; concurrent, in event-time order; times within the last
-    two hours (inside every collector's clock-skew and retention windows)."""
+    an ongoing for one in four, an end; concurrent, in event-time order, event time running at
+    the pace they are sent (`rate`): flows last 0.25 s + an exponential 0.75 s on average, so a
+    flow's start and end fall into different flushes of the collector (0.2 s), as in real
+    traffic, where flows last seconds to hours. Times lie within the last two hours (inside
+    every collector's clock-skew and retention windows)."""
     rnd = random.Random(seed)
     tpl = templates(data)
     now = time.time() if now is None else now
     flows = max(1, int(n / 2.25))
-    span = 3600.0
-    t0 = now - 2 * span
+    span = n / rate  # seconds over which the flows start
+    t0 = now - 3600
     events: List[Tuple[float, int, bytes]] = []
     v4 = [f"10.{a}.{b}.1" for a in range(4) for b in range(50)]
     v6 = [f"2001:db8:{a:x}:{b:x}::1" for a in range(4) for b in range(50)]
@@ -148,12 +151,12 @@ def traffic(n: int, seed: int, data: Path, now: Optional[float] = None) -> List[
         src = rnd.choice(v4 if four else v6)
         dst = rnd.choice(remote4 if four else remote6)
         sport, dport = 1024 + i % 60000, 1094 + (i // 60000) % 1000
-        st = round(t0 + span * i / flows + rnd.random() * 0.001, 6)
-        dur = min(span * 0.9, rnd.expovariate(1 / 120.0) + 0.05)
+        st = round(t0 + span * i / flows + rnd.random() * 1e-4, 6)
+        dur = 0.25 + rnd.expovariate(1 / 0.75)
         en = round(st + dur, 6)
         total = rnd.randint(1 << 20, 4 << 30)
         sent0 = rnd.randint(50, 400)
-        evs = [(st + 0.0001, s_tpl.render("start", src, dst, sport, dport, st, st + 0.0001, None, sent0, 200))]
+        evs = [(st + 1e-4, s_tpl.render("start", src, dst, sport, dport, st, st + 1e-4, None, sent0, 200))]
         if i % 4 == 0:
             mid = st + dur / 2
             evs.append((mid, e_tpl.render("ongoing", src, dst, sport, dport, st, mid, None, total // 2, 300)))
@@ -452,7 +455,7 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
         step: Dict[str, List[Dict[str, Any]]] = {k: [] for k in kinds}
         for run in range(a.runs):
             gfile = tmp / "grams.marshal"
-            gfile.write_bytes(marshal.dumps(traffic(n, seed=run * 1000 + int(rate), data=a.fireflies)))
+            gfile.write_bytes(marshal.dumps(traffic(n, seed=run * 1000 + int(rate), data=a.fireflies, rate=rate)))
             order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]  # rotate who goes first
             for k in order:
                 if losing[k] >= a.stop_after:

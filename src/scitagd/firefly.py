@@ -139,6 +139,7 @@ def _preview(data: bytes, n: int = 60) -> str:
 
 
 _MONTHS_B = {m.encode() for m in _MONTHS}
+_afi_of: Dict[str, str] = {}  # address text seen valid -> its family: one lookup instead of parsing
 
 
 def _parse_header(raw: bytes) -> tuple[str | None, str | None]:
@@ -180,15 +181,20 @@ def _check(ff: Firefly) -> tuple[float | None, float | None, float | None]:
     afi = fid.afi
     if afi != "ipv4" and afi != "ipv6":
         raise FireflyError(f"flow-id.afi: {afi!r}: expected ipv4 or ipv6", "bad_afi")
-    for name, text in (("src-ip", fid.src_ip), ("dst-ip", fid.dst_ip)):
-        try:
-            normalize_ip(text)  # cached: ipaddress.ip_address() costs 2 us a call
-        except ValueError:
-            raise FireflyError(f"flow-id.{name}: {text!r}: expected an IP address",
-                               "bad_address") from None
-        if ("ipv6" if ":" in text else "ipv4") != afi:
-            raise FireflyError(f"flow-id.{name}: {text!r} is not {afi} as flow-id.afi says",
-                               "bad_address")
+    if _afi_of.get(fid.src_ip) != afi or _afi_of.get(fid.dst_ip) != afi:
+        for name, text in (("src-ip", fid.src_ip), ("dst-ip", fid.dst_ip)):
+            try:
+                normalize_ip(text)  # cached: ipaddress.ip_address() costs 2 us a call
+            except ValueError:
+                raise FireflyError(f"flow-id.{name}: {text!r}: expected an IP address",
+                                   "bad_address") from None
+            family = "ipv6" if ":" in text else "ipv4"
+            if family != afi:
+                raise FireflyError(f"flow-id.{name}: {text!r} is not {afi} as flow-id.afi says",
+                                   "bad_address")
+            if len(_afi_of) >= 65536:
+                _afi_of.clear()  # bounded: a scan of many addresses only costs re-validation
+            _afi_of[text] = family
     if not (0 <= fid.src_port <= 65535 and 0 <= fid.dst_port <= 65535):
         for name, port in (("src-port", fid.src_port), ("dst-port", fid.dst_port)):
             # Port 0 is accepted: flowd's own test data carries it; marking rejects it later.
@@ -210,14 +216,19 @@ def _check(ff: Firefly) -> tuple[float | None, float | None, float | None]:
         if received + sent > MAX_BYTES:
             raise FireflyError(f"usage: sent + received = {received + sent}: "
                                "expected at most 2**60 bytes", "bad_usage", "usage")
-    start = ts(lc.start_time)
-    end = ts(lc.end_time) if lc.end_time is not None else None
-    current = ts(lc.current_time) if lc.current_time is not None else None
-    for name, t, dt in (("start-time", start, lc.start_time), ("end-time", end, lc.end_time),
-                        ("current-time", current, lc.current_time)):
-        if t is not None and not MIN_TIME <= t < MAX_TIME:
-            raise FireflyError(f"flow-lifecycle.{name}: {dt.isoformat() if dt else dt}: expected a time "
-                               "between 2000 and 2100", "bad_time", f"flow-lifecycle.{name}")
+    st, et, ct = lc.start_time, lc.end_time, lc.current_time
+    try:  # what ts() does, without a call per time: producers' times carry a zone
+        start = st.timestamp() if st.tzinfo is not None else ts(st)
+        end = (et.timestamp() if et.tzinfo is not None else ts(et)) if et is not None else None
+        current = (ct.timestamp() if ct.tzinfo is not None else ts(ct)) if ct is not None else None
+    except (OverflowError, ValueError):
+        start, end, current = ts(st), ts(et), ts(ct)
+    if not (start is not None and MIN_TIME <= start < MAX_TIME and (end is None or MIN_TIME <= end < MAX_TIME)
+            and (current is None or MIN_TIME <= current < MAX_TIME)):
+        for name, t, dt in (("start-time", start, st), ("end-time", end, et), ("current-time", current, ct)):
+            if t is not None and not MIN_TIME <= t < MAX_TIME:
+                raise FireflyError(f"flow-lifecycle.{name}: {dt.isoformat() if dt else dt}: expected a time "
+                                   "between 2000 and 2100", "bad_time", f"flow-lifecycle.{name}")
     return start, end, current
 
 

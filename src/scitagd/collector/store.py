@@ -310,8 +310,18 @@ class SQLiteStore:
                 tag = (exp, act)
                 started[tag] = started.get(tag, 0) + 1
                 active[tag] = active.get(tag, 0) + 1
-                _bump(minutes, (int(r.start // MINUTE) * MINUTE, exp, act), 0, 1)
-                _bump(pairs, (int(r.start // PAIR_BUCKET) * PAIR_BUCKET, r.src, r.dst, exp, act), 0, 1)
+                mk = (int(r.start // MINUTE) * MINUTE, exp, act)
+                cur = minutes.get(mk)
+                if cur is None:
+                    minutes[mk] = [0, 1]
+                else:
+                    cur[1] += 1
+                pk = (int(r.start // PAIR_BUCKET) * PAIR_BUCKET, r.src, r.dst, exp, act)
+                cur = pairs.get(pk)
+                if cur is None:
+                    pairs[pk] = [0, 1]
+                else:
+                    cur[1] += 1
                 flow.seen.add((state, t, r.sent, r.received))
             else:
                 ident = (state, t, r.sent, r.received)
@@ -327,11 +337,12 @@ class SQLiteStore:
             outcomes[state] = outcomes.get(state, 0) + 1
             # the report's effect on its flow: totals, state, first reporter, bytes in time
             changed = flow.changed
-            if r.sent > flow.sent:
-                flow.sent = r.sent
+            sent, received = r.sent, r.received
+            if sent > flow.sent:
+                flow.sent = sent
                 changed |= TOTALS
-            if r.received > flow.received:
-                flow.received = r.received
+            if received > flow.received:
+                flow.received = received
                 changed |= TOTALS
             if t > flow.last:
                 flow.last = t
@@ -362,7 +373,7 @@ class SQLiteStore:
             flow.changed = changed
             reports_ = flow.reports
             before = reports_.clamped
-            m = reports_.add(t, r.sent + r.received)
+            m = reports_.add(t, sent + received)
             if not m:
                 continue
             res.clamped += reports_.clamped - before
@@ -698,15 +709,6 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
-
-
-def _bump(d: Dict[Any, List[int]], k: Any, nbytes: int, nflows: int) -> None:
-    cur = d.get(k)
-    if cur is None:
-        d[k] = [nbytes, nflows]
-    else:
-        cur[0] += nbytes
-        cur[1] += nflows
 
 
 def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:
