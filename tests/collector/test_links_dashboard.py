@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -17,70 +15,42 @@ import pytest
 
 from .linkutil import v6_firefly
 from .test_collector import CollectorProc, collector  # noqa: F401  (fixture)
-from .test_dashboard import ARTIFACTS, CHROMIUM, Cdp
+from .test_dashboard import ARTIFACTS, CHROMIUM, browser
 from .test_links import OVS_IN, WANT_CMS, by_link, links_collector, replay_all, tag_bytes
 
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="chromium not installed (Debian package chromium)")
 
 
 async def drive(url: str, profile: Path) -> Dict[str, Any]:
-    import aiohttp
-
-    proc = subprocess.Popen([CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                             "--disable-quic", "--no-first-run", "--disable-background-networking",
-                             "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
-                             f"--user-data-dir={profile}", "--window-size=1400,1400", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text().strip():
-            assert time.monotonic() < deadline and proc.poll() is None, "chromium did not start"
-            await asyncio.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                page = next(t for t in await r.json() if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 << 20) as ws:
-                cdp = Cdp(ws)
-                for domain in ("Runtime", "Log", "Page"):
-                    await cdp.call(f"{domain}.enable")
-                await cdp.call("Page.navigate", url=url)
-                out: Dict[str, Any] = {}
-                await cdp.until("document.querySelectorAll('.card.link path.layer').length > 0")
-                out["rows"] = await cdp.js("[...document.querySelectorAll('#links tbody tr')].map(r => "
-                                           "[...r.cells].map(c => c.textContent))")
-                out["cards"] = await cdp.js("[...document.querySelectorAll('.card.link')].map(c => ({title: "
-                                            "c.querySelector('h2').textContent, share: c.querySelector('.linkshare')"
-                                            ".textContent, layers: [...c.querySelectorAll('path.layer')].map(p => "
-                                            "p.textContent), legend: c.querySelector('.legend').textContent}))")
-                out["exporters"] = await cdp.js("[...document.querySelectorAll('#exporters tbody tr')].map(r => "
-                                                "r.textContent)")
-                shot = await cdp.call("Page.captureScreenshot", format="png")
-                out["png"] = base64.b64decode(shot["data"])
-                # the exporter filter: only the sFlow agent's links remain
-                await cdp.js("(() => { const s = document.getElementById('exporter'); s.value = '127.0.0.1';"
-                             " s.dispatchEvent(new Event('change')); return true; })()")
-                await cdp.until("[...document.querySelectorAll('#links tbody tr')].every(r => "
-                                "r.cells[0].textContent === '127.0.0.1')")
-                out["filtered"] = await cdp.js("document.querySelectorAll('#links tbody tr').length")
-                # untagged hidden: only tagged layers remain in the charts
-                await cdp.js("(() => { const c = document.getElementById('untagged'); c.checked = false;"
-                             " c.dispatchEvent(new Event('change')); return true; })()")
-                await cdp.until("document.querySelectorAll('.card.link path.untagged').length === 0")
-                out["tagged_layers"] = await cdp.js("document.querySelectorAll('.card.link path.layer').length")
-                # the fireflies view links here
-                await cdp.call("Page.navigate", url=url.split("/links")[0] + "/")
-                await cdp.until("document.querySelector('nav a[href=\"/links\"]') !== null")
-                out["errors"] = cdp.errors()
-                cdp.reader.cancel()
-                return out
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    async with browser(url, profile, "1400,1400") as cdp:
+        out: Dict[str, Any] = {}
+        await cdp.until("document.querySelectorAll('.card.link path.layer').length > 0")
+        out["rows"] = await cdp.js("[...document.querySelectorAll('#links tbody tr')].map(r => "
+                                   "[...r.cells].map(c => c.textContent))")
+        out["cards"] = await cdp.js("[...document.querySelectorAll('.card.link')].map(c => ({title: "
+                                    "c.querySelector('h2').textContent, share: c.querySelector('.linkshare')"
+                                    ".textContent, layers: [...c.querySelectorAll('path.layer')].map(p => "
+                                    "p.textContent), legend: c.querySelector('.legend').textContent}))")
+        out["exporters"] = await cdp.js("[...document.querySelectorAll('#exporters tbody tr')].map(r => "
+                                        "r.textContent)")
+        shot = await cdp.call("Page.captureScreenshot", format="png")
+        out["png"] = base64.b64decode(shot["data"])
+        # the exporter filter: only the sFlow agent's links remain
+        await cdp.js("(() => { const s = document.getElementById('exporter'); s.value = '127.0.0.1';"
+                     " s.dispatchEvent(new Event('change')); return true; })()")
+        await cdp.until("[...document.querySelectorAll('#links tbody tr')].every(r => "
+                        "r.cells[0].textContent === '127.0.0.1')")
+        out["filtered"] = await cdp.js("document.querySelectorAll('#links tbody tr').length")
+        # untagged hidden: only tagged layers remain in the charts
+        await cdp.js("(() => { const c = document.getElementById('untagged'); c.checked = false;"
+                     " c.dispatchEvent(new Event('change')); return true; })()")
+        await cdp.until("document.querySelectorAll('.card.link path.untagged').length === 0")
+        out["tagged_layers"] = await cdp.js("document.querySelectorAll('.card.link path.layer').length")
+        # the fireflies view links here
+        await cdp.call("Page.navigate", url=url.split("/links")[0] + "/")
+        await cdp.until("document.querySelector('nav a[href=\"/links\"]') !== null")
+        out["errors"] = cdp.errors()
+        return out
 
 
 def test_links_view_in_chromium(collector: Callable[..., CollectorProc], tmp_path: Path) -> None:  # noqa: F811

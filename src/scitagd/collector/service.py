@@ -134,7 +134,9 @@ class Collector:
             self._relay.forward(data)
         try:
             rec = parse(data)
-            report = make_report(rec, _unmap(sender), sender in self._trusted, time.time(), self.conf.max_clock_skew)
+            trusted = self._trusted
+            report = make_report(rec, sender[7:] if sender.startswith("::ffff:") and "." in sender else sender,
+                                 bool(trusted.nets) and sender in trusted, time.time(), self.conf.max_clock_skew)
         except FireflyError as e:
             self._reject(e.reason, str(e), sender, data)
             return

@@ -3,27 +3,11 @@
 // SVG, no external code; everything comes from /api/v1/links, /api/v1/links/timeseries and
 // /api/v1/exporters.
 "use strict";
+// shared helpers ($, COLORS, fmtBytes, fmtBits, fmtTime, esc, api, schedule, updated): common.js
 
-const $ = (id) => document.getElementById(id);
-const COLORS = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04",
-  "#db2777", "#4b5563", "#65a30d", "#7c3aed", "#0d9488"];
 const UNTAGGED = "#cbd5e1";
-let timer = null;
 
-function fmtBytes(n) {
-  if (n == null) return "";
-  const u = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-  let i = 0;
-  while (Math.abs(n) >= 1000 && i < u.length - 1) { n /= 1000; i++; }
-  const whole = i === 0 && Number.isInteger(n);
-  return (whole ? n : n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)) + " " + u[i];
-}
-function fmtBits(n) { return n == null ? "" : fmtBytes(n).replace("B", "b") + "/s"; }
-function fmtTime(t) { return new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z"; }
 function pct(x) { return x == null ? "–" : x >= 0.1 ? (x * 100).toFixed(1) + "%" : (x * 100).toFixed(2) + "%"; }
-function esc(s) {
-  return String(s == null ? "" : s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
-}
 // the same experiment has the same colour on every link
 function colorOf(id) { return id == null ? UNTAGGED : id < 0 ? "#6b7280" : COLORS[id % COLORS.length]; }
 function ifaceText(l) { return l.interface == null ? "–" : String(l.interface); }
@@ -37,13 +21,6 @@ function linkQuery(l) {
   p.set("interface", l.interface == null ? "none" : String(l.interface));
   p.set("direction", l.direction);
   return p;
-}
-
-async function api(path, p) {
-  const r = await fetch(path + (p ? "?" + p.toString() : ""));
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error || r.statusText);
-  return body;
 }
 
 function range() {
@@ -83,44 +60,15 @@ function drawLinks(data) {
 function stacked(box, ts, showUntagged) {
   const series = ts.series.filter((s) => showUntagged || s.tagged);
   if (!series.length) { box.innerHTML = '<div class="empty">no traffic in this range</div>'; return; }
-  const W = box.clientWidth || 600, H = 180, L = 64, R = 8, T = 8, B = 20;
-  const step = ts.step;
-  const t0 = Math.floor(ts.from / step) * step, t1 = Math.ceil(ts.to / step) * step;
-  const n = Math.max(1, Math.round((t1 - t0) / step));
-  const stack = new Array(n + 1).fill(0);
   // tagged experiments at the bottom, untagged on top
   const order = series.filter((s) => s.tagged).concat(series.filter((s) => !s.tagged));
-  const layers = order.map((s) => {
-    const vals = new Array(n + 1).fill(0);
-    for (const [b, v] of s.points) {
-      const i = Math.round((b - t0) / step);
-      if (i >= 0 && i <= n) vals[i] += v / step; // bytes per second
-    }
-    return { s, vals };
+  box.innerHTML = stackedSvg(ts, order, {
+    W: box.clientWidth || 600, H: 180, L: 64, R: 8, T: 8, B: 20, ticks: 2,
+    value: (v, step) => v / step, // bytes per second
+    yLabel: (v) => fmtBits(v * 8),
+    xLabel: (t) => fmtTime(t).slice(11, 16),
+    look: (s) => ({ color: s.tagged ? colorOf(s.id) : UNTAGGED, cls: s.tagged ? "" : " untagged", opacity: 0.85 }),
   });
-  const tops = layers.map((l) => l.vals.map((v, i) => (stack[i] += v)));
-  const max = Math.max(1, ...stack);
-  const x = (i) => L + (i / n) * (W - L - R);
-  const y = (v) => T + (1 - v / max) * (H - T - B);
-  let svg = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">`;
-  for (let k = 0; k <= 2; k++) {
-    const v = (max * k) / 2, yy = y(v);
-    svg += `<line class="axis" x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}"/>`;
-    svg += `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${fmtBits(v * 8)}</text>`;
-  }
-  for (let k = 0; k <= 2; k++) {
-    const i = Math.round((n * k) / 2);
-    svg += `<text x="${x(i)}" y="${H - 4}" text-anchor="${k === 0 ? "start" : k === 2 ? "end" : "middle"}">${fmtTime(t0 + i * step).slice(11, 16)}</text>`;
-  }
-  layers.forEach((l, j) => {
-    const top = tops[j], bottom = j ? tops[j - 1] : new Array(n + 1).fill(0);
-    let d = `M${x(0)},${y(top[0])}`;
-    for (let i = 1; i <= n; i++) d += `L${x(i)},${y(top[i])}`;
-    for (let i = n; i >= 0; i--) d += `L${x(i)},${y(bottom[i])}`;
-    const c = l.s.tagged ? colorOf(l.s.id) : UNTAGGED;
-    svg += `<path class="layer${l.s.tagged ? "" : " untagged"}" data-key="${esc(l.s.id)}" d="${d}Z" fill="${c}" fill-opacity="0.85" stroke="${c}"><title>${esc(l.s.name)}</title></path>`;
-  });
-  box.innerHTML = svg + "</svg>";
 }
 
 async function drawCards(links) {
@@ -166,15 +114,10 @@ async function refresh() {
     drawLinks(links);
     drawExporters(ex);
     await drawCards(links.links);
-    $("status").textContent = "updated " + new Date().toISOString().slice(11, 19) + "Z · " + p.toString();
+    updated(p);
   } catch (e) {
     $("status").textContent = "error: " + e.message;
   }
-}
-
-function schedule() {
-  if (timer) clearInterval(timer);
-  timer = $("auto").checked ? setInterval(refresh, 10000) : null;
 }
 
 async function main() {
