@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from scitagd.collector.attribution import POINT, SPREAD, contributions  # noqa: E402
+from scitagd.collector.attribution import POINT, SPREAD  # noqa: E402
 from scitagd.collector.ch.rows import FireflyRow, encode  # noqa: E402
 
 EXPERIMENTS = [(2, 0.35), (3, 0.25), (4, 0.15), (5, 0.1), (6, 0.05), (7, 0.04), (8, 0.03), (9, 0.03)]
@@ -85,6 +85,11 @@ def cmd_generate(a: argparse.Namespace) -> None:
     (d / "rowbinary").mkdir(parents=True, exist_ok=True)
     end = int(time.time()) // 86400 * 86400 + 86400  # flows up to the end of today (UTC)
     meta = {"flows": a.flows, "days": a.days, "end": end, "seed": 7}
+    old = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    if a.what == "sqlite" and {k: old.get(k) for k in ("flows", "days", "seed")} == \
+            {k: meta[k] for k in ("flows", "days", "seed")}:
+        meta = old  # the same flows as the RowBinary files: their end and count stay
+        end = meta["end"]
     (d / "meta.json").write_text(json.dumps(meta))
     if a.what in ("all", "rowbinary"):
         t = time.monotonic()
@@ -107,45 +112,34 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 
 def build_sqlite(d: Path, n: int, days: int, end: int) -> None:
-    from scitagd.collector.store import DAY, MINUTE, SQLiteStore
+    """The same fireflies through SQLiteStore.ingest (what the collector does with them), a
+    flow's fireflies together, in batches of 5,000 (the collector's flush size at this rate)."""
+    from scitagd.collector.report import Report
+    from scitagd.collector.store import SQLiteStore
 
     path = d / "collector.sqlite"
-    if path.exists():
-        path.unlink()
-    store = SQLiteStore(str(path))
+    for p in d.glob("collector.sqlite*"):
+        p.unlink()
+    store = SQLiteStore(str(path), active_timeout=86400.0)
     t = time.monotonic()
-    flows: List[Any] = []
-    traffic: Dict[Tuple[int, int, int], List[int]] = {}
-    pairs: Dict[Tuple[int, str, str, int, int], List[int]] = {}
-
-    def flush() -> None:
-        store.write(flows, {k: (v[0], v[1]) for k, v in traffic.items()},
-                    {k: (v[0], v[1]) for k, v in pairs.items()})
-        flows.clear()
-        traffic.clear()
-        pairs.clear()
-
-    for ff, ended in generate(n, days, end):
-        f0 = ff[0]
-        sent = max(r.sent for r in ff)
-        recv = max(r.received for r in ff)
-        last = max(r.t_us for r in ff)
-        fin = last / 1e6  # the end, or the last report of an expired flow
-        flows.append((f0.proto, f0.src, f0.sport, f0.dst, f0.dport, f0.start_us / 1e6, fin, f0.exp, f0.act,
-                      f0.app, f0.reporter, sent, recv, "ended" if ended else "expired"))
-        m0 = f0.start_us // 60_000_000
-        k0 = (m0 * MINUTE, f0.exp, f0.act)
-        traffic.setdefault(k0, [0, 0])[1] += 1
-        pk0 = (m0 * 60 // DAY * DAY, f0.src, f0.dst, f0.exp, f0.act)
-        pairs.setdefault(pk0, [0, 0])[1] += 1
-        for m, b in contributions(m0, {(r.t_us // 60_000_000, r.sent + r.received) for r in ff}, SPREAD).items():
-            traffic.setdefault((m * 60, f0.exp, f0.act), [0, 0])[0] += b
-            pairs.setdefault((m * 60 // DAY * DAY, f0.src, f0.dst, f0.exp, f0.act), [0, 0])[0] += b
-        if len(flows) >= 200_000:
-            flush()
-    flush()
+    batch: List[Any] = []
+    rows = 0
+    for ff, _ in generate(n, days, end):
+        for r in ff:
+            batch.append(Report(r.proto, r.src, r.sport, r.dst, r.dport, r.start_us / 1e6, r.state,  # type: ignore[arg-type]
+                                r.t_us / 1e6, r.sent, r.received, r.exp, r.act, r.app, r.reporter, r.reporter,
+                                "192.0.2.1", r.t_us / 1e6))
+        if len(batch) >= 5000:
+            store.ingest(batch)
+            rows += len(batch)
+            batch = []
+    if batch:
+        store.ingest(batch)
+        rows += len(batch)
     store.close()
-    print(f"sqlite: {n} flows in {time.monotonic() - t:.0f} s, {path.stat().st_size / 1e9:.2f} GB")
+    took = time.monotonic() - t
+    print(f"sqlite: {n} flows, {rows} fireflies in {took:.0f} s ({rows / took:,.0f} fireflies/s), "
+          f"{path.stat().st_size / 1e9:.2f} GB")
 
 
 # --- run ---------------------------------------------------------------------------------

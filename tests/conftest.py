@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{row['what']}: {rest}")
 
 
-_STARTS_PROCESSES = {"run_daemon", "lab", "collector", "ns", "xrootd_dir", "env"}
+_STARTS_PROCESSES = {"run_daemon", "lab", "collector", "ns", "xrootd_dir", "env", "ch_server", "receivers"}
 
 
 def require_shared(path: Path) -> Path:

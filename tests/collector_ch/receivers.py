@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tests.conftest import free_port, http, metrics
 
@@ -84,6 +84,9 @@ collector:
         status, body = http("GET", self.url(path))
         assert status == 200, body
         return body
+
+    def api_status(self, path: str) -> Tuple[int, Any]:
+        return http("GET", self.url(path))
 
     def metrics(self) -> Dict[str, float]:
         return metrics(self.http)

@@ -22,7 +22,8 @@ from scitagd.collector.ch.writer import ClickHouseWriter
 from .chserver import ClickHouseServer, available
 from .data import expected, generated
 
-pytestmark = pytest.mark.skipif(not available(), reason="clickhouse-server not installed (scripts/setup.sh --test)")
+pytestmark = [pytest.mark.skipif(not available(), reason="clickhouse-server not installed (scripts/setup.sh --test)"),
+              pytest.mark.slow]  # clickhouse-server and collectors started here
 
 
 def identities(client: HttpClient, db: str) -> Set[Tuple[int, ...]]:
