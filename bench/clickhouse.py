@@ -4,6 +4,7 @@ flows over D days, side by side with SQLiteStore on the same flows.
 
   python bench/clickhouse.py generate --flows 10000000 --days 30   # once: RowBinary + SQLite (long)
   python bench/clickhouse.py run                                    # load into 18.16, rebuild A and B, time queries
+  python bench/clickhouse.py udp                                    # fireflies/s over UDP, 1 and 2 workers, no loss at 80%
 
 Data live under --dir (default /var/tmp/scitagd-chbench), never in the repository. The
 generator is seeded: the RowBinary files (for ClickHouse) and the SQLite file (written with
@@ -313,6 +314,196 @@ def cmd_ingest(a: argparse.Namespace) -> None:
           f"{t_enc * 1e6:.2f} us")
 
 
+# --- udp: the collector's own ingest into ClickHouse, 1 and 2 workers ----------------------
+
+UDP_SENDER = r"""
+import json, marshal, socket, sys, time
+port, rate, nsock = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+grams = marshal.load(open(sys.argv[4], "rb"))
+socks = []
+for _ in range(nsock):  # distinct source ports: the kernel hashes each to one worker's socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    socks.append(s)
+dest = ("127.0.0.1", port)
+n = len(grams); i = 0
+t0 = time.monotonic()
+while i < n:
+    due = min(n, int((time.monotonic() - t0) * rate) + 1)
+    while i < due:
+        socks[i % nsock].sendto(grams[i], dest); i += 1
+    if i < n:
+        time.sleep(0.0005)
+print(json.dumps({"sent": n, "seconds": time.monotonic() - t0, "t0": t0}))
+"""
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        return server_cpu(pid)
+    except OSError:
+        return 0.0
+
+
+def port_drops(port: int) -> Tuple[int, int]:
+    """(bytes queued, datagrams dropped) over every socket on `port` (all the workers' sockets:
+    the port is this run's own), from /proc/net/udp."""
+    queued = drops = 0
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                c = line.split()
+                if int(c[1].rsplit(":", 1)[1], 16) == port:
+                    queued += int(c[4].split(":")[1], 16)
+                    drops += int(c[-1])
+    return queued, drops
+
+
+def udp_step(tmp: Path, url: str, db: str, workers: int, gfile: Path, n: int, rate: float) -> Dict[str, Any]:
+    """One collector (collector.workers N, ClickHouse store), one sender process at `rate`;
+    waits for the drain (socket queues empty, nothing pending or buffered, counters still 1 s)."""
+    import subprocess
+    import urllib.request
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from collector import free_port  # bench/collector.py
+
+    def metrics() -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for line in urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=30).read().decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    udp, http = free_port(2), free_port()
+    conf = tmp / f"{db}.yaml"
+    conf.write_text(f"""
+collector:
+  udp: {{bindAddresses: ["127.0.0.1"], port: {udp}, receiveBuffer: {16 << 20}}}
+  http: {{port: {http}}}
+  workers: {workers}
+  store: {{kind: clickhouse, url: '{url}', database: {db}, rebuild: false, retentionDays: 36500}}
+""")
+    log = open(tmp / f"{db}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "scitagd", "collector", "--config", str(conf)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                h = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=2).read())
+                if all(w["alive"] for w in h.get("workers", [])):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((tmp / f"{db}.log").read_text()[-3000:])
+            time.sleep(0.2)
+        pids = [w["pid"] for w in h.get("workers", [])] or [proc.pid]
+        _, d0 = port_drops(udp)
+        cpu0 = {p: proc_cpu(p) for p in [proc.pid, *pids]}
+        r = subprocess.run([sys.executable, "-c", UDP_SENDER, str(udp), str(rate), "64", str(gfile)],
+                           capture_output=True, text=True, timeout=n / rate * 5 + 120)
+        if r.returncode:
+            raise RuntimeError(r.stderr)
+        snt = json.loads(r.stdout)
+        last = None
+        still = busy_end = time.monotonic()
+        deadline = time.monotonic() + 120
+        while True:
+            queued, drops = port_drops(udp)
+            m = metrics()
+            acc = sum(v for k, v in m.items() if k.startswith("scitagd_collector_fireflies_total{"))
+            rej = sum(v for k, v in m.items() if k.startswith("scitagd_collector_rejected_total{"))
+            inside = m.get("scitagd_collector_pending_rows", 0) + m.get("scitagd_collector_clickhouse_buffered", 0)
+            now = time.monotonic()
+            if (acc, rej) != last:
+                last, still, busy_end = (acc, rej), now, now
+            if (queued == 0 and inside == 0 and now - still >= 1.0) or now > deadline:
+                break
+            time.sleep(0.2)
+        cpu = {p: proc_cpu(p) - c for p, c in cpu0.items()}
+        written = m.get("scitagd_collector_clickhouse_written_total", 0)
+        h = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=10).read())
+        share = [w["datagrams"] for w in h.get("workers", [])] or [acc + rej]  # each worker's datagrams
+    finally:
+        proc.send_signal(15)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    processed = acc + rej
+    worker_cpu = [cpu[p] for p in pids]
+    return {"sent": snt["sent"], "offered": snt["sent"] / snt["seconds"], "accounted": acc, "rejected": rej,
+            "kernel_drops": drops - d0, "written": written, "lost": m.get("scitagd_collector_store_dropped_total", 0),
+            "capacity": processed / max(1e-9, busy_end - snt["t0"]),
+            "cpu_us_per_firefly": sum(worker_cpu) / max(1, processed) * 1e6,
+            "cpu_us_per_firefly_per_worker": [c / max(1, n) * 1e6 for c, n in zip(worker_cpu, share)],
+            "share": share,
+            "parent_cpu_us": cpu[proc.pid] / max(1, processed) * 1e6 if pids != [proc.pid] else 0.0}
+
+
+def cmd_udp(a: argparse.Namespace) -> None:
+    """Capacity with 1 and 2 workers (an overloaded step: processed per second from the first
+    datagram to the end of the drain), then a run at 80% of it that must lose nothing."""
+    import marshal
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from collector import traffic  # bench/collector.py: real producers' fireflies as distinct flows
+
+    from tests.collector_ch.chserver import ClickHouseServer
+
+    data = Path(os.environ.get("SCITAGD_SHARED", REPO.parent / "shared")) / "data" / "fireflies"
+    with tempfile.TemporaryDirectory(prefix="scitagd-chudp-") as td:
+        tmp = Path(td)
+        srv = ClickHouseServer(tmp / "server")
+        srv.start()
+        try:
+            assert srv.proc is not None
+            caps: Dict[int, List[Dict[str, Any]]] = {}
+            k = 0
+            for run in range(a.runs):
+                n = int(a.overload * a.seconds)
+                gfile = tmp / "grams.marshal"
+                gfile.write_bytes(marshal.dumps(traffic(n, seed=run, data=data, rate=a.overload)))
+                for w in (1, 2) if run % 2 == 0 else (2, 1):
+                    c0 = proc_cpu(srv.proc.pid)
+                    r = udp_step(tmp, srv.url, f"u{k}", w, gfile, n, a.overload)
+                    r["server_cpu_us"] = (proc_cpu(srv.proc.pid) - c0) / max(1, r["accounted"]) * 1e6
+                    k += 1
+                    caps.setdefault(w, []).append(r)
+                    print(f"run {run} workers {w}: offered {r['offered']:,.0f}/s, processed {r['capacity']:,.0f}/s, "
+                          f"kernel drops {r['kernel_drops']:,}, CPU {r['cpu_us_per_firefly']:.1f} us/firefly "
+                          f"(per worker {', '.join(f'{x:.1f}' for x in r['cpu_us_per_firefly_per_worker'])}, "
+                          f"datagrams {'/'.join(str(x) for x in r['share'])}), "
+                          f"ClickHouse server {r['server_cpu_us']:.1f} us/firefly", flush=True)
+            print("\n| workers | capacity (fireflies/s, median) | CPU us/firefly, all workers | per worker | "
+                  "ClickHouse server us/firefly | at 80%: sent | accounted | written | kernel drops |")
+            print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+            base = statistics.median(r["capacity"] for r in caps[1])
+            for w in (1, 2):
+                cap = statistics.median(r["capacity"] for r in caps[w])
+                rate = 0.8 * cap
+                n = int(rate * a.seconds)
+                gfile = tmp / "grams80.marshal"
+                gfile.write_bytes(marshal.dumps(traffic(n, seed=100 + w, data=data, rate=rate)))
+                r80 = udp_step(tmp, srv.url, f"u{k}", w, gfile, n, rate)
+                k += 1
+                per = [statistics.median(r["cpu_us_per_firefly_per_worker"][i] for r in caps[w]) for i in range(w)]
+                print(f"| {w} | {cap:,.0f} ({cap / base:.2f}x) | "
+                      f"{statistics.median(r['cpu_us_per_firefly'] for r in caps[w]):.1f} | "
+                      f"{', '.join(f'{x:.1f}' for x in per)} | "
+                      f"{statistics.median(r['server_cpu_us'] for r in caps[w]):.1f} | "
+                      f"{r80['sent']:,} at {r80['offered']:,.0f}/s | {r80['accounted']:,.0f} | {r80['written']:,.0f} | "
+                      f"{r80['kernel_drops']:,} |", flush=True)
+        finally:
+            srv.stop()
+
+
 def check_same(ch: Any, sq: Any, end: int) -> None:
     now = end - 3600
     a = sorted(ch.totals("activity", now - 40 * 86400, end + 86400, limit=1000), key=lambda r: (r["exp"], r["act"]))
@@ -346,6 +537,11 @@ def main() -> None:
     i.add_argument("--port", type=int, default=0)
     i.add_argument("--tmp", default="/var/tmp/scitagd-chbench/ingest-server")
     i.set_defaults(func=cmd_ingest)
+    u = sub.add_parser("udp")
+    u.add_argument("--runs", type=int, default=3)
+    u.add_argument("--seconds", type=float, default=8.0, help="sending time per step")
+    u.add_argument("--overload", type=float, default=40000.0, help="offered rate for the capacity steps")
+    u.set_defaults(func=cmd_udp)
     a = p.parse_args()
     a.func(a)
 
