@@ -115,6 +115,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
         collector per database must; more are harmless, only wasteful).
       rebuildInterval: clickhouse: seconds between rebuilds of the days that got fireflies,
         5..3600; the dashboard's traffic series lag by about this.
+      cluster: clickhouse: the cluster whose layout `scitagd collector schema --cluster NAME` made
+        on every node. Set: the collector checks the schema (never creates it), writes and reads
+        through the Distributed tables, and rebuilds and retains the `_local` tables of the node
+        at url (give one collector per shard rebuild: true). Unset: a single node.
     """
 
     kind: str = "sqlite"
@@ -135,6 +139,7 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     timeout: float = 30.0
     rebuild: bool = True
     rebuild_interval: float = 60.0
+    cluster: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("sqlite", "clickhouse"):
@@ -183,6 +188,11 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
                                ("rebuildInterval", self.rebuild_interval, 5, 3600)):
             if not lo <= v <= hi:
                 raise ValueError(f"{key} {v}: expected {lo}..{hi}")
+        if self.cluster is not None and (not self.cluster or not (self.cluster[0].isalpha() or self.cluster[0] == "_")
+                                         or not all(c.isascii() and (c.isalnum() or c == "_") for c in self.cluster)
+                                         or len(self.cluster) > 64):
+            raise ValueError(f"cluster {self.cluster[:70]!r}: expected a cluster name of remote_servers "
+                             "(letters, digits and _, at most 64)")
         if self.max_buffer_rows < self.batch_rows:
             raise ValueError(f"maxBufferRows {self.max_buffer_rows}: expected at least batchRows ({self.batch_rows})")
 
@@ -204,7 +214,7 @@ _CLICKHOUSE_KEYS = (("url", "url"), ("database", "database"), ("user", "user"), 
                     ("password_file", "passwordFile"), ("batch_rows", "batchRows"),
                     ("batch_interval", "batchInterval"), ("max_buffer_rows", "maxBufferRows"),
                     ("spool_dir", "spoolDir"), ("timeout", "timeout"), ("rebuild", "rebuild"),
-                    ("rebuild_interval", "rebuildInterval"))
+                    ("rebuild_interval", "rebuildInterval"), ("cluster", "cluster"))
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):

@@ -138,7 +138,9 @@ class ClickHouseAdapter:
         password = conf.read_password()
         self.client = HttpClient(conf.url, conf.user, password, timeout=conf.timeout)
         self.db = conf.database
-        self.reader = ClickHouseStore(self.client, conf.database, active_timeout, check=False)
+        # on a cluster: reads through the Distributed tables, retention on this node's _local ones
+        self.local = "_local" if conf.cluster else ""
+        self.reader = ClickHouseStore(self.client, conf.database, active_timeout, local=self.local, check=False)
         self.memo = Memo(conf.cache_flows, active_timeout)
         self._lock = threading.Lock()  # the memo: ingest and expire may run on different threads
         self.writer: Optional[ClickHouseWriter] = None
@@ -151,7 +153,8 @@ class ClickHouseAdapter:
         if role in ("single", "reader", "import") and conf.rebuild:
             # its own staging tables: several collectors (or a collector and an import) may
             # rebuild the same database at once, and shared staging tables would mix their days
-            self.rebuilder = Rebuilder(self.client, conf.database, SPREAD, tag=f"{role}_{secrets.token_hex(4)}")
+            self.rebuilder = Rebuilder(self.client, conf.database, SPREAD, tag=f"{role}_{secrets.token_hex(4)}",
+                                      table_suffix=self.local)
         self.schema_ok = False
         self.schema_problem: Optional[str] = None
         self.rebuild_problem: Optional[str] = None
@@ -179,7 +182,7 @@ class ClickHouseAdapter:
         at start (SchemaError out of the constructor) and a stated problem later; an unreachable
         server is a problem to retry (writes queue meanwhile)."""
         try:
-            self.reader.check_schema(create)
+            self.reader.check_schema(create and not self.conf.cluster)  # a cluster's: made on every node
         except SchemaError as e:
             missing = "no scitagd schema" in str(e)
             if at_start and not (missing and self.role == "worker"):

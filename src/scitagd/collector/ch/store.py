@@ -81,7 +81,8 @@ class ClickHouseStore:
         if not int(have):
             if not create:
                 raise SchemaError(f"database {self.db}: no scitagd schema (create it with the statements "
-                                  "`scitagd collector schema` prints)")
+                                  "`scitagd collector schema` prints; on a cluster `scitagd collector schema "
+                                  "--cluster NAME`, on every node)")
             for stmt in ddl(self.db):
                 self.c.execute(stmt)
         rows = query(self.c, f"SELECT max(version) FROM {self.db}.schema_version")
