@@ -427,7 +427,7 @@ collector:
         cpu = {p: proc_cpu(p) - c for p, c in cpu0.items()}
         written = m.get("scitagd_collector_clickhouse_written_total", 0)
         h = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=10).read())
-        share = [w["datagrams"] for w in h.get("workers", [])] or [acc + rej]  # each worker's datagrams
+        share = [int(w["datagrams"]) for w in h.get("workers", [])] or [int(acc + rej)]  # each worker's datagrams
     finally:
         proc.send_signal(15)
         try:
@@ -480,7 +480,8 @@ def cmd_udp(a: argparse.Namespace) -> None:
                           f"kernel drops {r['kernel_drops']:,}, CPU {r['cpu_us_per_firefly']:.1f} us/firefly "
                           f"(per worker {', '.join(f'{x:.1f}' for x in r['cpu_us_per_firefly_per_worker'])}, "
                           f"datagrams {'/'.join(str(x) for x in r['share'])}), "
-                          f"ClickHouse server {r['server_cpu_us']:.1f} us/firefly", flush=True)
+                          f"parent {r['parent_cpu_us']:.1f} us/firefly, ClickHouse server {r['server_cpu_us']:.1f} "
+                          "us/firefly", flush=True)
             print("\n| workers | capacity (fireflies/s, median) | CPU us/firefly, all workers | per worker | "
                   "ClickHouse server us/firefly | at 80%: sent | accounted | written | kernel drops |")
             print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
