@@ -111,7 +111,7 @@ def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
 
 # The lab's addresses are ULA (fc00::/7), internal networks the watcher ignores by default.
 WATCH = "  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]"
-PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}\n  watcher: {ignoreNetworks: []}"
+PERFSONAR = "  perfsonar: {experimentId: 2, activityId: 2, mode: ports}\n  watcher: {ignoreNetworks: []}"
 
 
 @pytest.mark.root

@@ -15,12 +15,14 @@ plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes
                    the read size, 4..16 KiB)
 plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
                    allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
-                   (8 MiB); flowd-go's hasSyslogHeader, deadline accepted
+                   (8 MiB), bufferSize (flowd-go's: longest datagram); flowd-go's hasSyslogHeader,
+                   deadline accepted (a warning at start says they are not needed)
 plugins.watcher    mode (auto|ebpf|poll), pollInterval (1 s), cgroupPath (/sys/fs/cgroup),
                    rules [{localPorts, remotePorts, remoteNetworks, uids, cgroup, experiment,
-                   activity}], ignoreNetworks (internal networks)
-plugins.perfsonar  experimentID, activityID, ports ("5201-5210")
-plugins.iperf3     flowd-go's keys (not available yet: refused at start)
+                   activity}], ignoreNetworks (internal networks), programPath, debugMode
+plugins.perfsonar  experimentId, activityId (or experimentID, activityID), mode (all|ports),
+                   ports ("5201-5210")
+plugins.iperf3     flowd-go's keys, through the watcher; ignoreNetworks ([])
 """
 
 from __future__ import annotations
@@ -174,12 +176,16 @@ class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="ca
     receive_buffer: int = 8 << 20
     has_syslog_header: Optional[bool] = None
     deadline: int = 0
+    buffer_size: Optional[int] = None  # flowd-go's: longer datagrams are refused (too_large)
 
     def __post_init__(self) -> None:
         for a in self.addresses():
             check_bind_address("bindAddress", a)
         check_port("bindPort", self.bind_port)
         check_networks("allowedSources", self.allowed_sources or [])
+        if self.buffer_size is not None and not 2048 <= self.buffer_size <= 65535:
+            raise ValueError(f"bufferSize {self.buffer_size}: expected 2048..65535 bytes (flowd-go refuses less "
+                             "than 2048 too)")
 
     def addresses(self) -> List[str]:
         if self.bind_addresses:
@@ -252,6 +258,8 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     mode: str = "auto"
     poll_interval: float = 1.0
     ignore_networks: List[str] = msgspec.field(default_factory=lambda: list(INTERNAL_NETWORKS))
+    program_path: str = ""  # a site's build of watcher.bpf.c (checked by bpf/objcheck.py)
+    debug_mode: bool = False  # load watcher-debug.bpf.o: decisions in the kernel's trace buffer
 
     def __post_init__(self) -> None:
         check_networks("ignoreNetworks", self.ignore_networks)
@@ -259,18 +267,58 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"mode {self.mode!r}: expected auto, ebpf or poll")
         if not 0.05 <= self.poll_interval <= 60:
             raise ValueError(f"pollInterval {self.poll_interval}: expected 0.05..60 seconds")
+        check_program_path("programPath", self.program_path)
+
+
+def check_program_path(key: str, path: str) -> None:
+    if path and not os.path.isabs(path):
+        raise ValueError(f"{key} {path!r}: expected an absolute path to an eBPF object file")
+
+
+PERFSONAR_MODES = ("all", "ports")
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """flowd-go's keys; `ports` (extension) is where perfSONAR's iperf3 tests listen. Without
-    backends.marker.matchAll, the measurement connections are found by the watcher."""
+    """flowd-go's keys (experimentId, activityId; its rpm/conf.yaml spells them experimentID,
+    activityID, which flowd-go ignores and scitagd reads). `mode: all` (default) is flowd-go's:
+    backends.marker.matchAll, every IPv6 flow marked; `mode: ports` marks only the connections
+    on `ports` (where perfSONAR's iperf3 tests listen), found by the watcher."""
 
-    activityID: int = 0
-    experimentID: int = 0
+    activityID: Optional[int] = None
+    experimentID: Optional[int] = None
     ports: str = "5201-5210"
+    experimentId: Optional[int] = None
+    activityId: Optional[int] = None
+    mode: str = "all"
+
+    def __post_init__(self) -> None:
+        for a, b, name in ((self.experimentId, self.experimentID, "experiment"),
+                           (self.activityId, self.activityID, "activity")):
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"{name}Id {a} and {name}ID {b}: the same setting spelt two ways, give one")
+        if self.mode not in PERFSONAR_MODES:
+            raise ValueError(f"mode {self.mode!r}: expected all (every IPv6 flow, as flowd-go) or ports (only "
+                             "perfSONAR's test connections)")
+        parse_ports("ports", self.ports)
+
+    @property
+    def experiment(self) -> int:
+        """experimentId, else experimentID, else flowd-go's default 0 (not a valid id)."""
+        return next((v for v in (self.experimentId, self.experimentID) if v is not None), 0)
+
+    @property
+    def activity(self) -> int:
+        return next((v for v in (self.activityId, self.activityID) if v is not None), 0)
 
 
 class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """flowd-go's iperf3 plugin: TCP connections whose local ("source") and remote
+    ("destination") ports are within the bounds (0: that bound off, inclusive) are tagged as
+    they are established, with the next (experiment, activity) pair of the lists, in turn or at
+    random; built on the watcher's sock_ops program (the kernel picks the pair and marks the
+    connection from its first packet). `ignoreNetworks` (extension): remote networks left alone
+    ([], flowd-go's: none)."""
+
     min_source_port: int = 0
     max_source_port: int = 0
     min_destination_port: int = 0
@@ -279,5 +327,52 @@ class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     program_path: str = ""
     debug_mode: bool = False
     random_i_ds: bool = msgspec.field(default=False, name="randomIDs")
-    activity_i_ds: List[int] = msgspec.field(default_factory=list, name="activityIDs")
-    experiment_i_ds: List[int] = msgspec.field(default_factory=list, name="experimentIDs")
+    activity_i_ds: Optional[List[int]] = msgspec.field(default=None, name="activityIDs")
+    experiment_i_ds: Optional[List[int]] = msgspec.field(default=None, name="experimentIDs")
+    ignore_networks: List[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from ..tags import ACTIVITY_MAX, ACTIVITY_MIN, EXPERIMENT_MAX, EXPERIMENT_MIN
+
+        for key, v in (("minSourcePort", self.min_source_port), ("maxSourcePort", self.max_source_port),
+                       ("minDestinationPort", self.min_destination_port),
+                       ("maxDestinationPort", self.max_destination_port)):
+            if not 0 <= v <= 65535:
+                raise ValueError(f"{key} {v}: expected 0 (no bound) or a port 1..65535")
+        for lo, hi, what in ((self.min_source_port, self.max_source_port, "SourcePort"),
+                             (self.min_destination_port, self.max_destination_port, "DestinationPort")):
+            if lo and hi and lo > hi:
+                raise ValueError(f"min{what} {lo} is above max{what} {hi}")
+        exps = [0, 1, 2] if self.experiment_i_ds is None else self.experiment_i_ds
+        acts = [0, 1, 2] if self.activity_i_ds is None else self.activity_i_ds
+        if not exps or len(exps) != len(acts):
+            raise ValueError(f"experimentIDs {exps} and activityIDs {acts}: expected two lists of the same "
+                             "length, not empty (pairs handed out in turn or at random)")
+        if len(exps) > 1024:
+            raise ValueError(f"experimentIDs: {len(exps)} pairs; expected at most 1024")
+        for e in exps:
+            if not EXPERIMENT_MIN <= e <= EXPERIMENT_MAX:
+                given = "flowd-go's default [0, 1, 2], used when experimentIDs is not given, holds" if (
+                    self.experiment_i_ds is None) else "it holds"
+                raise ValueError(f"experimentIDs {exps}: {given} {e}, not an experiment id "
+                                 f"({EXPERIMENT_MIN}..{EXPERIMENT_MAX}); list the experiments to tag with")
+        for a in acts:
+            if not ACTIVITY_MIN <= a <= ACTIVITY_MAX:
+                raise ValueError(f"activityIDs {acts}: {a} is not an activity id ({ACTIVITY_MIN}..{ACTIVITY_MAX})")
+        check_program_path("programPath", self.program_path)
+        check_networks("ignoreNetworks", self.ignore_networks)
+
+    def pairs(self) -> List[Tuple[int, int]]:
+        exps = [0, 1, 2] if self.experiment_i_ds is None else self.experiment_i_ds
+        acts = [0, 1, 2] if self.activity_i_ds is None else self.activity_i_ds
+        return list(zip(exps, acts))
+
+    def port_ranges(self) -> Tuple[Optional[str], Optional[str]]:
+        """flowd-go's bounds as watcher port ranges: (local, remote), None for any."""
+        def rng(lo: int, hi: int) -> Optional[str]:
+            if not lo and not hi:
+                return None
+            return f"{lo or 1}-{hi or 65535}"
+
+        return (rng(self.min_source_port, self.max_source_port),
+                rng(self.min_destination_port, self.max_destination_port))

@@ -59,19 +59,21 @@ def exporter_specs(conf: Config, providers: List[MetricsProvider]) -> List[Tuple
 
 
 def match_all(conf: Config) -> Optional[Tuple[int, int]]:
-    """matchAll's tag: backends.marker.matchExperiment/Activity, else flowd-go's perfsonar ids."""
+    """matchAll's tag: backends.marker.matchExperiment/Activity, else flowd-go's perfsonar ids.
+    plugins.perfsonar with `mode: all` (its default) turns matchAll on, as flowd-go does (the
+    start-up warnings say so: compat.py)."""
     m = conf.backends.marker
-    if m is None or not m.match_all:
+    ps = conf.plugins.perfsonar
+    if m is None or not (m.match_all or (ps is not None and ps.mode == "all")):
         return None
     exp, act = m.match_experiment, m.match_activity
-    ps = conf.plugins.perfsonar
     if exp is None and ps is not None:
-        exp = ps.experimentID
+        exp = ps.experiment
     if act is None and ps is not None:
-        act = ps.activityID
+        act = ps.activity
     if exp is None or act is None:
         raise StartupError("backends.marker.matchAll: set matchExperiment and matchActivity (or "
-                           "plugins.perfsonar experimentID/activityID)")
+                           "plugins.perfsonar experimentId/activityId)")
     try:
         check_experiment(exp)
         check_activity(act)
