@@ -219,6 +219,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return doctor_main(_load_conf(config_path(a.config)), a.json)
 
 
+def cmd_stun(a: argparse.Namespace) -> int:
+    from .stuncli import sample
+
+    return sample(a)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .lab.demo import main as demo_main
 
@@ -291,6 +297,18 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
+
+    st = sub.add_parser("stun", help="this host's public addresses as backends.firefly.stun finds them")
+    st.add_argument("action", choices=["sample"])
+    st.add_argument("--stun-server", action="append", metavar="HOST:PORT",
+                    help="a STUN server to ask (repeatable; default: the config's, else flowd-go's public ones)")
+    st.add_argument("--http-server", action="append", metavar="URL",
+                    help="an HTTP echo to ask (repeatable; default: the config's, else flowd-go's public ones)")
+    st.add_argument("--interface", action="append", metavar="IF", help="also map this interface's addresses")
+    st.add_argument("--timeout", type=float, help="seconds per server (default 5)")
+    st.add_argument("--config", help="take servers, interfaces and manualMapping from this config")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stun)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")

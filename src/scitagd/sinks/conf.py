@@ -13,7 +13,7 @@ backends.firefly
   hostname          extension: syslog HOSTNAME (default: this host's FQDN)
   enrich            send `ongoing` fireflies from the enrichers (default false)
   enrichmentMode    lean | full | compatible: which tcp_info fields ongoing fireflies carry
-  stun              flowd-go key, accepted
+  stun              this host's public address in place of its private ones (StunConfig)
 
 backends.marker
   targetInterfaces    interfaces to attach to (default ["lo"])
@@ -38,17 +38,81 @@ backends.prometheus
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import msgspec
 
 from ..netutil import check_bind_address, check_host, check_port, parse_hostport
 
-__all__ = ["FIREFLY_PORT", "STRATEGIES", "FireflySinkConfig", "MarkerConfig", "PrometheusConfig"]
+__all__ = ["FIREFLY_PORT", "STRATEGIES", "FireflySinkConfig", "MarkerConfig", "PrometheusConfig", "StunConfig"]
 
 FIREFLY_PORT = 10514
 STRATEGIES = ("label", "hopByHop", "destination", "hopByHopDestination")
 ENRICHMENT_MODES = ("lean", "full", "compatible")
+# flowd-go's defaults (internal/stun): public servers, used only when `stun:` leaves them out
+STUN_SERVERS = ["stun.l.google.com:3478", "stun1.l.google.com:3478", "stun2.l.google.com:3478",
+                "stun3.l.google.com:3478", "stun4.l.google.com:3478"]
+ECHO_SERVERS = ["https://api64.ipify.org?format=json", "https://ipconfig.io/json"]
+
+
+class StunConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`backends.firefly.stun`: for hosts behind NAT, the fireflies this host sends carry its
+    public address in place of its private ones (the address fields only: what the marker
+    matches is the packets' own addresses). flowd-go's keys, discovery from every address the
+    marker's interfaces and the default routes use, refreshed, never holding up the start.
+
+    Keys:
+      manualMapping: {private address: public address}, used as given, never asked about;
+        "0.0.0.0" / "::" as the private side stand for every address of this host of that family
+      stunServers: "host:port" STUN servers (RFC 5389 Binding, IPv4 and IPv6), asked in turn after
+        the HTTP echoes; default flowd-go's (stun.l.google.com and stun1..4, port 3478); [] for none
+      httpServers: http(s) URLs that answer with the caller's address ({"ip": ...} or the bare
+        address), asked first; default flowd-go's (api64.ipify.org, ipconfig.io); [] for none
+      interfaces: more interfaces whose private addresses are mapped, beside the marker's
+        (backends.marker) and those of the default IPv4 and IPv6 routes
+      refreshInterval: seconds between discoveries of every address (default 300; flowd-go: once)
+      checkInterval: seconds between looks at this host's addresses; a new one is discovered at
+        once (default 5)
+      timeout: seconds per server and address (default 5)
+    """
+
+    manual_mapping: Dict[str, str] = msgspec.field(default_factory=dict)
+    stun_servers: List[str] = msgspec.field(default_factory=lambda: list(STUN_SERVERS))
+    http_servers: List[str] = msgspec.field(default_factory=lambda: list(ECHO_SERVERS))
+    interfaces: List[str] = msgspec.field(default_factory=list)
+    refresh_interval: float = 300.0
+    check_interval: float = 5.0
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        if len(self.manual_mapping) > 4096:
+            raise ValueError(f"manualMapping: {len(self.manual_mapping)} entries; expected at most 4096")
+        fixed = {}
+        for priv, pub in self.manual_mapping.items():
+            try:
+                a, b = ipaddress.ip_address(str(priv)), ipaddress.ip_address(str(pub))
+            except ValueError:
+                raise ValueError(f"manualMapping {priv!r}: {pub!r}: expected an IP address on each side") from None
+            if a.version != b.version:
+                raise ValueError(f"manualMapping {priv!r}: {pub!r}: expected addresses of the same family")
+            fixed[a.compressed] = b.compressed
+        self.manual_mapping = fixed
+        for srv in self.stun_servers:
+            parse_hostport("stunServers", srv, 3478)
+        for url in self.http_servers:
+            if not url.startswith(("http://", "https://")) or len(url) > 2048:
+                raise ValueError(f"httpServers {url[:80]!r}: expected an http:// or https:// URL")
+        for name in self.interfaces:
+            if not name or len(name) > 15 or "/" in name or " " in name:
+                raise ValueError(f"interfaces {name!r}: expected an interface name")
+        if not 10 <= self.refresh_interval <= 86400:
+            raise ValueError(f"refreshInterval {self.refresh_interval}: expected 10..86400 seconds")
+        if not 0.1 <= self.check_interval <= 3600:
+            raise ValueError(f"checkInterval {self.check_interval}: expected 0.1..3600 seconds")
+        if not 0.1 <= self.timeout <= 60:
+            raise ValueError(f"timeout {self.timeout}: expected 0.1..60 seconds")
 
 
 class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -63,9 +127,11 @@ class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="came
     hostname: Optional[str] = None
     enrich: bool = False
     enrichment_mode: str = "lean"
-    stun: Optional[Dict[str, Any]] = None
+    stun: Optional[StunConfig] = None
 
     def __post_init__(self) -> None:
+        if self.enrichment_mode == "":
+            self.enrichment_mode = "full"  # flowd-go: "" (and anything unknown to it) is full
         check_port("destinationPort", self.destination_port)
         check_port("collectorPort", self.collector_port)
         check_host("collectorAddress", self.collector_address)

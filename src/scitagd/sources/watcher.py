@@ -100,14 +100,15 @@ class WatcherSource(Source):
         self._rules = rules
         self._loop = asyncio.get_running_loop()
         if self.conf.mode != "poll":
+            from ..bpf.objcheck import object_for
+
+            # a programPath that is not a watcher object stops the start (no quiet fallback to polling)
+            obj = object_for("watcher", self.conf.program_path, self.conf.debug_mode) if (
+                self.conf.program_path or self.conf.debug_mode) else None
             w = None
             try:
-                from ..bpf.objcheck import object_for
-
-                obj = object_for("watcher", self.conf.program_path, self.conf.debug_mode)
                 w = Watcher(self.conf.cgroup_path, rules, self.flows_pin, tuple(self.conf.ignore_networks),
-                            self.skops.period if self.skops is not None else None,
-                            obj if (self.conf.program_path or self.conf.debug_mode) else None)
+                            self.skops.period if self.skops is not None else None, obj)
                 await self._loop.run_in_executor(None, w.load)
                 await self._loop.run_in_executor(None, w.attach)
                 self.w = w
@@ -117,7 +118,7 @@ class WatcherSource(Source):
                 if self.conf.debug_mode:
                     log.warning("debugMode: the watcher's debug build reports each connection it sees in the "
                                 "kernel's trace buffer (read it with: cat /sys/kernel/tracing/trace_pipe) "
-                                "object=%s", obj.name)
+                                "object=%s", obj.name if obj else "?")
                 return
             except (OSError, BpfError) as e:
                 if w is not None:

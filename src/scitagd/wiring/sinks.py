@@ -26,13 +26,24 @@ def sink_specs(conf: Config, host: Host) -> List[Tuple[str, str, Any, Any]]:
     out: List[Tuple[str, str, Any, Any]] = []
     if b.firefly is not None:
         fconf = b.firefly
+        mconf = b.marker
+
+        def interfaces() -> List[str]:
+            """The marker's interfaces, whose addresses backends.firefly.stun maps."""
+            if mconf is None:
+                return []
+            from ..sinks.marker import global_ipv6_interfaces
+
+            return [*mconf.target_interfaces, *(global_ipv6_interfaces() if mconf.discover_interfaces else [])]
 
         def firefly(_built: Dict[str, Any]) -> Sink:
             from ..sinks.firefly import FireflySink
 
-            return FireflySink(host, fconf)
+            return FireflySink(host, fconf, interfaces)
 
-        out.append(("sink", "backends.firefly", fconf, firefly))
+        # which interfaces stun looks at is part of what the sink is
+        key = (fconf, (mconf.target_interfaces, mconf.discover_interfaces) if mconf and fconf.stun else None)
+        out.append(("sink", "backends.firefly", key, firefly))
     if b.marker is not None:
         mconf, match = b.marker, match_all(conf)
 
