@@ -132,9 +132,13 @@ def _load_conf(path: str) -> Config:
 
 
 def cmd_conf(a: argparse.Namespace) -> int:
+    from .compat import load_checked
     from .config import dump
 
-    print(dump(_load_conf(a.config)), end="")
+    conf, said = load_checked(a.config)
+    for n in said:  # what `run` would warn about, on stderr: stdout stays the YAML
+        print(f"scitagd: warning: {n}", file=sys.stderr)
+    print(dump(conf), end="")
     return 0
 
 
@@ -142,22 +146,37 @@ DEFAULT_CONFIG = "/etc/scitagd/scitagd.yaml"
 
 
 def config_path(given: Optional[str]) -> str:
-    """--config, else the site's default file."""
-    if given:
-        return given
-    if Path(DEFAULT_CONFIG).is_file():
-        return DEFAULT_CONFIG
-    raise CommandError(f"no --config given and {DEFAULT_CONFIG} does not exist: write one (a commented sample: "
-                       "`scitagd conf --sample`) or pass --config FILE")
+    """--config, else the site's default file, else flowd-go's (compat.discover)."""
+    return _config_path(given)[0]
+
+
+def _config_path(given: Optional[str]) -> tuple[str, bool]:
+    from .compat import FLOWD_GO_CONFIG, discover
+
+    path, flowd_go = discover(given, DEFAULT_CONFIG)
+    if given or Path(path).is_file():
+        return path, flowd_go
+    raise CommandError(f"no --config given and neither {DEFAULT_CONFIG} nor flowd-go's {FLOWD_GO_CONFIG} exists: "
+                       "write one (a commented sample: `scitagd conf --sample`; from a flowd or flowd-go file: "
+                       "`scitagd config migrate`) or pass --config FILE")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    import logging
+
     from . import logs
+    from .compat import load_checked
     from .daemon import run
 
-    path = config_path(a.config)
-    conf = _load_conf(path)
+    path, flowd_go = _config_path(a.config)
+    conf, said = load_checked(path, flowd_go)
     logs.setup(a.log_level or conf.logging.level, conf.logging.flow_events)
+    log = logging.getLogger("scitagd.config")
+    if flowd_go:
+        log.warning("no %s: running on flowd-go's configuration path=%s (scitagd reads its keys; `scitagd config "
+                    "migrate --from flowd-go %s` writes the scitagd equivalent)", DEFAULT_CONFIG, path, path)
+    for n in said:
+        log.warning("config key=%s %s", n.key, n.text)
     return run(conf, path)
 
 
@@ -219,6 +238,19 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return doctor_main(_load_conf(config_path(a.config)), a.json)
 
 
+def cmd_config(a: argparse.Namespace) -> int:
+    from .migrate import migrate
+
+    sys.stdout.write(migrate(a.source, a.file))
+    return 0
+
+
+def cmd_version(a: argparse.Namespace) -> int:
+    from .version import main as version_main
+
+    return version_main(a.json)
+
+
 def cmd_stun(a: argparse.Namespace) -> int:
     from .stuncli import sample
 
@@ -260,11 +292,12 @@ def parser() -> argparse.ArgumentParser:
     reg.set_defaults(func=cmd_registry)
 
     conf = sub.add_parser("conf", help="print the effective configuration")
-    conf.add_argument("--config", required=True)
+    conf.add_argument("--config", "--conf", required=True, help="the YAML configuration (--conf: flowd-go's name)")
     conf.set_defaults(func=cmd_conf)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--config", "--conf", help=f"the YAML configuration (default {DEFAULT_CONFIG}, else flowd-go's "
+                     "/etc/flowd-go/conf.yaml; --conf: flowd-go's name)")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (warn and trace as in "
                      "flowd-go: trace is debug)")
     run.set_defaults(func=cmd_run)
@@ -297,6 +330,19 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
+
+    cfg = sub.add_parser("config", help="configuration tools: `config migrate --from flowd-go|flowd FILE`")
+    cfgsub = cfg.add_subparsers(dest="config_cmd", required=True)
+    mig = cfgsub.add_parser("migrate", help="print the scitagd YAML equivalent to a flowd-go or python flowd "
+                            "configuration, with comments where scitagd differs")
+    mig.add_argument("--from", dest="source", required=True, choices=["flowd-go", "flowd"],
+                     help="flowd-go's YAML (/etc/flowd-go/conf.yaml) or python flowd's flowd.cfg (read, never run)")
+    mig.add_argument("file")
+    mig.set_defaults(func=cmd_config)
+
+    ver = sub.add_parser("version", help="version, commit, eBPF object hashes, libbpf, kernel")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=cmd_version)
 
     st = sub.add_parser("stun", help="this host's public addresses as backends.firefly.stun finds them")
     st.add_argument("action", choices=["sample"])

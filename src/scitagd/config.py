@@ -47,7 +47,7 @@ class Backends(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    pid_path: Optional[str] = None
+    pid_path: Optional[str] = None  # flowd-go's name for pidFile
     work_dir: Optional[str] = None
     plugins: Plugins = msgspec.field(default_factory=Plugins)
     backends: Backends = msgspec.field(default_factory=Backends)
@@ -57,6 +57,20 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     logging: LogConfig = msgspec.field(default_factory=LogConfig)
     # The collector's section may share the file; the collector parses it (collector/conf.py).
     collector: Optional[Dict[str, Any]] = None
+    pid_file: Optional[str] = None  # written atomically at start, removed at exit (pidfile.py)
+
+    def __post_init__(self) -> None:
+        for key, path in (("pidFile", self.pid_file), ("pidPath", self.pid_path)):
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"{key} {path!r}: expected an absolute path")
+        if self.pid_file and self.pid_path and self.pid_file != self.pid_path:
+            raise ValueError(f"pidFile {self.pid_file!r} and pidPath {self.pid_path!r}: the same setting (pidPath "
+                             "is flowd-go's name), give one")
+
+    @property
+    def pid(self) -> Optional[str]:
+        """The pid file in force: pidFile, else flowd-go's pidPath."""
+        return self.pid_file or self.pid_path
 
 
 # Sections whose keys enable a component by being present, even with no value.
@@ -70,7 +84,12 @@ def load_text(text: str, origin: str = "<config>") -> Config:
 def from_mapping(data: Dict[str, Any], origin: str) -> Config:
     if data.get("collector", {}) is None:
         data = {**data, "collector": {}}
-    return convert(fill_empty(data, _ENABLING), Config, origin)
+    conf = convert(fill_empty(data, _ENABLING), Config, origin)
+    m = conf.backends.marker
+    marker_keys = (data.get("backends") or {}).get("marker") or {}
+    if m is not None and m.discover_interfaces and "targetInterfaces" not in marker_keys:
+        m.target_interfaces = []  # flowd-go: the discovered interfaces replace the default [lo]
+    return conf
 
 
 def load(path: str | Path) -> Config:
