@@ -163,6 +163,7 @@ def fill(db: Path, flows: int) -> float:
     """1,000,000 flows over 30 days through the store's own write path and accounting."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from scitagd.collector.account import Accountant
+
     from scitagd.collector.store import SQLiteStore
     from scitagd.firefly import parse
 

@@ -132,10 +132,22 @@ def _load_conf(path: str) -> Config:
 
 
 def cmd_conf(a: argparse.Namespace) -> int:
-    from .compat import load_checked
-    from .config import dump
+    if a.sample:
+        from .docgen import collector_sample, daemon_sample
 
-    conf, said = load_checked(a.config)
+        print(collector_sample() if a.collector else daemon_sample(), end="")
+        return 0
+    from .confbase import dump
+
+    if a.collector:
+        from .collector.conf import load
+
+        path = a.config or DEFAULT_COLLECTOR_CONFIG
+        print(dump(load(path)), end="")
+        return 0
+    from .compat import load_checked
+
+    conf, said = load_checked(*_config_path(a.config))
     for n in said:  # what `run` would warn about, on stderr: stdout stays the YAML
         print(f"scitagd: warning: {n}", file=sys.stderr)
     print(dump(conf), end="")
@@ -271,54 +283,61 @@ def parser() -> argparse.ArgumentParser:
     tag = sub.add_parser("tag", help="encode and decode tags").add_subparsers(dest="tag_cmd",
                                                                              required=True)
     enc = tag.add_parser("encode", help="experiment and activity (ids or names) to wire forms")
-    enc.add_argument("experiment")
-    enc.add_argument("activity")
-    enc.add_argument("--json", action="store_true")
+    enc.add_argument("experiment", help="experiment id or registry name")
+    enc.add_argument("activity", help="activity id or registry name")
+    enc.add_argument("--json", action="store_true", help="one JSON object")
     enc.set_defaults(func=cmd_tag_encode)
     dec = tag.add_parser("decode", help="a scitag or a flow label to experiment and activity")
     g = dec.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scitag", metavar="N")
-    g.add_argument("--flow-label", metavar="N")
-    dec.add_argument("--json", action="store_true")
+    g.add_argument("--scitag", metavar="N", help="the scitag integer, decimal or 0x-hex")
+    g.add_argument("--flow-label", metavar="N", help="a 20-bit IPv6 flow label, decimal or 0x-hex")
+    dec.add_argument("--json", action="store_true", help="one JSON object")
     dec.set_defaults(func=cmd_tag_decode)
 
     reg = sub.add_parser("registry", help="experiments and activities")
-    reg.add_argument("action", choices=["list", "show"])
-    reg.add_argument("name", nargs="?")
-    reg.add_argument("--file", help="a registry JSON file instead of the bundled snapshot")
-    reg.add_argument("--config", help="use the registry a daemon with this config uses (its cache)")
+    reg.add_argument("action", choices=["list", "show"], help="list all, or show one experiment's activities")
+    reg.add_argument("name", nargs="?", help="with show: an experiment id or name")
+    reg.add_argument("--file", metavar="FILE", help="a registry JSON file instead of the bundled snapshot")
+    reg.add_argument("--config", metavar="FILE", help="use the registry a daemon with this config uses (its cache)")
     reg.add_argument("--refresh", action="store_true", help="with --config: fetch registry.url now")
-    reg.add_argument("--json", action="store_true")
+    reg.add_argument("--json", action="store_true", help="JSON output")
     reg.set_defaults(func=cmd_registry)
 
-    conf = sub.add_parser("conf", help="print the effective configuration")
-    conf.add_argument("--config", "--conf", required=True, help="the YAML configuration (--conf: flowd-go's name)")
+    conf = sub.add_parser("conf", help="print the effective configuration (defaults filled in, tokens "
+                          "hidden), or a commented sample")
+    conf.add_argument("--config", "--conf", metavar="FILE", help=f"the file to read (default {DEFAULT_CONFIG}, "
+                      f"else flowd-go's /etc/flowd-go/conf.yaml; with --collector {DEFAULT_COLLECTOR_CONFIG}); "
+                      "--conf is flowd-go's name")
+    conf.add_argument("--collector", action="store_true", help="the collector's config instead of the daemon's")
+    conf.add_argument("--sample", action="store_true", help="print a commented config with every key, its "
+                      "default and what it does (what the packages install in /etc/scitagd)")
     conf.set_defaults(func=cmd_conf)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", "--conf", help=f"the YAML configuration (default {DEFAULT_CONFIG}, else flowd-go's "
-                     "/etc/flowd-go/conf.yaml; --conf: flowd-go's name)")
+    run.add_argument("--config", "--conf", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG}, "
+                     "else flowd-go's /etc/flowd-go/conf.yaml; --conf is flowd-go's name)")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (warn and trace as in "
                      "flowd-go: trace is debug)")
     run.set_defaults(func=cmd_run)
 
     mk = sub.add_parser("marker", help="the eBPF marker: what is attached, counters; clean up")
-    mk.add_argument("action", choices=["status", "clean"])
-    mk.add_argument("--pin-path", default="/sys/fs/bpf/scitagd", help="backends.marker.pinPath")
-    mk.add_argument("--tc-priority", type=int, default=1, help="backends.marker.tcPriority")
-    mk.add_argument("--json", action="store_true")
+    mk.add_argument("action", choices=["status", "clean"], help="status: interfaces, filters, maps and "
+                    "counters; clean: detach and unpin what a stopped or killed daemon left")
+    mk.add_argument("--pin-path", metavar="DIR", default="/sys/fs/bpf/scitagd", help="backends.marker.pinPath")
+    mk.add_argument("--tc-priority", metavar="N", type=int, default=1, help="backends.marker.tcPriority")
+    mk.add_argument("--json", action="store_true", help="JSON output")
     mk.set_defaults(func=cmd_marker)
 
     col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "
                          "loads archives")
-    col.add_argument("--config", help=f"YAML with a collector: section (default {DEFAULT_COLLECTOR_CONFIG} "
-                     "if it exists, else built-in defaults, said at start)")
+    col.add_argument("--config", metavar="FILE", help=f"YAML with a collector: section (default "
+                     f"{DEFAULT_COLLECTOR_CONFIG} if it exists, else built-in defaults, said at start)")
     col.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level")
     col.set_defaults(func=cmd_collector, args=[], json=False, quiet=False, keep=False, log_level=None)
-    colsub = col.add_subparsers(dest="collector_cmd")
+    colsub = col.add_subparsers(dest="collector_cmd", metavar="{import}")
     imp = colsub.add_parser("import", help="load syslog archives of fireflies (.gz or plain)")
-    imp.add_argument("files", nargs="+")
-    imp.add_argument("--config", help="YAML with a collector: section")
+    imp.add_argument("files", nargs="+", metavar="FILE", help="archives, one firefly per line")
+    imp.add_argument("--config", metavar="FILE", help="YAML with a collector: section")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.add_argument("--keep", action="store_true", help="exempt the imported time range from retention "
@@ -327,8 +346,8 @@ def parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="check this host against the config: kernel, BTF, bpffs, cgroup v2, "
                          "libbpf, capabilities, interfaces, sysctls, registry cache, listeners, collectors")
-    doc.add_argument("--config", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
-    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--config", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    doc.add_argument("--json", action="store_true", help="JSON output")
     doc.set_defaults(func=cmd_doctor)
 
     cfg = sub.add_parser("config", help="configuration tools: `config migrate --from flowd-go|flowd FILE`")
@@ -337,11 +356,11 @@ def parser() -> argparse.ArgumentParser:
                             "configuration, with comments where scitagd differs")
     mig.add_argument("--from", dest="source", required=True, choices=["flowd-go", "flowd"],
                      help="flowd-go's YAML (/etc/flowd-go/conf.yaml) or python flowd's flowd.cfg (read, never run)")
-    mig.add_argument("file")
+    mig.add_argument("file", help="the configuration file to migrate")
     mig.set_defaults(func=cmd_config)
 
     ver = sub.add_parser("version", help="version, commit, eBPF object hashes, libbpf, kernel")
-    ver.add_argument("--json", action="store_true")
+    ver.add_argument("--json", action="store_true", help="JSON output")
     ver.set_defaults(func=cmd_version)
 
     st = sub.add_parser("stun", help="this host's public addresses as backends.firefly.stun finds them")
@@ -352,11 +371,12 @@ def parser() -> argparse.ArgumentParser:
                     help="an HTTP echo to ask (repeatable; default: the config's, else flowd-go's public ones)")
     st.add_argument("--interface", action="append", metavar="IF", help="also map this interface's addresses")
     st.add_argument("--timeout", type=float, help="seconds per server (default 5)")
-    st.add_argument("--config", help="take servers, interfaces and manualMapping from this config")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--config", metavar="FILE", help="take servers, interfaces and manualMapping from this config")
+    st.add_argument("--json", action="store_true", help="JSON output")
     st.set_defaults(func=cmd_stun)
 
-    demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
+    demo = sub.add_parser("demo", help="a self-contained demonstration on loopback (and, as root, "
+                          "network namespaces); nothing leaves the machine")
     demo.add_argument("--keep", action="store_true", help="leave the daemon running at the end")
     demo.set_defaults(func=cmd_demo)
     return p

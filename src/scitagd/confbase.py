@@ -24,7 +24,15 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")  # flowd-go'
 
 
 class RegistryConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`registry:` section. Without `url` the bundled snapshot is used."""
+    """`registry`: the experiments and activities names resolve against. Without url the snapshot
+    bundled with scitagd is used.
+
+    Keys:
+      url: http(s):// or file:// URL of the registry JSON (e.g. https://www.scitags.org/api.json).
+      cacheFile: where the last fetched registry is kept, so a start without network has it.
+      refreshInterval: seconds between fetches, >= 10.
+      timeout: seconds a fetch may take.
+    """
 
     url: Optional[str] = None
     cache_file: str = "/var/cache/scitagd/registry.json"
@@ -41,7 +49,12 @@ class RegistryConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel")
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`logging:` section."""
+    """`logging`: one line per event, key=value fields (journald priorities under systemd).
+
+    Keys:
+      level: trace, debug, info, warn (or warning) or error; --log-level overrides it.
+      flowEvents: one info line per flow start and end, with its 5-tuple and tags.
+    """
 
     level: str = "info"
     flow_events: bool = True  # one INFO line per flow start/end
@@ -52,7 +65,12 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class FlowTableConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`flowTable:` section."""
+    """`flowTable`: the daemon's table of active flows.
+
+    Keys:
+      expireAfter: seconds without an end before a flow is closed with an end firefly.
+      maxFlows: active flows at most; further starts are refused and counted.
+    """
 
     expire_after: float = 86400.0  # seconds without an end before a flow is dropped
     max_flows: int = 1_000_000
@@ -150,13 +168,19 @@ def _struct_type(tp: Any) -> Any:
     return None
 
 
+SECRET_KEYS = frozenset({"token"})
+
+
 def dump(conf: msgspec.Struct) -> str:
-    """The effective config, defaults filled in, as YAML."""
+    """The effective config, defaults filled in, as YAML; secrets replaced by a note (the output
+    ends up in tickets and chat)."""
     data = msgspec.to_builtins(conf)
     return yaml.safe_dump(_drop_none(data), sort_keys=False, default_flow_style=False)
 
 
 def _drop_none(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+        return {k: ("(hidden)" if k in SECRET_KEYS else _drop_none(v)) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [_drop_none(v) for v in d]
     return d

@@ -32,6 +32,17 @@ __all__ = ["Backends", "Config", "ConfigError", "Plugins", "dump", "load", "load
 
 
 class Plugins(msgspec.Struct, forbid_unknown_fields=True):
+    """`plugins`: the sources of flows; each is on when its key is present.
+
+    Keys:
+      api: REST API for storage systems.
+      namedPipe: FIFO for StoRM and scripts.
+      firefly: UDP listener for fireflies from XRootD and dCache on this host.
+      perfsonar: perfSONAR's measurement connections.
+      iperf3: flowd-go's iperf3 plugin.
+      watcher: TCP connections found and tagged by rules, in the kernel.
+    """
+
     api: Optional[ApiConfig] = None
     namedPipe: Optional[NamedPipeConfig] = None
     firefly: Optional[FireflySourceConfig] = None
@@ -41,12 +52,38 @@ class Plugins(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Backends(msgspec.Struct, forbid_unknown_fields=True):
+    """`backends`: what is done with each flow; each is on when its key is present.
+
+    Keys:
+      marker: eBPF packet marking.
+      firefly: fireflies to peers and collectors.
+      prometheus: metrics.
+    """
+
     marker: Optional[MarkerConfig] = None
     firefly: Optional[FireflySinkConfig] = None
     prometheus: Optional[PrometheusConfig] = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """The daemon's config file (`scitagd run --config`), flowd-go's layout.
+
+    Keys:
+      pidPath: flowd-go's name for pidFile.
+      workDir: flowd-go key; accepted, not used (a warning at start says so).
+      plugins: sources of flows.
+      backends: what is done with each flow.
+      enrichers: TCP statistics of active flows; on when present.
+      registry: experiment and activity names.
+      flowTable: the table of active flows.
+      logging: log level and flow lines.
+      collector: a collector's section, for a host running both from one file (see
+        `scitagd collector`); the daemon ignores it.
+      pidFile: a file with the daemon's process id, for tools that read one (systemd does not
+        need it): written atomically at start, removed at exit; a live daemon named in it stops the
+        start.
+    """
+
     pid_path: Optional[str] = None  # flowd-go's name for pidFile
     work_dir: Optional[str] = None
     plugins: Plugins = msgspec.field(default_factory=Plugins)

@@ -211,7 +211,8 @@ def test_every_flowd_go_key_is_implemented_or_warned(key: str) -> None:
 
 @pytest.mark.parametrize("text,needle", [
     ("enrichers: {netlink: {protocol: 17}}", "protocol 17: expected 6 (TCP)"),
-    ("plugins: {iperf3: {}}", "flowd-go's default [0, 1, 2], used when experimentIDs is not given, holds 0"),
+    ("plugins: {iperf3: {activityIDs: [1, 2, 3]}}", "flowd-go's default [0, 1, 2], used when experimentIDs is not given, "
+                                              "holds 0"),
     ("plugins: {iperf3: {experimentIDs: [2], activityIDs: [1, 2]}}", "same length"),
     ("plugins: {namedPipe: {pipePath: np}}", "pipePath 'np': expected an absolute path"),
     ("plugins: {perfsonar: {experimentId: 2, experimentID: 3}}", "the same setting spelt two ways"),
@@ -223,6 +224,17 @@ def test_every_flowd_go_key_is_implemented_or_warned(key: str) -> None:
 def test_values_flowd_go_took_that_scitagd_refuses_aloud(text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         from_mapping(yaml.safe_load(text), "<test>")
+
+
+def test_iperf3_without_ids_is_refused_at_start() -> None:
+    """`iperf3: {}` reads (scitagd conf shows it) but does not start: flowd-go's default ids hold 0."""
+    from scitagd.errors import StartupError
+    from scitagd.wiring.sources import watcher_config
+
+    c = from_mapping({"plugins": {"iperf3": {}}}, "<t>")
+    with pytest.raises(StartupError, match=r"plugins\.iperf3: experimentIDs and activityIDs not given: flowd-go's "
+                                           r"default \[0, 1, 2\] holds experiment 0"):
+        watcher_config(c, False)
 
 
 def conf_of(text: str) -> Tuple[Config, List[Notice]]:

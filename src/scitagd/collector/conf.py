@@ -1,24 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """`collector:` config section (`scitagd collector --config FILE`).
 
-  udp:        {bindAddresses: ["::"], port: 10514, receiveBuffer: 16777216, allowedSources: [CIDR]}
-              "::" takes IPv4 too; without allowedSources every sender is heard
-  syslogTcp:  {bindAddress: "::", port: 10514, maxMessage: 65536, allowedSources, idleTimeout: 300,
-               maxConnections: 256, maxConnectionsPerSource: 16}  on when present (RFC 6587 framing)
-  store:      {path, retentionDays: 30, flushInterval: 0.2, maxPending: 200000, cacheFlows: 200000}
-  http:       {bindAddress: 127.0.0.1, port: 8088}   dashboard, JSON API, /metrics
-  trustedRelays: [CIDR, ...]     senders whose syslog HOSTNAME is taken as the reporter (relays you
-                                 run); from anyone else the reporter is the sender's address
-  localNetworks: [CIDR, ...]     with dropLocalOnly: true, flows inside them are not accounted
-  relay:      ["host:port", ...] raw datagrams forwarded to further collectors
-  activeTimeout: 86400           seconds of silence (by the flow's own event times) before a flow
-                                 without an end is closed as expired
-  maxActiveFlows: 500000         beyond it the longest-silent active flows are closed (counted)
-  maxClockSkew: 3600             seconds an event time may be ahead of the collector's clock
-  samples:    100                invalid datagrams kept for inspection (GET /api/v1/rejected)
-
 The file may also hold the daemon's sections (one file for a host running both); the collector
-reads only `collector:`, `registry:` and `logging:` and leaves the rest to the daemon.
+reads only `collector:`, `registry:` and `logging:` and leaves the rest to the daemon. Each
+struct's `Keys:` block documents its keys.
 """
 
 from __future__ import annotations
@@ -36,6 +21,15 @@ __all__ = ["CollectorConfig", "CollectorFile", "HttpConfig", "StoreConfig", "Tcp
 
 
 class UdpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`collector.udp`: fireflies over UDP, with or without a syslog header.
+
+    Keys:
+      bindAddresses: addresses to listen on; "::" takes IPv4 too.
+      port: UDP port.
+      receiveBuffer: socket receive buffer in bytes; the log says when net.core.rmem_max capped it.
+      allowedSources: CIDRs whose datagrams are taken; others are dropped and counted. Unset: any.
+    """
+
     bind_addresses: List[str] = msgspec.field(default_factory=lambda: ["::"])
     port: int = 10514
     receive_buffer: int = 16 << 20
@@ -49,6 +43,19 @@ class UdpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class TcpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`collector.syslogTcp`: fireflies over syslog/TCP (RFC 6587 octet counting or newline framing),
+    as rsyslog and syslog-ng forward them; on when present.
+
+    Keys:
+      bindAddress: address to listen on.
+      port: TCP port.
+      maxMessage: longest message accepted, 512..1048576 bytes.
+      allowedSources: CIDRs whose connections are taken. Unset: any.
+      idleTimeout: seconds a silent connection is kept.
+      maxConnections: open connections at most.
+      maxConnectionsPerSource: open connections at most per sender address.
+    """
+
     bind_address: str = "::"
     port: int = 10514
     max_message: int = 65536
@@ -71,6 +78,18 @@ class TcpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`collector.store`: the SQLite file fireflies are accounted into.
+
+    Keys:
+      path: the database file (its directory must be writable: SQLite keeps a journal beside it).
+      retentionDays: days of fireflies and per-minute traffic kept; older is deleted every 10 minutes
+        (ranges imported with --keep excepted).
+      flushInterval: seconds between writes of what arrived, 0.01..10.
+      maxPending: fireflies held in memory while the store is behind or the disk is full; beyond
+        it new ones are dropped and counted.
+      cacheFlows: flows kept in memory between their fireflies.
+    """
+
     path: str = "/var/lib/scitagd/collector.sqlite"
     retention_days: float = 30.0
     flush_interval: float = 0.2
@@ -89,6 +108,14 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`collector.http`: the dashboard, the JSON API (/api/v1/...), /metrics and /healthz.
+
+    Keys:
+      bindAddress: address to listen on; the pages and API have no authentication, keep it on
+        loopback or behind a proxy that adds it.
+      port: TCP port.
+    """
+
     bind_address: str = "127.0.0.1"
     port: int = 8088
 
@@ -98,6 +125,25 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`collector`: what `scitagd collector` runs.
+
+    Keys:
+      udp: the UDP listener.
+      syslogTcp: the syslog/TCP listener; on when present.
+      store: where fireflies are accounted.
+      http: the dashboard, API and metrics.
+      trustedRelays: CIDRs of relays you run, whose syslog HOSTNAME is taken as the reporter; from
+        anyone else the reporter is the sender's address.
+      localNetworks: CIDRs of this site, for dropLocalOnly.
+      dropLocalOnly: do not account flows with both ends in localNetworks.
+      relay: further collectors, "host:port"; every datagram received is forwarded unchanged.
+      activeTimeout: seconds of silence, by the flow's own event times, before a flow without an
+        end is closed as expired.
+      maxActiveFlows: active flows at most; beyond it the longest-silent ones are closed (counted).
+      maxClockSkew: seconds an event time may be ahead of the collector's clock.
+      samples: invalid datagrams kept for inspection (GET /api/v1/rejected), 0..10000.
+    """
+
     udp: UdpConfig = msgspec.field(default_factory=UdpConfig)
     syslog_tcp: Optional[TcpConfig] = None
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
@@ -131,6 +177,15 @@ _DAEMON_KEYS = ("pidPath", "workDir", "plugins", "backends", "enrichers", "flowT
 
 
 class CollectorFile(msgspec.Struct, forbid_unknown_fields=True):
+    """A collector's config file: the `collector:` section and the shared `registry:` and `logging:`.
+    The daemon's sections may be in the same file; the collector leaves them to the daemon.
+
+    Keys:
+      collector: the collector.
+      registry: experiment and activity names.
+      logging: log level and flow lines.
+    """
+
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
     registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
     logging: LogConfig = msgspec.field(default_factory=LogConfig)

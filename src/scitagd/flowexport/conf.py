@@ -1,21 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`collector.ipfix`, `collector.netflow` (v9) and `collector.sflow` config sections.
-
-  ipfix:   {bindAddresses: ["::"], port: 4739, allowedSources: [CIDR...], receiveBuffer: 33554432,
-            templateTimeout: 1800, holdTime: 2, maxExporters: 1024, maxDomains: 64,
-            maxTemplates: 512, anyExperiment: false, knownActivitiesOnly: false,
-            markingPrefixes: [CIDR...]}
-  netflow: the same keys, port 2055
-  sflow:   bindAddresses, port 6343, allowedSources, receiveBuffer, maxExporters,
-           anyExperiment, knownActivitiesOnly, markingPrefixes
-
-allowedSources: exporters' addresses; datagrams from elsewhere are counted and dropped. Empty
-(the default) takes any source: flow exports carry no authentication, so set it in production.
-anyExperiment: a label decoding to any experiment 1..511 counts as tagged, not only the
-registry's. knownActivitiesOnly: only the registry's (experiment, activity) pairs count (the
-false-positive rate of unmarked traffic drops from 2.7% to 0.35% with the bundled registry).
-markingPrefixes: networks of the marking sites; a label tag counts only when one end is in them.
-"""
+"""`collector.ipfix`, `collector.netflow` (v9) and `collector.sflow` config sections; each
+struct's `Keys:` block documents its keys."""
 
 from __future__ import annotations
 
@@ -44,6 +29,24 @@ def _check_range(key: str, value: float, lo: float, hi: float, unit: str = "") -
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """What every flow-export listener shares.
+
+    Keys:
+      bindAddresses: addresses to listen on; "::" takes IPv4 too.
+      port: UDP port.
+      allowedSources: exporters' addresses (CIDRs); datagrams from elsewhere are counted and
+        dropped. Empty takes any source: flow exports carry no authentication, so set it in
+        production.
+      receiveBuffer: socket receive buffer in bytes, 65536..1073741824.
+      maxExporters: exporters tracked at most (per-exporter state is bounded by it).
+      anyExperiment: a flow label decoding to any experiment 1..511 counts as tagged, not only the
+        registry's.
+      knownActivitiesOnly: only the registry's (experiment, activity) pairs count as tagged (the
+        false-positive rate of unmarked traffic drops from 2.7% to 0.35% with the bundled registry).
+      markingPrefixes: networks of the marking sites (CIDRs); a label counts only when one end is in
+        them.
+    """
+
     bind_addresses: List[str] = msgspec.field(default_factory=lambda: ["::"])
     port: int = 0
     allowed_sources: List[str] = msgspec.field(default_factory=list)
@@ -68,6 +71,15 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class TemplateProtocolConfig(_Base):
+    """What IPFIX and NetFlow v9 listeners share: templates.
+
+    Keys:
+      templateTimeout: seconds a template is kept without being refreshed, 10..86400.
+      holdTime: seconds data records that arrive before their template are held, 0..60.
+      maxDomains: observation domains per exporter at most.
+      maxTemplates: templates per observation domain at most.
+    """
+
     template_timeout: float = 1800.0
     hold_time: float = 2.0
     max_domains: int = 64
@@ -87,12 +99,30 @@ class TemplateProtocolConfig(_Base):
 
 
 class IpfixConfig(TemplateProtocolConfig):
+    """`collector.ipfix`: IPFIX (RFC 7011) from routers and switches; on when present.
+
+    Keys:
+      port: UDP port (4739, IANA's).
+    """
+
     port: int = 4739
 
 
 class NetflowConfig(TemplateProtocolConfig):
+    """`collector.netflow`: NetFlow v9 (RFC 3954); on when present.
+
+    Keys:
+      port: UDP port (2055, the usual one).
+    """
+
     port: int = 2055
 
 
 class SflowConfig(_Base):
+    """`collector.sflow`: sFlow v5 sampled packet headers; on when present.
+
+    Keys:
+      port: UDP port (6343, IANA's).
+    """
+
     port: int = 6343

@@ -1,39 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Config sections of the sinks (`backends:`), flowd-go's keys plus extensions.
 
-Importing this module imports no sink implementation (see sources/conf.py for why).
-
-backends.firefly
-  destinationPort   UDP port on the peer (default 10514)
-  prependSyslog     RFC 5424 header in front of the JSON (default true)
-  sendToCollector, collectorAddress, collectorPort   flowd-go's single collector
-  collectors        extension: list of "host:port" ("[v6]:port"); hostnames re-resolved
-  resolveInterval   extension: seconds between re-resolving collector names (default 300)
-  sendToPeer        extension: false sends to collectors only (default true)
-  hostname          extension: syslog HOSTNAME (default: this host's FQDN)
-  enrich            send `ongoing` fireflies from the enrichers (default false)
-  enrichmentMode    lean | full | compatible: which tcp_info fields ongoing fireflies carry
-  stun              this host's public address in place of its private ones (StunConfig)
-
-backends.marker
-  targetInterfaces    interfaces to attach to (default ["lo"])
-  discoverInterfaces  attach to every interface with a global IPv6 address (default false)
-  removeQdisc         remove the clsact qdisc at exit if scitagd created it (default true)
-  programPath         a compiled object to load instead of the shipped one
-  markingStrategy     label | hopByHop | destination | hopByHopDestination (default label)
-  matchAll            mark every IPv6 flow with matchExperiment/matchActivity (default false)
-  debugMode           accepted
-  matchExperiment, matchActivity   extension: the tag for matchAll (else plugins.perfsonar's ids)
-  mapSize             extension: flow map capacity, an LRU (default 262144; each flow takes two)
-  checkInterval       extension: seconds between checks that every interface has our filter (2)
-  pinPath             extension: bpffs directory for the pinned maps (default /sys/fs/bpf/scitagd)
-  tcPriority          extension: priority of our clsact egress filter (default 1: before others;
-                      it passes every packet on to the filters after it)
-
-backends.prometheus
-  bindAddress   address to listen on (default 127.0.0.1)
-  port          extension; flowd-go's `netlinkPort` is accepted as the same thing (default 8080)
-  log, skopsPort   flowd-go keys, accepted
+Importing this module imports no sink implementation (see sources/conf.py for why). Each
+struct's `Keys:` block documents its keys.
 """
 
 from __future__ import annotations
@@ -116,6 +85,27 @@ class StunConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`backends.firefly`: sends a firefly (UDP, JSON after an RFC 5424 syslog header) for every flow
+    start, end and, with enrich, ongoing sample, to the transfer's peer and to collectors.
+
+    Keys:
+      destinationPort: UDP port fireflies are sent to on the peer.
+      prependSyslog: put the RFC 5424 syslog header in front of the JSON (what collectors expect).
+      sendToCollector: also send to collectorAddress:collectorPort (flowd-go's single collector).
+      collectorAddress: flowd-go's collector host.
+      collectorPort: flowd-go's collector port.
+      collectors: more collectors, "host:port" or "[v6]:port" (extension); names are re-resolved
+        every resolveInterval.
+      resolveInterval: seconds between re-resolving collector names (extension), >= 1.
+      sendToPeer: false sends to the collectors only (extension).
+      hostname: syslog HOSTNAME field (extension); unset: this host's FQDN.
+      enrich: send `ongoing` fireflies with TCP statistics from the enrichers.
+      enrichmentMode: which tcp_info fields ongoing fireflies carry: lean, full or compatible
+        (flowd-go's field set).
+      stun: for a host behind NAT, its public addresses in the fireflies in place of its private
+        ones (flowd-go's section, discovery by STUN and HTTP echoes; see its keys).
+    """
+
     destination_port: int = FIREFLY_PORT
     prepend_syslog: bool = True
     send_to_collector: bool = False
@@ -151,6 +141,33 @@ class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="came
 
 
 class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`backends.marker`: the eBPF program on tc egress that writes each flow's tag into its packets
+    (IPv6 flow label, or IPv6 hop-by-hop/destination options).
+
+    Keys:
+      targetInterfaces: interfaces to attach to.
+      discoverInterfaces: also attach to every interface with a global IPv6 address, as they
+        appear; without targetInterfaces in the file, only to those (flowd-go's: the discovered
+        interfaces replace the default lo).
+      removeQdisc: remove the clsact qdisc at exit if scitagd created it.
+      programPath: a site's build of scitagd's marker.bpf.c to load instead of the shipped one,
+        checked for the programs, maps and struct layouts scitagd drives (flowd-go's objects are
+        refused).
+      markingStrategy: label (the flow label), hopByHop, destination or hopByHopDestination
+        (extension headers).
+      matchAll: mark every IPv6 flow with matchExperiment/matchActivity, reported or not (as
+        flowd-go's perfSONAR mode).
+      matchExperiment: the experiment matchAll marks with (extension); unset: plugins.perfsonar's.
+      matchActivity: the activity matchAll marks with (extension); unset: plugins.perfsonar's.
+      debugMode: load the debug build (marker-debug.bpf.o): each marking decision in the kernel's
+        trace buffer (cat /sys/kernel/tracing/trace_pipe); costs time per packet.
+      mapSize: flow map capacity (an LRU; each flow takes two entries), 1024..16777216.
+      checkInterval: seconds between checks that every interface still has our filter (extension).
+      pinPath: bpffs directory where the maps are pinned so a restart or reload keeps marking.
+      tcPriority: priority of our clsact egress filter; 1 runs it before others, and it passes
+        every packet on to the filters after it.
+    """
+
     target_interfaces: List[str] = msgspec.field(default_factory=lambda: ["lo"])
     discover_interfaces: bool = False
     remove_qdisc: bool = True
@@ -187,6 +204,17 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class PrometheusConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`backends.prometheus`: metrics at http://bindAddress:port/metrics.
+
+    Keys:
+      bindAddress: address to listen on.
+      port: TCP port (extension; default 8080).
+      netlinkPort: flowd-go's name for port; give one of them.
+      skopsPort: flowd-go key for its second exporter; accepted, not used: every metric is on port,
+        the enrichers' told apart by the label flavour (a warning at start says so).
+      log: false silences the metrics server's log (flowd-go's discard logger).
+    """
+
     bind_address: str = "127.0.0.1"
     port: Optional[int] = None
     netlink_port: Optional[int] = None

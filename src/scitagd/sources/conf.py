@@ -3,26 +3,8 @@
 
 Importing this module imports no source implementation: `scitagd conf` and the collector read
 configs without paying for aiohttp or eBPF. Each struct validates itself and raises ValueError
-naming the key and what was expected; config.py adds the key path.
-
-plugins.api        bindAddress (127.0.0.1), bindPort (7777), maxBodyBytes (16384), allowedHosts ([]:
-                   Host header names besides loopback ones), token | tokenFile (Bearer; required
-                   off loopback unless allowUnauthenticated: true), maxConnections (256),
-                   maxConnectionsPerSource (64), headerTimeout (10 s), keepAliveTimeout (15 s),
-                   requestTimeout (10 s)
-plugins.namedPipe  pipePath (/var/run/flowd), mode ("0660"), group, maxLineBytes (1024),
-                   checkInterval (2 s); flowd-go's maxReaders, buffSize accepted (buffSize sets
-                   the read size, 4..16 KiB)
-plugins.firefly    bindAddress | bindAddresses (127.0.0.1 and ::1), bindPort (10514),
-                   allowedSources (CIDRs), fireflyReceivers ([{address, port}]), receiveBuffer
-                   (8 MiB), bufferSize (flowd-go's: longest datagram); flowd-go's hasSyslogHeader,
-                   deadline accepted (a warning at start says they are not needed)
-plugins.watcher    mode (auto|ebpf|poll), pollInterval (1 s), cgroupPath (/sys/fs/cgroup),
-                   rules [{localPorts, remotePorts, remoteNetworks, uids, cgroup, experiment,
-                   activity}], ignoreNetworks (internal networks), programPath, debugMode
-plugins.perfsonar  experimentId, activityId (or experimentID, activityID), mode (all|ports),
-                   ports ("5201-5210")
-plugins.iperf3     flowd-go's keys, through the watcher; ignoreNetworks ([])
+naming the key and what was expected; config.py adds the key path. Each struct's `Keys:` block
+documents its keys (confdoc.py turns them into the sample config and scitagd.yaml(5)).
 """
 
 from __future__ import annotations
@@ -52,6 +34,28 @@ __all__ = [
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.api`: the REST API storage systems call to report transfers (POST /api/v1/flows).
+    Who may call: a Host header naming this server (against DNS rebinding) and, off loopback, a
+    bearer token.
+
+    Keys:
+      bindAddress: address to listen on. Off loopback, token or tokenFile is required (or
+        allowUnauthenticated: true).
+      bindPort: TCP port.
+      maxBodyBytes: largest request body accepted, 256..1048576 bytes; larger ones get 413.
+      allowedHosts: Host header names accepted besides loopback names and the bind address (the
+        names clients use to reach this host).
+      token: bearer token clients send as `Authorization: Bearer <token>`, at least 16 characters
+        (e.g. `openssl rand -hex 32`). tokenFile keeps it out of this file.
+      tokenFile: absolute path of a file whose first line is the token, read when the API starts.
+      allowUnauthenticated: true lets anyone who reaches a non-loopback bindAddress report flows.
+      maxConnections: open connections at most; beyond it the longest-idle one is closed.
+      maxConnectionsPerSource: open connections at most per client address.
+      headerTimeout: seconds a client has to send the request line and headers.
+      keepAliveTimeout: seconds an idle keep-alive connection is kept.
+      requestTimeout: seconds a client has to send the whole body.
+    """
+
     bind_address: str = "127.0.0.1"
     bind_port: int = 7777
     max_body_bytes: int = 16384
@@ -121,6 +125,22 @@ def check_token(key: str, token: str) -> None:
 
 
 class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.namedPipe`: the FIFO StoRM and scripts write lines to (`start|end tcp SRC SPORT DST
+    DPORT EXP ACT`, python flowd's and flowd-go's protocol). scitagd creates it, checks every
+    checkInterval that it is still its own FIFO and recreates it otherwise.
+
+    Keys:
+      pipePath: absolute path of the FIFO. Under systemd the unit may only write /run/scitagd: use
+        /run/scitagd/flowd there (a tmpfiles.d link keeps /run/flowd working).
+      mode: permission bits of the FIFO, an octal string.
+      group: group (name or gid) given the FIFO, so writers in it need not be root.
+      maxReaders: flowd-go key, accepted and unused: one reader reads every line in order (a
+        warning at start says so).
+      buffSize: flowd-go key: bytes read per wake-up (clamped to 4..16 KiB).
+      maxLineBytes: longest line accepted, 64..65536 bytes; longer lines are dropped and counted.
+      checkInterval: seconds between checks that pipePath is still our FIFO, 0.05..300.
+    """
+
     pipe_path: str = "/var/run/flowd"
     mode: str = "0660"
     group: Optional[Union[str, int]] = None
@@ -159,6 +179,13 @@ class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
 
 
 class Receiver(msgspec.Struct, forbid_unknown_fields=True):
+    """One place to forward received fireflies to.
+
+    Keys:
+      address: host name or address.
+      port: UDP port.
+    """
+
     address: str
     port: int = 10514
 
@@ -168,6 +195,23 @@ class Receiver(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.firefly`: a UDP listener for fireflies from XRootD, dCache and other producers on this
+    host; each becomes a flow (marked, announced to the peer) as if reported through the API.
+
+    Keys:
+      bindAddress: one address to listen on (flowd-go's key).
+      bindAddresses: several addresses to listen on; default 127.0.0.1 and ::1.
+      bindPort: UDP port (XRootD's default target is 10514).
+      allowedSources: CIDRs whose fireflies are taken; others are dropped and counted. Unset: any.
+      fireflyReceivers: where to forward each valid firefly unchanged (a collector of your own).
+      receiveBuffer: socket receive buffer in bytes; raise net.core.rmem_max if the log says capped.
+      hasSyslogHeader: flowd-go key, accepted: both framings are read whatever it says (a warning
+        at start says so).
+      deadline: flowd-go key, accepted and unused (the listener never blocks; a warning at start).
+      bufferSize: the longest datagram taken, 2048..65535 bytes (flowd-go's read buffer); longer
+        ones are refused and counted (too_large). Unset: any a UDP datagram holds.
+    """
+
     bind_address: Optional[str] = None
     bind_addresses: Optional[List[str]] = None
     bind_port: int = 10514
@@ -220,6 +264,19 @@ INTERNAL_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0
 
 
 class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """One watcher rule: TCP connections that match are tagged with its experiment and activity, in
+    the kernel, before their first data packet.
+
+    Keys:
+      experiment: experiment id or registry name.
+      activity: activity id or registry name.
+      localPorts: a port or range ("1094", "20000-25000") on this host.
+      remotePorts: a port or range on the peer.
+      remoteNetworks: CIDRs the peer must be in.
+      uids: users (names or uids) owning the socket; checked in user space on establishment.
+      cgroup: cgroup v2 path the socket's process must be in; checked in user space.
+    """
+
     experiment: Union[int, str]
     activity: Union[int, str]
     local_ports: Union[str, int, None] = None
@@ -253,6 +310,22 @@ class WatchRule(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 
 
 class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`plugins.watcher`: finds TCP connections itself (cgroup sock_ops eBPF program, or sock_diag
+    polling) and tags those its rules match; ends carry the socket's exact byte counts.
+
+    Keys:
+      cgroupPath: cgroup v2 directory the sock_ops program attaches to (all processes below it).
+      rules: the tagging rules; the first that matches wins.
+      mode: auto (eBPF, polling when eBPF is unavailable), ebpf (fail without it) or poll.
+      pollInterval: seconds between sock_diag polls in poll mode, 0.05..60.
+      ignoreNetworks: peers in these CIDRs are never tagged (default: RFC 1918, loopback,
+        link-local, ULA).
+      programPath: a site's build of scitagd's watcher.bpf.c, checked for the programs, maps and
+        struct layouts scitagd drives before loading (flowd-go's objects are refused).
+      debugMode: load the debug build (watcher-debug.bpf.o): each connection's decision in the
+        kernel's trace buffer (cat /sys/kernel/tracing/trace_pipe).
+    """
+
     cgroup_path: str = "/sys/fs/cgroup"
     rules: List[WatchRule] = msgspec.field(default_factory=list)
     mode: str = "auto"
@@ -279,10 +352,19 @@ PERFSONAR_MODES = ("all", "ports")
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """flowd-go's keys (experimentId, activityId; its rpm/conf.yaml spells them experimentID,
-    activityID, which flowd-go ignores and scitagd reads). `mode: all` (default) is flowd-go's:
-    backends.marker.matchAll, every IPv6 flow marked; `mode: ports` marks only the connections
-    on `ports` (where perfSONAR's iperf3 tests listen), found by the watcher."""
+    """`plugins.perfsonar`: perfSONAR hosts. `mode: all` (the default, flowd-go's) turns on
+    backends.marker.matchAll: every IPv6 flow is marked with these ids; `mode: ports` tags only
+    perfSONAR's iperf3 measurement connections, found by the watcher by port.
+
+    Keys:
+      activityID: activity id to tag with (the spelling of flowd-go's rpm/conf.yaml, which flowd-go
+        ignores and tags with 0; scitagd reads it, a warning at start says so).
+      experimentID: experiment id to tag with (as activityID).
+      ports: port or range perfSONAR's iperf3 tests listen on, with mode: ports (extension).
+      experimentId: experiment id to tag with (flowd-go's key).
+      activityId: activity id to tag with (flowd-go's key).
+      mode: all (every IPv6 flow, flowd-go's) or ports (only the test connections) (extension).
+    """
 
     activityID: Optional[int] = None
     experimentID: Optional[int] = None
@@ -312,12 +394,26 @@ class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """flowd-go's iperf3 plugin: TCP connections whose local ("source") and remote
-    ("destination") ports are within the bounds (0: that bound off, inclusive) are tagged as
-    they are established, with the next (experiment, activity) pair of the lists, in turn or at
-    random; built on the watcher's sock_ops program (the kernel picks the pair and marks the
-    connection from its first packet). `ignoreNetworks` (extension): remote networks left alone
-    ([], flowd-go's: none)."""
+    """`plugins.iperf3`: flowd-go's iperf3 plugin, on the watcher's sock_ops program: a TCP
+    connection whose local ("source") and remote ("destination") ports are within the bounds is
+    tagged as it is established with the next (experiment, activity) pair of the lists, chosen in
+    the kernel, so it is marked from its first data packet; its end carries the same pair.
+
+    Keys:
+      minSourcePort: lowest local port of the connections to tag; 0: no bound.
+      maxSourcePort: highest local port; 0: no bound.
+      minDestinationPort: lowest remote port; 0: no bound.
+      maxDestinationPort: highest remote port; 0: no bound.
+      cgroupPath: cgroup v2 directory to watch; "": the parent of scitagd's own cgroup (flowd-go's).
+      programPath: a site's build of scitagd's watcher.bpf.c, checked before loading (flowd-go's
+        watcher objects are refused).
+      debugMode: load the watcher's debug build: its decisions in the kernel's trace buffer.
+      randomIDs: pick from the id lists at random instead of in turn.
+      activityIDs: activity ids, paired with experimentIDs by position.
+      experimentIDs: experiment ids (1..511); the lists must have the same length (flowd-go's
+        default [0, 1, 2] holds 0, no experiment: give them).
+      ignoreNetworks: remote networks left alone (extension); [] (flowd-go's): none.
+    """
 
     min_source_port: int = 0
     max_source_port: int = 0
@@ -343,6 +439,12 @@ class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
                              (self.min_destination_port, self.max_destination_port, "DestinationPort")):
             if lo and hi and lo > hi:
                 raise ValueError(f"min{what} {lo} is above max{what} {hi}")
+        if self.experiment_i_ds is None and self.activity_i_ds is None:
+            # flowd-go's default [0, 1, 2] holds experiment 0: refused at start (wiring), not here,
+            # so that the section with its defaults still reads (scitagd conf, the sample)
+            check_program_path("programPath", self.program_path)
+            check_networks("ignoreNetworks", self.ignore_networks)
+            return
         exps = [0, 1, 2] if self.experiment_i_ds is None else self.experiment_i_ds
         acts = [0, 1, 2] if self.activity_i_ds is None else self.activity_i_ds
         if not exps or len(exps) != len(acts):

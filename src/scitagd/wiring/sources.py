@@ -114,6 +114,10 @@ def watcher_config(conf: Config, skops: bool) -> Optional[WatcherConfig]:
     ignore = watcher.ignore_networks if watcher is not None else None
     ip = conf.plugins.iperf3
     if ip is not None:
+        if ip.experiment_i_ds is None and ip.activity_i_ds is None:
+            raise StartupError("plugins.iperf3: experimentIDs and activityIDs not given: flowd-go's default "
+                               "[0, 1, 2] holds experiment 0, not an experiment id (1..511); list the ids to tag "
+                               "with")
         cg = ip.cgroup_path or own_parent_cgroup()
         if cgroup is not None and os.path.normpath(cg) != os.path.normpath(cgroup):
             raise StartupError(f"plugins.iperf3.cgroupPath {cg!r} and plugins.watcher.cgroupPath {cgroup!r}: one "
