@@ -198,7 +198,7 @@ def cmd_marker(a: argparse.Namespace) -> int:
     try:
         if a.action == "status":
             return status(a.pin_path, a.json, a.tc_priority)
-        return clean(a.pin_path, a.tc_priority)
+        return clean(a.pin_path, a.tc_priority, a.target_interface)
     except PermissionError as e:
         raise CommandError(str(e)) from None
 
@@ -326,6 +326,10 @@ def parser() -> argparse.ArgumentParser:
     mk.add_argument("--pin-path", metavar="DIR", default="/sys/fs/bpf/scitagd", help="backends.marker.pinPath")
     mk.add_argument("--tc-priority", metavar="N", type=int, default=1, help="backends.marker.tcPriority")
     mk.add_argument("--json", action="store_true", help="JSON output")
+    mk.add_argument("--target-interface", metavar="IF", action="append", help="with clean: only these interfaces "
+                    "(flowd-go's option; the pinned maps stay)")
+    mk.add_argument("--remove-qdisc", metavar="BOOL", help="flowd-go's option, accepted: a clsact qdisc is removed "
+                    "only if scitagd created it and no other filter uses it")
     mk.set_defaults(func=cmd_marker)
 
     col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "

@@ -157,3 +157,35 @@ def test_run_on_flowd_gos_file_says_so(tmp_path: Path) -> None:
 def test_conf_alias() -> None:
     r = subprocess.run([sys.executable, "-m", "scitagd", "conf", "--conf", "/dev/null"], capture_output=True, text=True)
     assert r.returncode == 0 and "plugins" in r.stdout
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_marker_clean_target_interface(tmp_path: Path) -> None:
+    """flowd-go's `marker clean --target-interface IF [--remove-qdisc=true]`: only that interface;
+    the pinned maps stay for the others."""
+    from ..lab import Lab
+
+    lab = Lab(tmp_path)
+    try:
+        d = lab.daemon("markingStrategy: label", interfaces="[a0, lo]")
+        d.wait_log("attached interface=lo")
+        d.wait_log("attached interface=a0")
+        d.stop(signal.SIGKILL)
+
+        def ours() -> set[str]:
+            code = ("import json, socket\nfrom scitagd.bpf import loader\nprint(json.dumps([n for i, n in "
+                    "socket.if_nameindex() if loader.query(i) is not None]))")
+            r = subprocess.run(lab.a.netonly(sys.executable, "-c", code), capture_output=True, text=True, check=True)
+            return set(json.loads(r.stdout))
+
+        assert ours() == {"a0", "lo"}
+        cli = [sys.executable, "-m", "scitagd", "marker", "clean", "--pin-path", lab.pin]
+        r = subprocess.run(lab.a.netonly(*cli, "--target-interface", "a0", "--remove-qdisc=true"), capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and "detached a0" in r.stdout, r.stdout + r.stderr
+        assert ours() == {"lo"} and Path(lab.pin).is_dir()
+        r = subprocess.run(lab.a.netonly(*cli), capture_output=True, text=True)
+        assert r.returncode == 0 and "detached lo" in r.stdout and ours() == set() and not Path(lab.pin).exists()
+    finally:
+        lab.close()
