@@ -1,23 +1,38 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Collector benchmarks: ingest rate on one core, and dashboard query latency with 1,000,000 flows.
+"""Collector benchmarks: sustained ingest on one core, side by side; dashboard queries.
 
-  1. ingest: the collector pinned to CPU 1; a sender process on CPU 0 offers a realistic mix of
-     producers' fireflies (XRootD start/end with usage, flowd with syslog-daemon lines, dCache
-     with Z times and storage-stats) for --seconds at rising rates; loss = 1 - accounted/sent,
-     read from the collector's own counters once its store is flushed. Then the loss at 50 % and
-     80 % of the highest lossless rate found.
-  2. queries: 1,000,000 flows over 30 days written into a fresh store (its own write path), the
-     collector started on it, each dashboard query timed over HTTP (median of --repeat), and the
-     collector's RSS.
+  1. ingest: three receivers, each in its own process pinned to CPU 1 (taskset), fed by a
+     sender process pinned to CPU 0, at offered-rate steps, in one run:
+       baseline  the collector before the ingest work (a git worktree, --baseline; its own src
+                 on PYTHONPATH), with its own config
+       current   this tree's collector
+       ceiling   a bare uvloop + msgspec receiver that only parses (what Python can do here)
+     The traffic is real fireflies (../shared/data/fireflies, $SCITAGD_SHARED, or --fireflies):
+     XRootD, flowd (syslog-daemon archive lines) and dCache templates, made into distinct flows
+     (5-tuples varied) with start, sometimes an ongoing, and end, interleaved as concurrent flows.
+     Counting is closed: sent = accounted + rejected + kernel drops + still queued + lost inside
+     (the current collector's store_dropped) + unexplained, read only once the receiver has
+     drained (socket queue empty, nothing pending, counters still for 1 s). Kernel drops and the
+     queue come from /proc/net/udp for the receiver's socket (found by its port and inode).
+     "Lossless" = nothing dropped, nothing unexplained. The sustained rate of a receiver is the
+     highest step it takes losslessly in the median of --runs runs; its capacity is what it
+     processed per second from the first datagram to the end of the drain at an overloaded step.
+  2. queries: --flows flows over 30 days written through the store's own ingest, the collector
+     started on it, each dashboard query timed over HTTP (median of --repeat), and the RSS.
 
-  python bench/collector.py [--seconds 4] [--flows 1000000]
+  python bench/collector.py --baseline /tmp/baseline-f1685eb --runs 3 --skip-queries
+  python bench/collector.py --skip-ingest --flows 1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import marshal
+import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -26,11 +41,133 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
+ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CPU, LOAD_CPU = 1, 0
+DATA = Path(os.environ.get("SCITAGD_SHARED", ROOT.parent / "shared")) / "data" / "fireflies"  # as the tests find it
+KINDS = ("baseline", "current", "ceiling")
 
+# --- traffic from real fireflies ----------------------------------------------------------
+
+TIME = re.compile(r'"(start-time|end-time|current-time)":(\s*)"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)"')
+HEADER_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+class Template:
+    """One real firefly, with the spots where a flow's values go."""
+
+    def __init__(self, wire: str, producer: str) -> None:
+        i = wire.index("{")
+        self.header, self.body = wire[:i], wire[i:]
+        self.producer = producer
+        self.afi = re.search(r'"afi":\s*"(ipv[46])"', self.body).group(1)  # type: ignore[union-attr]
+        self.state = re.search(r'"state":\s*"(\w+)"', self.body).group(1)  # type: ignore[union-attr]
+        self.usage = bool(re.search(r'"usage":\s*\{\s*"', self.body))
+
+    def render(self, state: str, src: str, dst: str, sport: int, dport: int, start: float, t: float,
+               end: Optional[float], sent: int, received: int) -> bytes:
+        def when(m: re.Match[str]) -> str:
+            key, sp, _, frac, zone = m.groups()
+            v = start if key == "start-time" else (end if key == "end-time" and end is not None else t)
+            return f'"{key}":{sp}"{_fmt(v, frac, zone)}"'
+
+        b = TIME.sub(when, self.body)
+        b = re.sub(r'("state":\s*")\w+', lambda m: m.group(1) + state, b)
+        b = re.sub(r'("src-ip":\s*")[^"]*', lambda m: m.group(1) + src, b)
+        b = re.sub(r'("dst-ip":\s*")[^"]*', lambda m: m.group(1) + dst, b)
+        b = re.sub(r'("src-port":\s*)\d+', lambda m: m.group(1) + str(sport), b)
+        b = re.sub(r'("dst-port":\s*)\d+', lambda m: m.group(1) + str(dport), b)
+        if self.usage:
+            b = re.sub(r'("sent":\s*)\d+', lambda m: m.group(1) + str(sent), b)
+            b = re.sub(r'("received":\s*)\d+', lambda m: m.group(1) + str(received), b)
+        b = re.sub(r'("bytes-transferred":\s*)\d+', lambda m: m.group(1) + str(sent), b)
+        if state != "end":  # an ongoing made from an end template has no end-time
+            b = re.sub(r',\s*"end-time":\s*"[^"]*"', "", b)
+        h = HEADER_TIME.sub(lambda m: _fmt(t, m.group(2), m.group(3)), self.header)
+        return (h + b).encode()
+
+
+def _fmt(t: float, frac: Optional[str], zone: str) -> str:
+    d = datetime.fromtimestamp(t, timezone.utc)
+    s = d.strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        s += f".{d.microsecond:06d}"[: len(frac)]
+    return s + ("Z" if zone == "Z" else "+00:00")
+
+
+def templates(data: Path) -> Dict[str, List[Tuple[Template, Template]]]:
+    """(start, end) template pairs per producer, from the real fireflies."""
+    out: Dict[str, List[Tuple[Template, Template]]] = {"xrootd": [], "flowd": [], "dcache": []}
+    rows = [json.loads(line) for line in (data / "producers.jsonl").read_text().splitlines() if line.strip()]
+    by: Dict[str, List[Template]] = {}
+    for r in rows:
+        p = r["producer"]
+        if "\n" in r["wire"] or "flowd-go" in p:
+            continue  # pretty-printed test files and flowd-go's odd sample: not what a wire carries
+        kind = "xrootd" if p.startswith("xrootd") else "dcache" if p.startswith("dcache") else None
+        if kind:
+            by.setdefault(kind, []).append(Template(r["wire"], p))
+    for kind, ts in by.items():
+        starts = [t for t in ts if t.state == "start"]
+        ends = [t for t in ts if t.state == "end"]
+        for s in starts:
+            e = next((e for e in ends if e.producer == s.producer and e.afi == s.afi), None)
+            if e is not None:  # a start without its producer's end (dCache before 2024) is left out
+                out[kind].append((s, e))
+    with gzip.open(data / "unl-flowd-0.1.2-2022.log.gz", "rt") as f:
+        lines = [line.rstrip("\n") for _, line in zip(range(2000), f)]
+    starts = [Template(x, "flowd-unl") for x in lines if '"state": "start"' in x][:16]
+    ends = [Template(x, "flowd-unl") for x in lines if '"state": "end"' in x][:16]
+    out["flowd"] = list(zip(starts, ends))
+    return out
+
+
+def traffic(n: int, seed: int, data: Path, rate: float = 10000.0, now: Optional[float] = None) -> List[bytes]:
+    """About n datagrams: distinct flows (40 % XRootD, 40 % flowd, 20 % dCache), each a start,
+    an ongoing for one in four, an end; concurrent, in event-time order, event time running at
+    the pace they are sent (`rate`): flows last 0.25 s + an exponential 0.75 s on average, so a
+    flow's start and end fall into different flushes of the collector (0.2 s), as in real
+    traffic, where flows last seconds to hours. Times lie within the last two hours (inside
+    every collector's clock-skew and retention windows)."""
+    rnd = random.Random(seed)
+    tpl = templates(data)
+    now = time.time() if now is None else now
+    flows = max(1, int(n / 2.25))
+    span = n / rate  # seconds over which the flows start
+    t0 = now - 3600
+    events: List[Tuple[float, int, bytes]] = []
+    v4 = [f"10.{a}.{b}.1" for a in range(4) for b in range(50)]
+    v6 = [f"2001:db8:{a:x}:{b:x}::1" for a in range(4) for b in range(50)]
+    remote4 = [f"192.0.2.{i}" for i in range(1, 250)] + [f"198.51.100.{i}" for i in range(1, 250)]
+    remote6 = [f"2001:db8:ff:{i:x}::2" for i in range(500)]
+    for i in range(flows):
+        x = rnd.random()
+        kind = "xrootd" if x < 0.4 else "flowd" if x < 0.8 else "dcache"
+        s_tpl, e_tpl = rnd.choice(tpl[kind])
+        four = s_tpl.afi == "ipv4"
+        src = rnd.choice(v4 if four else v6)
+        dst = rnd.choice(remote4 if four else remote6)
+        sport, dport = 1024 + i % 60000, 1094 + (i // 60000) % 1000
+        st = round(t0 + span * i / flows + rnd.random() * 1e-4, 6)
+        dur = 0.25 + rnd.expovariate(1 / 0.75)
+        en = round(st + dur, 6)
+        total = rnd.randint(1 << 20, 4 << 30)
+        sent0 = rnd.randint(50, 400)
+        evs = [(st + 1e-4, s_tpl.render("start", src, dst, sport, dport, st, st + 1e-4, None, sent0, 200))]
+        if i % 4 == 0:
+            mid = st + dur / 2
+            evs.append((mid, e_tpl.render("ongoing", src, dst, sport, dport, st, mid, None, total // 2, 300)))
+        evs.append((en, e_tpl.render("end", src, dst, sport, dport, st, en, en, total, 400)))
+        for t, g in evs:
+            events.append((t, len(events), g))
+    events.sort()
+    return [g for _, _, g in events]
+
+
+# --- receivers ----------------------------------------------------------------------------
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
@@ -38,77 +175,139 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def mix(n: int, seed: int = 1) -> List[bytes]:
-    """n fireflies: start and end of n/2 flows, in three producers' dialects."""
-    rnd = random.Random(seed)
-    out = []
-    t0 = 1764000000.0
-    for i in range(n // 2):
-        kind = i % 3
-        sport, dport = 1024 + i % 60000, 2000 + i // 60000
-        exp, act = rnd.choice([(2, 3), (2, 16), (3, 4), (3, 1), (5, 10), (8, 1), (1, 1)])
-        st = t0 + i * 0.01
-        en = st + rnd.uniform(1, 600)
-        nbytes = rnd.randint(1 << 20, 4 << 30)
-        iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}+00:00"  # noqa: E731
-        fid = (f'"flow-id":{{"afi":"ipv6","src-ip":"2001:db8:{i % 50:x}::1","dst-ip":"2001:db8:ff::{i % 200:x}",'
-               f'"protocol":"tcp","src-port":{sport},"dst-port":{dport}}}')
-        ctx = f'"context":{{"experiment-id":{exp},"activity-id":{act},"application":"xrootd"}}'
-        if kind == 0:  # XRootD
-            for state, extra in (("start", ""), ("end", f',"end-time":"{iso(en)}"')):
-                usage = '{"received":120,"sent":56}' if state == "start" else f'{{"received":300,"sent":{nbytes}}}'
-                out.append((f'<134>1 - se{i % 20}.example xrootd - firefly-json - {{"version":1,"flow-lifecycle":'
-                            f'{{"state":"{state}","current-time":"{iso(en if extra else st)}","start-time":"{iso(st)}"'
-                            f'{extra}}},"usage":{usage},"netlink":{{"rtt":0.2}},{ctx},{fid}}}').encode())
-        elif kind == 1:  # flowd through a syslog daemon
-            for state, extra in (("start", ""), ("end", f', "end-time": "{iso(en)}"')):
-                out.append((f'Feb  1 18:54:27 relay 1 {iso(st)} gridftp{i % 9}.example flowd - firefly-json - '
-                            f'{{"flow-id": {{"protocol": "tcp", "afi": "ipv6", "dst-ip": "2001:db8:ff::{i % 200:x}", '
-                            f'"src-port": {sport}, "src-ip": "2001:db8:{i % 50:x}::1", "dst-port": {dport}}}, '
-                            f'"version": 1, "flow-lifecycle": {{"state": "{state}", "start-time": "{iso(st)}", '
-                            f'"current-time": "{iso(st)}"{extra}}}, "context": {{"experiment-id": {exp}, '
-                            f'"application": "flowd v1.1", "activity-id": {act}}}}}').encode())
-        else:  # dCache
-            for state, extra, usage in (("start", "", "{}"),
-                                        ("end", f',"end-time":"{iso(en)[:19]}Z"', f'{{"received":0,"sent":{nbytes}}}')):
-                out.append((f'<134>1 {iso(st)[:19]}Z 2001:db8:{i % 50:x}::1 dCache - firefly-json - '
-                            f'{{"flow-lifecycle":{{"start-time":"{iso(st)[:19]}Z","state":"{state}"{extra}}},{ctx},'
-                            f'{fid},"usage":{usage},"storage-stats":{{"bytes-transferred":{nbytes}}},"version":1}}'
-                            ).encode())
-    return out
+def udp_socket_state(port: int, pid: int) -> Tuple[int, int]:
+    """(bytes queued, datagrams dropped) of `pid`'s UDP socket on `port`, from /proc/net/udp."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    queued = drops = 0
+    found = False
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                c = line.split()
+                if int(c[1].rsplit(":", 1)[1], 16) == port and int(c[9]) in inodes:
+                    queued += int(c[4].split(":")[1], 16)
+                    drops += int(c[-1])
+                    found = True
+    if not found:
+        raise RuntimeError(f"no UDP socket of pid {pid} on port {port}")
+    return queued, drops
 
 
-SENDER = r"""
-import json, os, socket, sys, time
-os.sched_setaffinity(0, {int(sys.argv[3])})
-port, rate = int(sys.argv[1]), float(sys.argv[2])
-grams = [bytes.fromhex(l) for l in open(sys.argv[4]).read().split()]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-t0 = time.monotonic(); i = 0; n = len(grams)
-while i < n:
-    due = min(n, int((time.monotonic() - t0) * rate) + 1)
-    while i < due:
-        s.sendto(grams[i], ("127.0.0.1", port)); i += 1
-    if i < n:
-        time.sleep(0.0002)
-print(json.dumps({"sent": n, "seconds": time.monotonic() - t0}))
+CEILING = r"""
+# The practical ceiling: receive and parse (msgspec into typed Structs), nothing else.
+import asyncio, datetime, json, os, socket, sys
+from typing import Any, Dict, Optional
+import msgspec, uvloop
+
+class Lifecycle(msgspec.Struct, rename="kebab", gc=False):
+    state: str
+    start_time: datetime.datetime
+    end_time: Optional[datetime.datetime] = None
+    current_time: Optional[datetime.datetime] = None
+
+class FlowId(msgspec.Struct, rename="kebab", gc=False):
+    afi: str
+    src_ip: str
+    dst_ip: str
+    protocol: str
+    src_port: int
+    dst_port: int
+
+class Context(msgspec.Struct, rename="kebab", gc=False):
+    experiment_id: int
+    activity_id: int
+    application: Optional[str] = None
+
+class Usage(msgspec.Struct, gc=False):
+    received: Optional[int] = None
+    sent: Optional[int] = None
+
+class Firefly(msgspec.Struct, rename="kebab", gc=False):
+    version: int
+    flow_lifecycle: Lifecycle
+    flow_id: FlowId
+    context: Context
+    usage: Optional[Usage] = None
+    netlink: Optional[Dict[str, Any]] = None
+
+dec = msgspec.json.Decoder(Firefly)
+count = {"accounted": 0, "rejected": 0}
+
+class P(asyncio.DatagramProtocol):
+    def datagram_received(self, data, addr):
+        i = data.find(b"{")
+        try:
+            dec.decode(data[i:])
+            count["accounted"] += 1
+        except (msgspec.DecodeError, ValueError):
+            count["rejected"] += 1
+
+async def main():
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(sys.argv[2]))
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    await loop.create_datagram_endpoint(P, sock=s)
+    def answer():
+        line = sys.stdin.readline()
+        if not line:
+            loop.stop()
+            return
+        sys.stdout.write(json.dumps(count) + "\n")
+        sys.stdout.flush()
+    loop.add_reader(sys.stdin.fileno(), answer)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+uvloop.run(main()) if hasattr(uvloop, "run") else uvloop.install() or asyncio.run(main())
 """
 
 
-class Collector:
-    def __init__(self, tmp: Path, db: Path, cpu: int = COLLECTOR_CPU) -> None:
-        self.udp, self.http = free_port(socket.SOCK_DGRAM), free_port()
-        conf = tmp / f"c{self.udp}.yaml"
+class Receiver:
+    """A receiver process pinned to COLLECTOR_CPU; `counts()` gives accounted, rejected,
+    pending (inside the process), lost (inside the process)."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def counts(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Collector(Receiver):
+    def __init__(self, tmp: Path, src: Path, rcvbuf: int, db: Optional[Path] = None) -> None:
+        self.port, self.http = free_port(socket.SOCK_DGRAM), free_port()
+        db = db or tmp / f"c{self.port}.sqlite"
+        conf = tmp / f"c{self.port}.yaml"
+        # The keys both versions read alike (the baseline's README: collector.udp/store/http).
         conf.write_text(f"""
 collector:
-  udp: {{bindAddresses: ["127.0.0.1"], port: {self.udp}, receiveBuffer: 33554432}}
+  udp: {{bindAddresses: ["127.0.0.1"], port: {self.port}, receiveBuffer: {rcvbuf}}}
   store: {{path: {db}, retentionDays: 36500}}
   http: {{port: {self.http}}}
 """)
-        self.proc = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "scitagd", "collector",
-                                      "--config", str(conf)], stdout=open(tmp / "c.log", "ab"),
-                                     stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONPATH=str(src))
+        self.log = tmp / f"c{self.port}.log"
+        self.proc = subprocess.Popen(["taskset", "-c", str(COLLECTOR_CPU), sys.executable, "-m", "scitagd",
+                                      "collector", "--config", str(conf)], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, env=env, cwd=tmp)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -116,15 +315,31 @@ collector:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError((tmp / "c.log").read_text()) from None
+                    raise RuntimeError(self.log.read_text()) from None
                 time.sleep(0.1)
 
     def url(self, p: str) -> str:
         return f"http://127.0.0.1:{self.http}{p}"
 
-    def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(self.url("/metrics")).read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    def metrics(self) -> Dict[str, float]:
+        text = urllib.request.urlopen(self.url("/metrics"), timeout=30).read().decode()
+        out: Dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def counts(self) -> Dict[str, float]:
+        m = self.metrics()
+
+        def total(name: str) -> float:
+            return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+        return {"accounted": total("scitagd_collector_fireflies_total"),
+                "rejected": total("scitagd_collector_rejected_total"),
+                "pending": total("scitagd_collector_pending_rows"),
+                "lost": total("scitagd_collector_store_dropped_total")}
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -132,56 +347,191 @@ collector:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+
+class Ceiling(Receiver):
+    def __init__(self, tmp: Path, rcvbuf: int) -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        script = tmp / "ceiling.py"
+        script.write_text(CEILING)
+        self.proc = subprocess.Popen(["taskset", "-c", str(COLLECTOR_CPU), sys.executable, str(script),
+                                      str(self.port), str(rcvbuf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self._in: IO[bytes] = self.proc.stdin
+        self._out: IO[bytes] = self.proc.stdout
+        if self._out.readline().strip() != b"ready":
+            raise RuntimeError("ceiling receiver did not start")
+
+    def counts(self) -> Dict[str, float]:
+        self._in.write(b"?\n")
+        self._in.flush()
+        c = json.loads(self._out.readline())
+        return {"accounted": c["accounted"], "rejected": c["rejected"], "pending": 0, "lost": 0}
 
 
-def ingest_step(tmp: Path, rate: float, seconds: float) -> Dict[str, float]:
-    n = int(rate * seconds) // 2 * 2
-    grams = mix(n, seed=int(rate))
-    gfile = tmp / "grams.hex"
-    gfile.write_text("\n".join(g.hex() for g in grams))
-    db = tmp / f"ingest-{int(rate)}.sqlite"
-    c = Collector(tmp, db)
+SENDER = r"""
+import json, marshal, os, socket, sys, time
+os.sched_setaffinity(0, {int(sys.argv[3])})
+port, rate = int(sys.argv[1]), float(sys.argv[2])
+grams = marshal.load(open(sys.argv[4], "rb"))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+send, dest = s.sendto, ("127.0.0.1", port)
+n = len(grams); i = 0
+t0 = time.monotonic()
+while i < n:
+    due = min(n, int((time.monotonic() - t0) * rate) + 1)
+    while i < due:
+        send(grams[i], dest); i += 1
+    if i < n:
+        time.sleep(0.0002)   # sleep between bursts: never spin on the collector's core
+print(json.dumps({"sent": n, "seconds": time.monotonic() - t0, "t0": t0}))
+"""
+
+
+def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, drain_timeout: float) -> Dict[str, Any]:
+    """One receiver, one step: send, wait for the drain, read everything, close the count."""
+    rc = make()
     try:
-        r = subprocess.run([sys.executable, "-c", SENDER, str(c.udp), str(rate), str(LOAD_CPU), str(gfile)],
-                           capture_output=True, text=True, timeout=seconds * 5 + 60)
-        sent = json.loads(r.stdout)
-        time.sleep(1.5)
-        got = c.metric("scitagd_collector_datagrams_total")
-        ok = c.metric('scitagd_collector_fireflies_total{outcome="start"}') + c.metric(
-            'scitagd_collector_fireflies_total{outcome="end"}')
-        rejected = c.metric("scitagd_collector_rejected_total")
+        _, d0 = udp_socket_state(rc.port, rc.proc.pid)
+        r = subprocess.run([sys.executable, "-c", SENDER, str(rc.port), str(rate), str(LOAD_CPU), str(gfile)],
+                           capture_output=True, text=True, timeout=n / rate * 5 + 120)
+        if r.returncode:
+            raise RuntimeError(r.stderr)
+        s = json.loads(r.stdout)
+        # Drained: nothing in the socket, nothing pending inside, the counters still for 1 s.
+        last: Optional[Tuple[float, float]] = None
+        still_since = time.monotonic()
+        t_busy_end = time.monotonic()
+        deadline = time.monotonic() + drain_timeout
+        while True:
+            queued, drops = udp_socket_state(rc.port, rc.proc.pid)
+            c = rc.counts()
+            now = time.monotonic()
+            cur = (c["accounted"], c["rejected"])
+            if cur != last:
+                last, still_since, t_busy_end = cur, now, now
+            if (queued == 0 and c["pending"] == 0 and now - still_since >= 1.0) or now > deadline:
+                break
+            time.sleep(0.2)
     finally:
-        c.stop()
-    return {"offered": sent["sent"] / sent["seconds"], "sent": sent["sent"], "received": got, "accounted": ok,
-            "rejected": rejected, "loss_pct": 100 * (sent["sent"] - ok) / sent["sent"]}
+        rc.stop()
+    sent = s["sent"]
+    drops -= d0
+    # queued bytes -> datagrams: an estimate only when the drain timed out (otherwise 0)
+    in_queue = max(0.0, sent - c["accounted"] - c["rejected"] - drops - c["lost"] - c["pending"]) if queued else 0.0
+    unexplained = sent - c["accounted"] - c["rejected"] - drops - c["lost"] - c["pending"] - in_queue
+    processed = c["accounted"] + c["rejected"]
+    busy = max(1e-9, t_busy_end - s["t0"])
+    return {"sent": sent, "offered": sent / max(1e-9, s["seconds"]), "accounted": c["accounted"],
+            "rejected": c["rejected"], "kernel_drops": drops, "queued": in_queue, "pending": c["pending"],
+            "lost_inside": c["lost"], "unexplained": unexplained, "drained": not queued and not c["pending"],
+            "loss_pct": 100.0 * (sent - processed) / sent if sent else 0.0,
+            "capacity": processed / busy}
 
+
+def lossless(r: Dict[str, Any]) -> bool:
+    return bool(r["kernel_drops"] == 0 and r["lost_inside"] == 0 and abs(r["unexplained"]) < 0.5
+                and r["drained"])
+
+
+def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
+    rcvbuf = a.receive_buffer
+    makers: Dict[str, Callable[[], Receiver]] = {
+        "baseline": lambda: Collector(tmp, Path(a.baseline) / "src", rcvbuf),
+        "current": lambda: Collector(tmp, ROOT / "src", rcvbuf),
+        "ceiling": lambda: Ceiling(tmp, rcvbuf),
+    }
+    for spec in a.also:
+        name, tree = spec.split("=", 1)
+        makers[name] = lambda tree=tree: Collector(tmp, Path(tree) / "src", rcvbuf)  # type: ignore[misc]
+    kinds = list(makers) if a.only is None else [k for k in a.only.split(",") if k in makers]
+    if "baseline" in kinds and a.baseline is None:
+        kinds.remove("baseline")
+    rates = [float(r) for r in a.rates.split(",")]
+    res: Dict[str, Any] = {"rates": {}, "kinds": kinds}
+    losing = {k: 0 for k in kinds}  # consecutive lossy steps: stop a receiver after --stop-after
+    for rate in rates:
+        n = int(rate * a.seconds)
+        step: Dict[str, List[Dict[str, Any]]] = {k: [] for k in kinds}
+        for run in range(a.runs):
+            gfile = tmp / "grams.marshal"
+            gfile.write_bytes(marshal.dumps(traffic(n, seed=run * 1000 + int(rate), data=a.fireflies, rate=rate)))
+            order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]  # rotate who goes first
+            for k in order:
+                if losing[k] >= a.stop_after:
+                    continue
+                step[k].append(run_step(makers[k], gfile, n, rate, a.drain_timeout))
+        line = [f"offered {rate:8,.0f}/s"]
+        for k in kinds:
+            runs = step[k]
+            if not runs:
+                line.append(f"{k}: -")
+                continue
+            ok = [lossless(r) for r in runs]
+            med_ok = sum(ok) * 2 > len(ok)
+            losing[k] = 0 if med_ok else losing[k] + 1
+            loss = statistics.median(r["loss_pct"] for r in runs)
+            cap = statistics.median(r["capacity"] for r in runs)
+            res["rates"].setdefault(int(rate), {})[k] = {"lossless_median": med_ok, "loss_pct_median": loss,
+                                                         "capacity_median": cap, "runs": runs}
+            line.append(f"{k}: loss {loss:5.2f}% ({sum(ok)}/{len(ok)} lossless) drops "
+                        f"{statistics.median(r['kernel_drops'] for r in runs):,.0f}")
+        print("  ".join(line), flush=True)
+    summary: Dict[str, Dict[str, Any]] = {}
+    for k in kinds:
+        best = 0
+        caps = []
+        for rate, per in res["rates"].items():
+            got = per.get(k)
+            if got is None:
+                continue
+            if got["lossless_median"] and all(res["rates"][r2].get(k, {}).get("lossless_median", False)
+                                              for r2 in res["rates"] if r2 < rate):
+                best = rate
+            if not got["lossless_median"]:
+                caps.append(got["capacity_median"])
+        summary[k] = {"sustained": best, "capacity": statistics.median(caps) if caps else None}
+    res["summary"] = summary
+    print("sustained lossless rate (median of runs) and capacity (processed/s at overloaded steps):")
+    for k in kinds:
+        s = summary[k]
+        cap = f"{s['capacity']:,.0f}/s" if s["capacity"] else "not reached"
+        print(f"  {k:9} sustained {s['sustained']:>7,}/s   capacity {cap}")
+    for k in kinds:
+        if k != "baseline" and "baseline" in summary and summary["baseline"]["sustained"]:
+            print(f"  {k} / baseline: sustained {summary[k]['sustained'] / summary['baseline']['sustained']:.2f}x"
+                  + (f", capacity {summary[k]['capacity'] / summary['baseline']['capacity']:.2f}x"
+                     if summary[k]["capacity"] and summary["baseline"]["capacity"] else ""))
+    return res
+
+
+# --- queries ----------------------------------------------------------------------------
 
 def fill(db: Path, flows: int) -> float:
-    """1,000,000 flows over 30 days through the store's own write path and accounting."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from scitagd.collector.account import Accountant
-
+    """`flows` flows over 30 days through the store's own ingest (parse, report, account)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from scitagd.collector.report import make_report
     from scitagd.collector.store import SQLiteStore
     from scitagd.firefly import parse
 
     t0 = time.monotonic()
     store = SQLiteStore(str(db))
-    acct = Accountant([], False)
     rnd = random.Random(5)
     now = time.time()
     tags = [(2, 3), (2, 16), (3, 4), (3, 1), (5, 10), (8, 1), (1, 1), (6, 2), (7, 1), (4, 1)]
+    batch = []
+
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + "Z"
+
     for i in range(flows):
         st = now - 30 * 86400 + i * (30 * 86400 / flows)
-        en = st + rnd.uniform(1, 3600)
+        en = min(now - 1, st + rnd.uniform(1, 3600))
         exp, act = tags[i % len(tags)]
         # 100 storage hosts, 2,000 remote ones, heavy hitters as in real traffic (the UNL archive:
         # 73 sources, 501 destinations, 1,328 pairs in 10,000 fireflies).
         src = f"2001:db8:{int(rnd.paretovariate(1.2)) % 100:x}::1"
         dst = f"2001:db8:ff::{int(rnd.paretovariate(0.9)) % 2000:x}"
-        iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + "Z"  # noqa: E731
         for state in ("start", "end"):
             body = (f'{{"version":1,"flow-lifecycle":{{"state":"{state}","start-time":"{iso(st)}"'
                     + (f',"end-time":"{iso(en)}"' if state == "end" else "") + "},"
@@ -189,10 +539,11 @@ def fill(db: Path, flows: int) -> float:
                     f'"src-port":{1024 + i % 60000},"dst-port":{1094 + i // 60000}}},'
                     f'"context":{{"experiment-id":{exp},"activity-id":{act}}},'
                     f'"usage":{{"received":100,"sent":{rnd.randint(1 << 20, 1 << 32) if state == "end" else 0}}}}}')
-            acct.ingest(parse(body.encode()), f"se{i % 30}")
-        if len(acct.rows) >= 50000:
-            store.write(*acct.take())
-    store.write(*acct.take())
+            batch.append(make_report(parse(body.encode()), f"se{i % 30}", False, now))
+        if len(batch) >= 50000:
+            store.ingest(batch)
+            batch = []
+    store.ingest(batch)
     store.close()
     return time.monotonic() - t0
 
@@ -213,10 +564,10 @@ QUERIES = {
 }
 
 
-def queries(tmp: Path, flows: int, repeat: int) -> Dict[str, Any]:
+def queries(tmp: Path, flows: int, repeat: int, rcvbuf: int) -> Dict[str, Any]:
     db = tmp / "million.sqlite"
     fill_s = fill(db, flows)
-    c = Collector(tmp, db)
+    c = Collector(tmp, ROOT / "src", rcvbuf, db)
     try:
         out: Dict[str, Any] = {"flows": flows, "fill_seconds": fill_s, "db_mb": db.stat().st_size / 1e6,
                                "queries_ms": {}}
@@ -234,43 +585,59 @@ def queries(tmp: Path, flows: int, repeat: int) -> Dict[str, Any]:
     return out
 
 
+def context() -> Dict[str, Any]:
+    """What the figures depend on: rmem_max, the load beside the run."""
+    def read(p: str) -> str:
+        try:
+            return Path(p).read_text().strip()
+        except OSError:
+            return "?"
+
+    top = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+                         text=True).stdout.splitlines()[:8]
+    return {"rmem_max": read("/proc/sys/net/core/rmem_max"), "loadavg": read("/proc/loadavg"),
+            "cpus": os.cpu_count(), "python": sys.version.split()[0], "top": [t.strip() for t in top]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--rates", default="10000,20000,30000,40000,50000,60000")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per step")
+    ap.add_argument("--rates", default="5000,10000,15000,20000,25000,30000,35000,40000,50000,60000")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--baseline", help="a git worktree of the version to compare with (its src/ is used)")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=TREE",
+                    help="another collector version to run beside them (a worktree; its src/ is used)")
+    ap.add_argument("--only", default=None, help="receivers to run (default: baseline,current,ceiling and --also)")
+    ap.add_argument("--receive-buffer", type=int, default=None,
+                    help="bytes, the same for every receiver (default: net.core.rmem_max)")
+    ap.add_argument("--stop-after", type=int, default=2, help="lossy steps in a row after which a receiver stops")
+    ap.add_argument("--drain-timeout", type=float, default=90.0)
+    ap.add_argument("--fireflies", type=Path, default=DATA, help="folder of the real fireflies")
     ap.add_argument("--flows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-queries", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    res: Dict[str, Any] = {}
+    if a.receive_buffer is None:
+        # every receiver gets the same buffer: what SO_RCVBUF may ask for without CAP_NET_ADMIN
+        a.receive_buffer = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    os.sched_setaffinity(0, {LOAD_CPU})
+    res: Dict[str, Any] = {"context_before": context(), "receive_buffer": a.receive_buffer}
+    print(f"rmem_max {res['context_before']['rmem_max']}, receive buffer asked {a.receive_buffer}, "
+          f"load {res['context_before']['loadavg']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as d:
         tmp = Path(d)
         if not a.skip_ingest:
-            steps = {}
-            best = 0.0
-            for rate in [float(r) for r in a.rates.split(",")]:
-                runs = [ingest_step(tmp, rate, a.seconds) for _ in range(a.runs)]
-                loss = statistics.median(r["loss_pct"] for r in runs)
-                steps[int(rate)] = {"loss_pct_median": loss, "runs": runs}
-                print(f"offered {rate:8.0f}/s: loss {loss:6.2f}% (runs: "
-                      + ", ".join(f"{r['loss_pct']:.2f}" for r in runs) + ")", flush=True)
-                if loss < 0.1:
-                    best = rate
-            res["ingest"] = {"steps": steps, "max_lossless": best}
-            for frac in (0.5, 0.8):
-                rate = best * frac
-                runs = [ingest_step(tmp, rate, a.seconds) for _ in range(a.runs)]
-                loss = statistics.median(r["loss_pct"] for r in runs)
-                res["ingest"][f"loss_at_{int(frac * 100)}pct"] = {"rate": rate, "loss_pct": loss}
-                print(f"{int(frac * 100)}% of max ({rate:.0f}/s): loss {loss:.3f}%", flush=True)
+            res["ingest"] = ingest(tmp, a)
         if not a.skip_queries:
             print(f"queries over {a.flows} flows:", flush=True)
-            res["queries"] = queries(tmp, a.flows, a.repeat)
+            res["queries"] = queries(tmp, a.flows, a.repeat, a.receive_buffer)
             print(f"  store {res['queries']['db_mb']:.0f} MB written in {res['queries']['fill_seconds']:.0f} s; "
                   f"collector RSS {res['queries']['rss_mb']:.0f} MB", flush=True)
+    res["context_after"] = context()
+    print(f"load after: {res['context_after']['loadavg']}; busiest processes: "
+          + "; ".join(res["context_after"]["top"][:5]), flush=True)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     return 0

@@ -41,6 +41,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from .figures import recorded
+
+    rows = recorded()
+    if not rows:
+        return
+    terminalreporter.section("figures")
+    for row in rows:
+        rest = " ".join(f"{k}={v}" for k, v in row.items() if k != "what")
+        terminalreporter.write_line(f"{row['what']}: {rest}")
+
+
 _STARTS_PROCESSES = {"run_daemon", "lab", "collector", "ns", "xrootd_dir", "env"}
 
 

@@ -247,6 +247,10 @@ def cmd_collector(a: argparse.Namespace) -> int:
 def cmd_doctor(a: argparse.Namespace) -> int:
     from .doctor import main as doctor_main
 
+    if a.collector:
+        from .collector.conf import load
+
+        return doctor_main(load(a.config or DEFAULT_COLLECTOR_CONFIG), a.json)
     return doctor_main(_load_conf(config_path(a.config)), a.json)
 
 
@@ -350,7 +354,10 @@ def parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="check this host against the config: kernel, BTF, bpffs, cgroup v2, "
                          "libbpf, capabilities, interfaces, sysctls, registry cache, listeners, collectors")
-    doc.add_argument("--config", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    doc.add_argument("--config", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG}, with "
+                     f"--collector {DEFAULT_COLLECTOR_CONFIG})")
+    doc.add_argument("--collector", action="store_true", help="check a collector host instead: receive buffers, "
+                     "listeners, the store's directory and free disk, the registry cache")
     doc.add_argument("--json", action="store_true", help="JSON output")
     doc.set_defaults(func=cmd_doctor)
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`scitagd doctor [--config FILE]`: is this host ready for what the config asks? One line per
-check, PASS / WARN / FAIL, each problem with its fix; exit status 1 when something fails.
+"""`scitagd doctor [--collector] [--config FILE]`: is this host ready for what the config asks?
+One line per check, PASS / WARN / FAIL, each problem with its fix; exit status 1 when something
+fails.
 
 It reads, never changes: no program is loaded, no filter attached, nothing bound but for the
 moment of the bind test.
@@ -17,9 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .collector.conf import CollectorFile
+from .confbase import RegistryConfig
 from .config import Config
 
-__all__ = ["CAPABILITIES", "Check", "main", "run_checks"]
+__all__ = ["CAPABILITIES", "Check", "collector_checks", "main", "run_checks"]
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -157,7 +160,7 @@ def interfaces(conf: Config) -> List[Check]:
     return out
 
 
-def sysctls(conf: Config, collector_buffers: List[Tuple[str, int]]) -> List[Check]:
+def sysctls(conf: Config) -> List[Check]:
     out = []
     for key, good, note in (("net/ipv6/auto_flowlabels", None, "labels of unmarked flows (kernel's own)"),
                             ("net/ipv6/flowlabel_reflect", None, "whether replies reflect a peer's label"),
@@ -171,10 +174,15 @@ def sysctls(conf: Config, collector_buffers: List[Tuple[str, int]]) -> List[Chec
             out.append(Check(WARN, name, f"{v}: {note}", f"sysctl -w {name}={good}"))
         else:
             out.append(Check(PASS, name, f"{v} ({note})"))
-    rmem = _read("/proc/sys/net/core/rmem_max")
-    buffers = list(collector_buffers)
     if conf.plugins.firefly is not None:
-        buffers.append(("plugins.firefly.receiveBuffer", conf.plugins.firefly.receive_buffer))
+        out += receive_buffers([("plugins.firefly.receiveBuffer", conf.plugins.firefly.receive_buffer)])
+    return out
+
+
+def receive_buffers(buffers: List[Tuple[str, int]]) -> List[Check]:
+    """net.core.rmem_max against each configured UDP receive buffer."""
+    out: List[Check] = []
+    rmem = _read("/proc/sys/net/core/rmem_max")
     if rmem is not None:
         for key, want in buffers:
             if int(rmem) < want:
@@ -186,8 +194,7 @@ def sysctls(conf: Config, collector_buffers: List[Tuple[str, int]]) -> List[Chec
     return out
 
 
-def registry_cache(conf: Config) -> List[Check]:
-    r = conf.registry
+def registry_cache(r: RegistryConfig) -> List[Check]:
     if not r.url:
         return [Check(PASS, "registry", "the bundled snapshot (no registry.url)")]
     p = Path(r.cache_file)
@@ -210,6 +217,20 @@ def listeners(conf: Config) -> List[Check]:
     if b.prometheus is not None:
         wanted.append(("backends.prometheus", b.prometheus.bind_address, b.prometheus.listen_port,
                        socket.SOCK_STREAM))
+    out = bindable(wanted)
+    if p.namedPipe is not None:
+        d = os.path.dirname(p.namedPipe.pipe_path)
+        while not os.path.isdir(d) and d not in ("", "/"):  # created at start if missing: its parent must let us
+            d = os.path.dirname(d)
+        ok = os.access(d, os.W_OK)
+        state = "writable" if ok else "not writable"
+        out.append(Check(PASS if ok else FAIL, "plugins.namedPipe", f"{p.namedPipe.pipe_path}: directory {d} {state}",
+                         "" if ok else "RuntimeDirectory=scitagd in the unit, or a pipePath in a writable directory"))
+    return out
+
+
+def bindable(wanted: List[Tuple[str, str, int, int]]) -> List[Check]:
+    """(what, address, port, socket type): can each be bound now?"""
     out = []
     for what, addr, port, kind in wanted:
         fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -220,15 +241,38 @@ def listeners(conf: Config) -> List[Check]:
         except OSError as e:
             out.append(Check(WARN, f"{what} listener", f"{addr} port {port}: {e.strerror}",
                              "in use: is scitagd already running? else change the port"))
-    if p.namedPipe is not None:
-        d = os.path.dirname(p.namedPipe.pipe_path)
-        while not os.path.isdir(d) and d not in ("", "/"):  # created at start if missing: its parent must let us
-            d = os.path.dirname(d)
-        ok = os.access(d, os.W_OK)
-        state = "writable" if ok else "not writable"
-        out.append(Check(PASS if ok else FAIL, "plugins.namedPipe", f"{p.namedPipe.pipe_path}: directory {d} {state}",
-                         "" if ok else "RuntimeDirectory=scitagd in the unit, or a pipePath in a writable directory"))
     return out
+
+
+def collector_checks(cf: CollectorFile) -> List[Check]:
+    """A collector host: receive buffers, listeners, the store's directory and disk, the registry."""
+    c = cf.collector
+    buffers = [("collector.udp.receiveBuffer", c.udp.receive_buffer)]
+    buffers += [(f"collector.{name}.receiveBuffer", sec.receive_buffer) for name, sec in c.flow_exports()]
+    wanted: List[Tuple[str, str, int, int]] = [("collector.udp", a, c.udp.port, socket.SOCK_DGRAM)
+                                               for a in c.udp.bind_addresses]
+    if c.syslog_tcp is not None:
+        wanted.append(("collector.syslogTcp", c.syslog_tcp.bind_address, c.syslog_tcp.port, socket.SOCK_STREAM))
+    wanted.append(("collector.http", c.http.bind_address, c.http.port, socket.SOCK_STREAM))
+    for name, sec in c.flow_exports():
+        wanted += [(f"collector.{name}", a, sec.port, socket.SOCK_DGRAM) for a in sec.bind_addresses]
+    out = receive_buffers(buffers) + bindable(wanted) + store_checks(c.store.path)
+    return out + registry_cache(cf.registry)
+
+
+def store_checks(path: str) -> List[Check]:
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        return [Check(FAIL, "collector.store", f"{d} does not exist",
+                      "StateDirectory=scitagd in the unit, or create it for the collector's user")]
+    if not os.access(d, os.W_OK):
+        return [Check(FAIL, "collector.store", f"{d} not writable (SQLite keeps its journal beside {path})",
+                      "StateDirectory=scitagd in the unit, or give the collector's user the directory")]
+    st = os.statvfs(d)
+    free = st.f_bavail * st.f_frsize
+    status = PASS if free >= 1 << 30 else WARN
+    return [Check(status, "collector.store", f"{path}: {free / (1 << 30):.1f} GiB free in {d}",
+                  "" if status == PASS else "less than 1 GiB free: retentionDays lower, or more disk")]
 
 
 def collectors(conf: Config) -> List[Check]:
@@ -259,8 +303,8 @@ def run_checks(conf: Config) -> List[Check]:
         checks.append(cgroup(cg))
     checks += capabilities(needed)
     checks += interfaces(conf)
-    checks += sysctls(conf, [])
-    checks += registry_cache(conf)
+    checks += sysctls(conf)
+    checks += registry_cache(conf.registry)
     checks += listeners(conf)
     checks += collectors(conf)
     return checks
@@ -273,8 +317,8 @@ def _configured(conf: Config, key: str) -> bool:
     return getattr(getattr(conf, section), name, None) is not None
 
 
-def main(conf: Config, as_json: bool = False, out: Callable[[str], None] = print) -> int:
-    checks = run_checks(conf)
+def main(conf: Config | CollectorFile, as_json: bool = False, out: Callable[[str], None] = print) -> int:
+    checks = collector_checks(conf) if isinstance(conf, CollectorFile) else run_checks(conf)
     if as_json:
         out(json.dumps([asdict(c) for c in checks]))
     else:

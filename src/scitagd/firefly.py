@@ -93,11 +93,15 @@ class Firefly(msgspec.Struct, rename="kebab", gc=False):
 
 
 class Received(msgspec.Struct, gc=False):
-    """A parsed datagram: the document plus what the syslog header said about its sender."""
+    """A parsed datagram: the document plus what the syslog header said about its sender, and
+    the lifecycle's times as epoch seconds (converted once, while checking them)."""
 
     firefly: Firefly
     hostname: Optional[str] = None
     app_name: Optional[str] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    current: Optional[float] = None
 
 
 _decoder = msgspec.json.Decoder(Firefly)
@@ -125,8 +129,8 @@ def parse(data: bytes, header: bool = True) -> Received:
         raise FireflyError(f"invalid UTF-8 in a JSON string at byte {i + e.start}", "bad_utf8") from None
     except RecursionError:
         raise FireflyError("JSON nested too deeply", "too_deep") from None
-    _check(ff)
-    return Received(ff, hostname, app)
+    start, end, current = _check(ff)
+    return Received(ff, hostname, app, start, end, current)
 
 
 def _preview(data: bytes, n: int = 60) -> str:
@@ -134,31 +138,37 @@ def _preview(data: bytes, n: int = 60) -> str:
     return repr(text + ("..." if len(data) > n else ""))
 
 
+_MONTHS_B = {m.encode() for m in _MONTHS}
+_afi_of: Dict[str, str] = {}  # address text seen valid -> its family: one lookup instead of parsing
+
+
 def _parse_header(raw: bytes) -> tuple[str | None, str | None]:
-    tokens = raw.decode("utf-8", "replace").split()
+    # On bytes, decoding only the two tokens kept: a header is read for every datagram.
+    tokens = raw.split()
     if not tokens:
         return None, None
-    if tokens[0] in _MONTHS and len(tokens) >= 5:
+    if tokens[0] in _MONTHS_B and len(tokens) >= 5:
         tokens = tokens[4:]  # 'Feb  1 18:54:27 relayhost' written by the syslog daemon
-    if tokens and (tokens[0].startswith("<") or tokens[0].isdigit()):
+    if tokens and (tokens[0][:1] == b"<" or tokens[0].isdigit()):
         rest = tokens[1:]  # '<134>1' or a bare version '1'
     else:
         return None, None  # a header we cannot read does not spoil a readable document
-    hostname = rest[1] if len(rest) > 1 and rest[1] != "-" else None
-    app = rest[2] if len(rest) > 2 and rest[2] != "-" else None
     # printable ASCII of bounded length (RFC 5424), or nothing: a header never carries junk on
-    if hostname is not None and (len(hostname) > MAX_HOSTNAME or not _printable(hostname)):
-        hostname = None
-    if app is not None and (len(app) > 48 or not _printable(app)):
-        app = None
+    hostname = _token(rest[1], MAX_HOSTNAME) if len(rest) > 1 and rest[1] != b"-" else None
+    app = _token(rest[2], 48) if len(rest) > 2 and rest[2] != b"-" else None
     return hostname, app
 
 
-def _printable(text: str) -> bool:
-    return text.isascii() and text.isprintable()
+def _token(raw: bytes, limit: int) -> str | None:
+    if len(raw) > limit or not raw.isascii():
+        return None
+    text = raw.decode("ascii")
+    return text if text.isprintable() else None
 
 
-def _check(ff: Firefly) -> None:
+def _check(ff: Firefly) -> tuple[float | None, float | None, float | None]:
+    """Every bound in one pass; the times as epoch seconds (start, end, current). The common,
+    valid case takes one comparison chain per group; the messages are built only on failure."""
     if ff.version != 1:
         raise FireflyError(f"version: {ff.version!r}: expected 1", "bad_version")
     lc, fid, ctx = ff.flow_lifecycle, ff.flow_id, ff.context
@@ -168,42 +178,63 @@ def _check(ff: Firefly) -> None:
         )
     if fid.protocol not in PROTOCOLS:
         raise FireflyError(f"flow-id.protocol: {fid.protocol!r}: expected tcp or udp", "bad_protocol")
-    if fid.afi not in ("ipv4", "ipv6"):
-        raise FireflyError(f"flow-id.afi: {fid.afi!r}: expected ipv4 or ipv6", "bad_afi")
-    for name, text in (("src-ip", fid.src_ip), ("dst-ip", fid.dst_ip)):
-        try:
-            normalize_ip(text)  # cached: ipaddress.ip_address() costs 2 us a call
-        except ValueError:
-            raise FireflyError(f"flow-id.{name}: {text!r}: expected an IP address",
-                               "bad_address") from None
-        if ("ipv6" if ":" in text else "ipv4") != fid.afi:
-            raise FireflyError(f"flow-id.{name}: {text!r} is not {fid.afi} as flow-id.afi says",
-                               "bad_address")
-    for name, port in (("src-port", fid.src_port), ("dst-port", fid.dst_port)):
-        # Port 0 is accepted: flowd's own test data carries it; marking rejects it later.
-        if not 0 <= port <= 65535:
-            raise FireflyError(f"flow-id.{name}: {port}: expected 0..65535", "bad_port", f"flow-id.{name}")
-    for name, v in (("experiment-id", ctx.experiment_id), ("activity-id", ctx.activity_id)):
-        if not 0 <= v <= MAX_ID:
-            raise FireflyError(f"context.{name}: {v}: expected 0..{MAX_ID}", "bad_tag", f"context.{name}")
+    afi = fid.afi
+    if afi != "ipv4" and afi != "ipv6":
+        raise FireflyError(f"flow-id.afi: {afi!r}: expected ipv4 or ipv6", "bad_afi")
+    if _afi_of.get(fid.src_ip) != afi or _afi_of.get(fid.dst_ip) != afi:
+        for name, text in (("src-ip", fid.src_ip), ("dst-ip", fid.dst_ip)):
+            try:
+                normalize_ip(text)  # cached: ipaddress.ip_address() costs 2 us a call
+            except ValueError:
+                raise FireflyError(f"flow-id.{name}: {text!r}: expected an IP address",
+                                   "bad_address") from None
+            family = "ipv6" if ":" in text else "ipv4"
+            if family != afi:
+                raise FireflyError(f"flow-id.{name}: {text!r} is not {afi} as flow-id.afi says",
+                                   "bad_address")
+            if len(_afi_of) >= 65536:
+                _afi_of.clear()  # bounded: a scan of many addresses only costs re-validation
+            _afi_of[text] = family
+    if not (0 <= fid.src_port <= 65535 and 0 <= fid.dst_port <= 65535):
+        for name, port in (("src-port", fid.src_port), ("dst-port", fid.dst_port)):
+            # Port 0 is accepted: flowd's own test data carries it; marking rejects it later.
+            if not 0 <= port <= 65535:
+                raise FireflyError(f"flow-id.{name}: {port}: expected 0..65535", "bad_port", f"flow-id.{name}")
+    if not (0 <= ctx.experiment_id <= MAX_ID and 0 <= ctx.activity_id <= MAX_ID):
+        for name, v in (("experiment-id", ctx.experiment_id), ("activity-id", ctx.activity_id)):
+            if not 0 <= v <= MAX_ID:
+                raise FireflyError(f"context.{name}: {v}: expected 0..{MAX_ID}", "bad_tag", f"context.{name}")
     if ctx.application is not None and len(ctx.application) > MAX_APPLICATION:
         ctx.application = ctx.application[:MAX_APPLICATION]
-    if ff.usage is not None:
-        for name, n in (("received", ff.usage.received), ("sent", ff.usage.sent)):
-            if n is not None and not 0 <= n <= MAX_BYTES:
-                raise FireflyError(f"usage.{name}: {n}: expected 0..2**60 bytes", "bad_usage", f"usage.{name}")
-        if (ff.usage.received or 0) + (ff.usage.sent or 0) > MAX_BYTES:
-            raise FireflyError(f"usage: sent + received = {(ff.usage.received or 0) + (ff.usage.sent or 0)}: "
+    usage = ff.usage
+    if usage is not None:
+        received, sent = usage.received or 0, usage.sent or 0
+        if not (0 <= received <= MAX_BYTES and 0 <= sent <= MAX_BYTES):
+            for name, n in (("received", usage.received), ("sent", usage.sent)):
+                if n is not None and not 0 <= n <= MAX_BYTES:
+                    raise FireflyError(f"usage.{name}: {n}: expected 0..2**60 bytes", "bad_usage", f"usage.{name}")
+        if received + sent > MAX_BYTES:
+            raise FireflyError(f"usage: sent + received = {received + sent}: "
                                "expected at most 2**60 bytes", "bad_usage", "usage")
-    for name, dt in (("start-time", lc.start_time), ("end-time", lc.end_time), ("current-time", lc.current_time)):
-        t = ts(dt)
-        if t is not None and not MIN_TIME <= t < MAX_TIME:
-            raise FireflyError(f"flow-lifecycle.{name}: {dt.isoformat() if dt else dt}: expected a time "
-                               "between 2000 and 2100", "bad_time", f"flow-lifecycle.{name}")
+    st, et, ct = lc.start_time, lc.end_time, lc.current_time
+    try:  # what ts() does, without a call per time: producers' times carry a zone
+        start = st.timestamp() if st.tzinfo is not None else ts(st)
+        end = (et.timestamp() if et.tzinfo is not None else ts(et)) if et is not None else None
+        current = (ct.timestamp() if ct.tzinfo is not None else ts(ct)) if ct is not None else None
+    except (OverflowError, ValueError):
+        start, end, current = ts(st), ts(et), ts(ct)
+    if not (start is not None and MIN_TIME <= start < MAX_TIME and (end is None or MIN_TIME <= end < MAX_TIME)
+            and (current is None or MIN_TIME <= current < MAX_TIME)):
+        for name, t, dt in (("start-time", start, st), ("end-time", end, et), ("current-time", current, ct)):
+            if t is not None and not MIN_TIME <= t < MAX_TIME:
+                raise FireflyError(f"flow-lifecycle.{name}: {dt.isoformat() if dt else dt}: expected a time "
+                                   "between 2000 and 2100", "bad_time", f"flow-lifecycle.{name}")
+    return start, end, current
 
 
 def ts(dt: datetime | None) -> float | None:
-    """Epoch seconds; a naive time is taken as UTC (what every producer means)."""
+    """Epoch seconds; a naive time is taken as UTC (what every producer means). Exactly the
+    microsecond count over 10**6 (one correctly rounded division), so round(ts(dt), 6) == ts(dt)."""
     if dt is None:
         return None
     if dt.tzinfo is None:

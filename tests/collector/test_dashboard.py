@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, AsyncIterator, Callable, Dict, List
 
 import pytest
 
@@ -80,13 +81,16 @@ class Cdp:
         return out
 
 
-async def drive(url: str, profile: Path) -> Dict[str, Any]:
+@contextlib.asynccontextmanager
+async def browser(url: str, profile: Path, size: str = "1400,1000") -> AsyncIterator[Cdp]:
+    """Headless chromium on `url`, driven over the DevTools protocol (Runtime, Log and Page
+    enabled); stopped on the way out, also on failure."""
     import aiohttp
 
     proc = subprocess.Popen([CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                              "--disable-quic", "--no-first-run", "--disable-background-networking",
                              "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
-                             f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+                             f"--user-data-dir={profile}", f"--window-size={size}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = profile / "DevToolsActivePort"
@@ -103,33 +107,40 @@ async def drive(url: str, profile: Path) -> Dict[str, Any]:
                 for domain in ("Runtime", "Log", "Page"):
                     await cdp.call(f"{domain}.enable")
                 await cdp.call("Page.navigate", url=url)
-                out: Dict[str, Any] = {}
-                await cdp.until("document.querySelectorAll('#chart path.layer').length > 0")
-                out["title_all"] = await cdp.js("document.getElementById('chart-title').textContent")
-                out["legend_all"] = await cdp.js("[...document.querySelectorAll('#legend button')].map(b => b.textContent)")
-                out["totals_all"] = await cdp.js("[...document.querySelectorAll('#totals tbody tr')].map(r => r.textContent)")
-                out["layers_all"] = await cdp.js("document.querySelectorAll('#chart path.layer').length")
-                shot = await cdp.call("Page.captureScreenshot", format="png")
-                out["png_all"] = base64.b64decode(shot["data"])
-                # Filter: one experiment. The chart then stacks its activities.
-                await cdp.js("(() => { const s = document.getElementById('experiment'); s.value = '23';"
-                             " s.dispatchEvent(new Event('change')); return true; })()")
-                await cdp.until("document.getElementById('chart-title').textContent.includes('by activity')")
-                await cdp.until("document.querySelectorAll('#totals tbody tr').length === 1")
-                out["title_exp"] = await cdp.js("document.getElementById('chart-title').textContent")
-                out["totals_exp"] = await cdp.js("[...document.querySelectorAll('#totals tbody tr')].map(r => r.textContent)")
-                out["activity_options"] = await cdp.js("document.getElementById('activity').options.length")
-                shot = await cdp.call("Page.captureScreenshot", format="png")
-                out["png_exp"] = base64.b64decode(shot["data"])
-                out["errors"] = cdp.errors()
-                cdp.reader.cancel()
-                return out
+                try:
+                    yield cdp
+                finally:
+                    cdp.reader.cancel()
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def drive(url: str, profile: Path) -> Dict[str, Any]:
+    async with browser(url, profile) as cdp:
+        out: Dict[str, Any] = {}
+        await cdp.until("document.querySelectorAll('#chart path.layer').length > 0")
+        out["title_all"] = await cdp.js("document.getElementById('chart-title').textContent")
+        out["legend_all"] = await cdp.js("[...document.querySelectorAll('#legend button')].map(b => b.textContent)")
+        out["totals_all"] = await cdp.js("[...document.querySelectorAll('#totals tbody tr')].map(r => r.textContent)")
+        out["layers_all"] = await cdp.js("document.querySelectorAll('#chart path.layer').length")
+        shot = await cdp.call("Page.captureScreenshot", format="png")
+        out["png_all"] = base64.b64decode(shot["data"])
+        # Filter: one experiment. The chart then stacks its activities.
+        await cdp.js("(() => { const s = document.getElementById('experiment'); s.value = '23';"
+                     " s.dispatchEvent(new Event('change')); return true; })()")
+        await cdp.until("document.getElementById('chart-title').textContent.includes('by activity')")
+        await cdp.until("document.querySelectorAll('#totals tbody tr').length === 1")
+        out["title_exp"] = await cdp.js("document.getElementById('chart-title').textContent")
+        out["totals_exp"] = await cdp.js("[...document.querySelectorAll('#totals tbody tr')].map(r => r.textContent)")
+        out["activity_options"] = await cdp.js("document.getElementById('activity').options.length")
+        shot = await cdp.call("Page.captureScreenshot", format="png")
+        out["png_exp"] = base64.b64decode(shot["data"])
+        out["errors"] = cdp.errors()
+        return out
 
 
 def test_dashboard_in_chromium(collector: Callable[..., CollectorProc], tmp_path: Path) -> None:  # noqa: F811

@@ -115,8 +115,8 @@ def test_loading_a_config_loads_no_component(tmp_path: Path) -> None:
     assert mine <= CONF_MODULES, f"config loading imported {sorted(mine - CONF_MODULES)}"
     assert not {m for m in loaded if m.startswith(("aiohttp", "prometheus_client", "pyroute2"))}
     coll = _loaded_after(f"from scitagd.collector.conf import load\nload({str(conf)!r})")
-    extra = {m for m in coll if m.startswith("scitagd")} - CONF_MODULES - {"scitagd.collector",
-                                                                            "scitagd.collector.conf"}
+    extra = {m for m in coll if m.startswith("scitagd")} - CONF_MODULES - {
+        "scitagd.collector", "scitagd.collector.conf", "scitagd.flowexport", "scitagd.flowexport.conf"}
     assert not extra, f"collector config loading imported {sorted(extra)}"
     assert "scitagd.config" not in coll, "the collector's config went through the daemon's tree"
 

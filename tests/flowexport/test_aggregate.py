@@ -100,7 +100,6 @@ def test_config_errors_name_the_key() -> None:
         (IpfixConfig, {"allowedSources": ["nope"]}, "allowedSources 'nope'"),
         (SflowConfig, {"port": 0}, "port 0"),
         (SflowConfig, {"templateTimeout": 60}, "templateTimeout"),  # not an sFlow key
-        (NetflowConfig, {"anyExperiment": True, "knownActivitiesOnly": True}, "at most one"),
         (IpfixConfig, {"receiveBuffer": 10}, "receiveBuffer 10"),
     ]:
         with pytest.raises(msgspec.ValidationError, match=text):

@@ -244,9 +244,10 @@ def check(recs: List[FlowRecord], truth: Dict[FlowKey, Tuple[int, int]]) -> None
     assert per_exp[2] == truth[(A, B, 6, 40022, 5001)][0]
 
 
-def start_ovs(procs: Procs, sw: NetNS, tmp: Path) -> Tuple[Path, Path]:
+def start_ovs(procs: Procs, sw: NetNS, tmp: Path, targets: Optional[Tuple[str, str]] = None) -> Tuple[Path, Path]:
     """ovsdb-server and ovs-vswitchd in the switch namespace with a private db/run dir, a
-    userspace (netdev) bridge of pa and pb exporting IPFIX and sFlow at sampling 1 to dumps."""
+    userspace (netdev) bridge of pa and pb exporting IPFIX and sFlow at sampling 1 to dumps
+    (or to `targets`: IPFIX and sFlow "host:port", listening already)."""
     env = {k: str(tmp) for k in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR")}
     env["OVS_PKGDATADIR"] = "/usr/share/openvswitch"
     db = f"unix:{tmp}/db.sock"
@@ -264,16 +265,19 @@ def start_ovs(procs: Procs, sw: NetNS, tmp: Path) -> Tuple[Path, Path]:
     procs.start(sw, ["ovs-vswitchd", db, f"--unixctl={tmp}/vswitchd.ctl", f"--log-file={tmp}/vswitchd.log"],
                 "vswitchd.out", env)
     # OVS sends from connected UDP sockets: the dumps must listen before export starts
-    ipfix = procs.dump(sw, 4739, "ipfix")
-    sflow = procs.dump(sw, 6343, "sflow")
+    ipfix, sflow = tmp / "no-ipfix-dump", tmp / "no-sflow-dump"
+    if targets is None:
+        ipfix = procs.dump(sw, 4739, "ipfix")
+        sflow = procs.dump(sw, 6343, "sflow")
+    ipfix_to, sflow_to = targets or ("127.0.0.1:4739", "127.0.0.1:6343")
     vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev",
           "--", "add-port", "br0", "pa", "--", "add-port", "br0", "pb")
     # cache_max_flows: one record per flow (else one per packet); enable-output-sampling=true
     # turns OVS 3.1's egress copy off (it reads the key backwards)
     vsctl("--", "set", "Bridge", "br0", "ipfix=@i", "--", "--id=@i", "create", "IPFIX",
-          'targets="127.0.0.1:4739"', "sampling=1", "obs_domain_id=77", "cache_active_timeout=5",
+          f'targets="{ipfix_to}"', "sampling=1", "obs_domain_id=77", "cache_active_timeout=5",
           "cache_max_flows=4096", "other_config:enable-output-sampling=true")
-    vsctl("--", "--id=@s", "create", "sFlow", "agent=lo", 'target="127.0.0.1:6343"', "header=128",
+    vsctl("--", "--id=@s", "create", "sFlow", "agent=lo", f'target="{sflow_to}"', "header=128",
           "sampling=1", "polling=0", "--", "set", "bridge", "br0", "sflow=@s")
     time.sleep(1)
     return ipfix, sflow

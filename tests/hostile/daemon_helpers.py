@@ -227,6 +227,9 @@ class Probe(Helper):
 
 
 def assert_responsive(stats: Dict[str, Any], what: str) -> None:
+    from ..figures import record
+
+    record(f"daemon {what}", stall_ms=round(stats["stall"] * 1000, 1), probes=stats["answered"], lost=stats["lost"])
     assert stats["lost"] == 0 and stats["stall"] < STALL_LIMIT, (
         f"{what}: the daemon's loop stalled: {stats}")
 

@@ -20,6 +20,7 @@ import pytest
 
 from ..collector.test_collector import CollectorProc, collector  # noqa: F401  (fixture)
 from ..conftest import IS_ROOT, http
+from ..figures import record
 from .test_collector_units import NOW, firefly
 
 PROBE = r"""
@@ -86,7 +87,8 @@ class Probe:
 
 
 @pytest.fixture
-def probed(collector: Callable[..., CollectorProc]) -> Iterator[Callable[..., CollectorProc]]:  # noqa: F811
+def probed(collector: Callable[..., CollectorProc],  # noqa: F811
+           request: pytest.FixtureRequest) -> Iterator[Callable[..., CollectorProc]]:
     probes: List[Probe] = []
 
     def make(extra: str = "") -> CollectorProc:
@@ -96,6 +98,7 @@ def probed(collector: Callable[..., CollectorProc]) -> Iterator[Callable[..., Co
 
     yield make
     worst = max((p.stop() for p in probes), default=0.0)
+    record(f"collector {request.node.name}", stall_ms=round(worst * 1000, 1))
     assert worst < 0.1, f"the event loop answered /healthz in {worst * 1000:.0f} ms at worst"
 
 
@@ -128,6 +131,8 @@ def test_poison_values_and_garbage_over_udp(probed: Callable[..., CollectorProc]
     rej = c.api("/api/v1/rejected")["counts"]
     assert sum(rej.values()) == 40 and {"bad_usage", "bad_tag", "bad_time", "future_time", "bad_utf8",
                                         "too_deep"} <= set(rej), rej
+    record("collector poison values and garbage (UDP)", tried=len(good) * 2, rejected=sum(rej.values()),
+           valid=len(good), kept=len(stored_ports(c)), classes=len(hostile))
     m = c.metrics()
     assert m['scitagd_collector_fireflies_total{outcome="end"}'] == 40
     assert m["scitagd_collector_store_up"] == 1
@@ -151,6 +156,7 @@ def test_syslog_tcp_keeps_the_frames_after_bad_ones(probed: Callable[..., Collec
     c.wait(lambda: len(stored_ports(c)) == 6)
     rej = c.api("/api/v1/rejected")["counts"]
     assert sum(rej.values()) <= 6, rej  # one per bad frame at most
+    record("collector syslog/TCP framing", frames=12, rejected=sum(rej.values()), valid=6, kept=len(stored_ports(c)))
     no_tracebacks(c)
 
 

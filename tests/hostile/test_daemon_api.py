@@ -25,6 +25,7 @@ from scitagd.registry import Registry
 from scitagd.sources.api import decode_body, flow_from_body
 
 from ..conftest import free_port
+from ..figures import record
 from .daemon_helpers import PROBE_SRC_PORT, Stack, assert_responsive, clean_log, recv_flows, stack, start_daemon
 
 __all__ = ["stack"]
@@ -160,7 +161,7 @@ def test_hostile_bodies_and_headers(stack: Callable[..., Stack]) -> None:
     clean_log(log)
     assert "request rejected reason=bad_type field=experiment" in log
     assert_responsive(stats, "hostile API bodies")
-    print(f"\nAPI: {len(CASES)} hostile requests rejected {dict(expected)}; {len(want)} valid kept; probe {stats}")
+    record("daemon API", detail=f"{len(CASES)} hostile requests rejected {dict(expected)}; {len(want)} valid kept; probe {stats}")
 
 
 # --- hypothesis: any JSON in any field ---------------------------------------------------------
@@ -225,7 +226,7 @@ def test_any_json_in_any_field(stack: Callable[..., Stack]) -> None:
     assert st_.rejected("api") == dict(expected)
     clean_log(st_.d.log())
     assert_responsive(stats, "any JSON")
-    print(f"\nAPI any-JSON: {accepted} accepted, rejected {dict(expected)}; probe {stats}")
+    record("daemon API any-JSON", detail=f"{accepted} accepted, rejected {dict(expected)}; probe {stats}")
 
 
 # --- who may call -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from scitagd.errors import InputError
 from scitagd.firefly import parse, to_event
 
 from ..conftest import PRODUCERS, require_shared
+from ..figures import record
 from .daemon_helpers import (
     Stack,
     assert_responsive,
@@ -106,7 +107,7 @@ def test_garbage_classes_counted_and_valid_kept(stack: Callable[..., Stack]) -> 
     clean_log(log)
     assert "reason=too_deep" in log and "reason=bad_utf8" in log
     assert_responsive(stats, "garbage classes")
-    print(f"\nfirefly garbage: {sum(expected.values())} rejected {dict(expected)}, {len(want)} valid kept, "
+    record("daemon firefly garbage", detail=f"{sum(expected.values())} rejected {dict(expected)}, {len(want)} valid kept, "
           f"probe {stats}")
 
 
@@ -188,7 +189,7 @@ def test_mutated_real_fireflies(stack: Callable[..., Stack]) -> None:
     assert got == rejected, (got, rejected)
     clean_log(st_.d.log())
     assert_responsive(stats, "mutated fireflies")
-    print(f"\nmutated fireflies: {sum(expected.values())} sent, {expected['ok']} still valid, rejected "
+    record("daemon mutated fireflies", detail=f"{sum(expected.values())} sent, {expected['ok']} still valid, rejected "
           f"{rejected}; {state['n']} valid kept; probe {stats}")
 
 
@@ -222,7 +223,7 @@ def test_flood_keeps_valid_and_loop(stack: Callable[..., Stack]) -> None:
     # one line per reason per second at most
     assert log.count("datagram rejected") <= len(rejected) * (int(time.monotonic() - t0) + 2), log[-3000:]
     assert_responsive(stats, "firefly flood")
-    print(f"\nfirefly flood: {sum(rejected.values())} rejected, {len(want)} valid kept, probe {stats}")
+    record("daemon firefly flood", detail=f"{sum(rejected.values())} rejected, {len(want)} valid kept, probe {stats}")
 
 
 def test_port_in_use_is_a_clear_error_and_not_shared(tmp_path: Path, stack: Callable[..., Stack]) -> None:

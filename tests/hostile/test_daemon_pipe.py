@@ -20,6 +20,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 from ..conftest import IS_ROOT
+from ..figures import record
 from .daemon_helpers import Stack, assert_responsive, clean_log, recv_flows, stack, start_daemon
 
 __all__ = ["stack"]
@@ -215,7 +216,7 @@ os.close(fd)
     clean_log(log)
     assert log.count("line rejected") <= 5 * 12, "rejections are rate-limited per reason"
     assert_responsive(stats, "many writers")
-    print(f"\npipe: {len(want)} whole lines kept, rejected {rej}; probe {stats}")
+    record("daemon pipe", detail=f"{len(want)} whole lines kept, rejected {rej}; probe {stats}")
 
 
 def test_huge_numbers_and_long_lines(tmp_path: Path, stack: Callable[..., Stack]) -> None:
@@ -259,4 +260,4 @@ def test_line_flood(tmp_path: Path, stack: Callable[..., Stack], n: int) -> None
     assert st_.rejected("namedPipe") == {"bad_field_count": n - len(want)}
     clean_log(st_.d.log())
     assert_responsive(stats, "line flood")
-    print(f"\npipe flood: {n - len(want)} rejected, {len(want)} kept; probe {stats}")
+    record("daemon pipe flood", detail=f"{n - len(want)} rejected, {len(want)} kept; probe {stats}")

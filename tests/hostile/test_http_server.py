@@ -12,6 +12,7 @@ import socket
 import time
 from typing import Callable, List, Optional, Tuple
 
+from ..figures import record
 from .daemon_helpers import Attack, Stack, assert_responsive, clean_log, fd_count, recv_flows, stack
 from .test_daemon_api import flow, post, request
 
@@ -110,7 +111,7 @@ def test_malformed_http(stack: Callable[..., Stack]) -> None:
     # one line per reason per 10 s, whatever the rate
     assert log.count("connection guard reason=bad_http") == 1, log[-3000:]
     assert_responsive(stats, "malformed HTTP")
-    print(f"\nmalformed HTTP: {answers}; counted {rej}; {len(want)} valid kept; probe {stats}")
+    record("daemon malformed HTTP", detail=f"{answers}; counted {rej}; {len(want)} valid kept; probe {stats}")
 
 
 def test_slowloris_1100(stack: Callable[..., Stack]) -> None:
@@ -140,7 +141,7 @@ def test_slowloris_1100(stack: Callable[..., Stack]) -> None:
     clean_log(log)
     assert log.count("connection guard reason=conn_limit") <= 2
     assert_responsive(stats, "slowloris")
-    print(f"\nslowloris 1100: attacker {out}; counted {rej}; fds {base_fds} -> {held_fds} -> {after}; "
+    record("daemon slowloris 1100", detail=f"attacker {out}; counted {rej}; fds {base_fds} -> {held_fds} -> {after}; "
           f"slowest valid request {slowest * 1000:.1f} ms; probe {stats}")
 
 
@@ -177,7 +178,7 @@ def test_2000_idle_connections_under_1024_fds(stack: Callable[..., Stack]) -> No
     clean_log(log)
     assert "fd_exhausted" not in log
     assert_responsive(stats, "2,000 idle")
-    print(f"\n2000 idle (caps below the fd limit): api attacker {o1}, metrics attacker {o2}; daemon fds {held}; "
+    record("daemon 2000 idle (caps below the fd limit)", detail=f"api attacker {o1}, metrics attacker {o2}; daemon fds {held}; "
           f"slowest valid request {slowest * 1000:.1f} ms; probe {stats}")
 
 
@@ -200,7 +201,7 @@ def test_fd_exhaustion_with_caps_above_the_limit(stack: Callable[..., Stack]) ->
     assert rej.get("fd_exhausted", 0) >= 1, rej
     assert 1 <= log.count("connection guard reason=fd_exhausted") <= 3, log[-3000:]
     assert_responsive(stats, "fd exhaustion")
-    print(f"\nEMFILE: attacker {out}; counted {rej}; slowest valid request {slowest * 1000:.1f} ms; probe {stats}")
+    record("daemon EMFILE", detail=f"attacker {out}; counted {rej}; slowest valid request {slowest * 1000:.1f} ms; probe {stats}")
 
 
 def test_slow_body_and_idle_keepalive(stack: Callable[..., Stack]) -> None:

@@ -17,6 +17,7 @@ import pytest
 from scitagd.lab.tools import Packet
 from scitagd.tags import decode_flow_label, gather_entropy
 
+from ..figures import record
 from ..lab import A_ADDR, B_ADDR, TOOLS, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -462,6 +463,8 @@ def test_no_packet_unmarked_across_reloads(lab: Lab) -> None:
     data = [p for p in sent_by_a(pkts, 6, 40100) if p.payload_len > 0]
     assert len(data) > 1000
     unmarked = [p for p in data if decode_flow_label(p.label) != (6, 9)]
+    record("marking across two SIGHUP reloads (marker kept, then replaced)", data_packets=len(data),
+           unmarked=len(unmarked), entropy_values=len({gather_entropy(p.label) for p in data}))
     assert not unmarked, f"{len(unmarked)} of {len(data)} data packets left unmarked across the reloads"
     assert len({gather_entropy(p.label) for p in data}) == 1  # the flow kept its entropy too
     assert "Traceback" not in text and "detached interface" not in text

@@ -74,3 +74,38 @@ backends:
     assert r.returncode == 1
     assert "FAIL  capabilities for backends.marker: missing CAP_BPF, CAP_NET_ADMIN" in r.stdout
     assert "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON" in r.stdout
+
+
+def test_doctor_for_a_collector(ns: NetNS, tmp_path: Path) -> None:
+    rmem = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    store = tmp_path / "store"
+    store.mkdir()
+    conf = tmp_path / "collector.yaml"
+    conf.write_text(f"""
+collector:
+  udp: {{bindAddresses: ["127.0.0.1"], port: 10514, receiveBuffer: {rmem + 4096}}}
+  sflow: {{bindAddresses: ["127.0.0.1"], port: 6343, receiveBuffer: {max(65536, rmem // 2)}}}
+  http: {{bindAddress: 127.0.0.1, port: 8088}}
+  store: {{path: {store}/c.sqlite}}
+""")
+    holder = ns.popen([sys.executable, "-c", "import socket, sys, time; s = socket.socket(); "
+                       "s.bind(('127.0.0.1', 8088)); s.listen(); print('bound', flush=True); time.sleep(60)"],
+                      stdout=subprocess.PIPE)
+    try:  # something else holds the dashboard's port
+        assert holder.stdout is not None and holder.stdout.readline() == b"bound\n"
+        r = doctor(ns, conf, "--collector", "--json")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = {(c["what"], c["status"]): c for c in json.loads(r.stdout)}
+    warn = checks[("net.core.rmem_max", "WARN")]
+    assert "collector.udp.receiveBuffer" in warn["detail"] and f"rmem_max={rmem + 4096}" in warn["fix"]
+    assert "collector.sflow.receiveBuffer" in checks[("net.core.rmem_max", "PASS")]["detail"]
+    assert ("collector.udp listener", "PASS") in checks and ("collector.sflow listener", "PASS") in checks
+    assert "Address already in use" in checks[("collector.http listener", "WARN")]["detail"]
+    assert "GiB free" in checks[("collector.store", "PASS")]["detail"]
+
+    conf.write_text(conf.read_text().replace(str(store), str(tmp_path / "missing")))
+    r = doctor(ns, conf, "--collector")
+    assert r.returncode == 1 and "FAIL  collector.store:" in r.stdout and "StateDirectory=scitagd" in r.stdout

@@ -110,10 +110,11 @@ class FlowReports:
         self.mins: List[int] = []
         self.best: List[int] = []
         self.cum: List[int] = []
-        for t, total in reports:
-            self._put(int(t // MINUTE), total)
-        self._recompute(0)
-        self._fold()
+        if reports:  # a new flow has none: one per flow the collector sees, so kept short
+            for t, total in reports:
+                self._put(int(t // MINUTE), total)
+            self._recompute(0)
+            self._fold()
 
     @property
     def maximum(self) -> int:
@@ -165,7 +166,20 @@ class FlowReports:
             _interval(out, m, m, excess, POINT, self.cap)
             return out
         mins = self.mins
-        m = max(m, self.start_m, self.base_m)
+        if mins and m == mins[-1]:
+            # a second report in the latest minute (a short flow's end): only that interval changes
+            if total <= self.best[-1]:
+                return {}
+            self.best[-1] = total
+            prev_m, prev_c = (mins[-2], self.cum[-2]) if len(mins) > 1 else (self.base_m, self.base_cum)
+            old, new = self.cum[-1], total if total > prev_c else prev_c
+            if new == old:
+                return {}
+            self.cum[-1] = new
+            out = {}
+            _interval(out, prev_m, m, old - prev_c, self.method, self.cap, -1)
+            _interval(out, prev_m, m, new - prev_c, self.method, self.cap)
+            return {b: v for b, v in out.items() if v}
         if not mins or m > mins[-1]:
             # the common case, a minute later than all others: one new interval at the end
             prev_m = mins[-1] if mins else self.base_m

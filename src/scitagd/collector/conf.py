@@ -9,11 +9,12 @@ struct's `Keys:` block documents its keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import msgspec
 
-from ..confbase import LogConfig, RegistryConfig, convert, parse_mapping, read_mapping
+from ..confbase import LogConfig, RegistryConfig, convert, fill_empty, parse_mapping, read_mapping
+from ..flowexport.conf import IpfixConfig, NetflowConfig, SflowConfig
 from ..netutil import check_bind_address, check_networks, check_port, parse_hostport
 
 __all__ = ["CollectorConfig", "CollectorFile", "HttpConfig", "StoreConfig", "TcpConfig", "UdpConfig", "load",
@@ -142,6 +143,9 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
       maxActiveFlows: active flows at most; beyond it the longest-silent ones are closed (counted).
       maxClockSkew: seconds an event time may be ahead of the collector's clock.
       samples: invalid datagrams kept for inspection (GET /api/v1/rejected), 0..10000.
+      ipfix: IPFIX and PSAMP from routers and switches, accounted per link and tag; on when present.
+      netflow: NetFlow v9 from routers, accounted per link and tag; on when present.
+      sflow: sFlow v5 from switches and routers, accounted per link and tag; on when present.
     """
 
     udp: UdpConfig = msgspec.field(default_factory=UdpConfig)
@@ -156,6 +160,9 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
     max_active_flows: int = 500_000
     max_clock_skew: float = 3600.0
     samples: int = 100
+    ipfix: Optional[IpfixConfig] = None
+    netflow: Optional[NetflowConfig] = None
+    sflow: Optional[SflowConfig] = None
 
     def __post_init__(self) -> None:
         check_networks("localNetworks", self.local_networks)
@@ -170,10 +177,24 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
             raise ValueError(f"activeTimeout {self.active_timeout}: expected > 0 seconds")
         if not 0 <= self.samples <= 10000:
             raise ValueError(f"samples {self.samples}: expected 0..10000")
+        taken: Dict[Tuple[str, int], str] = {("udp", self.udp.port): "udp"}
+        if self.syslog_tcp is not None:
+            taken[("tcp", self.syslog_tcp.port)] = "syslogTcp"
+        for name, sec in self.flow_exports():
+            other = taken.get(("udp", sec.port))
+            if other is not None:
+                raise ValueError(f"{name}.port {sec.port}: already used by {other}")
+            taken[("udp", sec.port)] = name
+
+    def flow_exports(self) -> List[Tuple[str, Any]]:
+        """The flow-export sections present, by key: [("ipfix", IpfixConfig), ...]."""
+        return [(k, v) for k, v in (("ipfix", self.ipfix), ("netflow", self.netflow), ("sflow", self.sflow))
+                if v is not None]
 
 
 # Top-level keys of the daemon: present in a shared file, not the collector's business.
 _DAEMON_KEYS = ("pidPath", "workDir", "plugins", "backends", "enrichers", "flowTable")
+_ENABLING = frozenset({"collector"})
 
 
 class CollectorFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -193,7 +214,8 @@ class CollectorFile(msgspec.Struct, forbid_unknown_fields=True):
 
 def from_mapping(data: Dict[str, Any], origin: str) -> CollectorFile:
     mine = {k: ({} if v is None else v) for k, v in data.items() if k not in _DAEMON_KEYS}
-    return convert(mine, CollectorFile, origin)
+    # `ipfix:` alone means on with defaults, as every section that is on when present
+    return convert(fill_empty(mine, _ENABLING), CollectorFile, origin)
 
 
 def load_text(text: str, origin: str = "<config>") -> CollectorFile:

@@ -57,22 +57,29 @@ class Report(msgspec.Struct, frozen=True, gc=False):
 
 
 def make_report(rec: Received, sender: str, trusted: bool, at: float, max_future: Optional[float] = None) -> Report:
-    """`max_future`: seconds an event time may be ahead of `at` (clock skew), None for archives."""
+    """`max_future`: seconds an event time may be ahead of `at` (clock skew), None for archives.
+
+    Times are parse()'s epoch seconds: exact microseconds (ts()), so no rounding is needed for a
+    flow's start to be the same key however often and by whom it is reported."""
     ff = rec.firefly
     lc, fid, ctx = ff.flow_lifecycle, ff.flow_id, ff.context
-    start = round(ts(lc.start_time) or 0.0, 6)
-    t = (ts(lc.end_time) if lc.state == END else None) or ts(lc.current_time) or start
-    t = round(t, 6)
-    if max_future is not None:
-        for name, value in (("start-time", start), ("end-time" if lc.state == END else "current-time", t)):
+    start, end, current = rec.start, rec.end, rec.current
+    if start is None:  # a Received not made by parse()
+        start, end, current = ts(lc.start_time) or 0.0, ts(lc.end_time), ts(lc.current_time)
+    state = lc.state
+    t = (end if state == END else None) or current or start
+    if max_future is not None and (start > at + max_future or t > at + max_future):
+        for name, value in (("start-time", start), ("end-time" if state == END else "current-time", t)):
             if value > at + max_future:
                 raise FireflyError(f"flow-lifecycle.{name}: {value - at:.0f} s in the future: expected at most "
                                    f"{max_future:.0f} s of clock skew", "future_time", f"flow-lifecycle.{name}")
     usage = ff.usage
-    sent = (usage.sent or 0) if usage else 0
-    received = (usage.received or 0) if usage else 0
-    src, dst = normalize_ip(fid.src_ip), normalize_ip(fid.dst_ip)  # one flow, however it is spelled
-    reporter = rec.hostname if trusted and rec.hostname else sender
-    return Report(fid.protocol, src,
-                  fid.src_port, dst, fid.dst_port, start, lc.state, t, sent, received,  # type: ignore[arg-type]
-                  ctx.experiment_id, ctx.activity_id, ctx.application, reporter, rec.hostname, sender, at)
+    if usage is None:
+        sent = received = 0
+    else:
+        sent, received = usage.sent or 0, usage.received or 0
+    hostname = rec.hostname
+    return Report(fid.protocol, normalize_ip(fid.src_ip),  # one flow, however it is spelled
+                  fid.src_port, normalize_ip(fid.dst_ip), fid.dst_port, start, state, t,  # type: ignore[arg-type]
+                  sent, received, ctx.experiment_id, ctx.activity_id, ctx.application,
+                  hostname if trusted and hostname else sender, hostname, sender, at)

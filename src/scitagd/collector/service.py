@@ -21,7 +21,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, DefaultDict, Deque, Dict, List, Optional, Tuple, TypeVar
 
-from ..errors import FireflyError
+from ..errors import FireflyError, StartupError
 from ..firefly import parse
 from ..logs import Throttle
 from ..netset import NetSet
@@ -36,6 +36,7 @@ from .store import IngestResult, SQLiteStore, StoreFull
 from .tally import Tally
 
 if TYPE_CHECKING:
+    from .flowfeed import LinkFeed
     from .web import Web
 
 __all__ = ["Collector", "run"]
@@ -89,6 +90,11 @@ class Collector:
         self._stopping: Optional[asyncio.Event] = None
         self._own_tasks: List[asyncio.Task[None]] = []
         self.web: Optional[Web] = None
+        self.links: Optional[LinkFeed] = None  # router flow exports (collector.ipfix/netflow/sflow)
+        if conf.flow_exports():
+            from .flowfeed import LinkFeed
+
+            self.links = LinkFeed(conf, registry)
         n = sum(self.tally.active.values())
         if n:
             log.info("active flows in the store flows=%d", n)
@@ -119,13 +125,17 @@ class Collector:
             self._relay.forward(data)
         try:
             rec = parse(data)
-            report = make_report(rec, _unmap(sender), sender in self._trusted, time.time(), self.conf.max_clock_skew)
+            trusted = self._trusted
+            report = make_report(rec, sender[7:] if sender.startswith("::ffff:") and "." in sender else sender,
+                                 bool(trusted.nets) and sender in trusted, time.time(), self.conf.max_clock_skew)
         except FireflyError as e:
             self._reject(e.reason, str(e), sender, data)
             return
         if self._drop_local and report.src in self._local and report.dst in self._local:
             self.local_only += 1
             return
+        if self.links is not None:
+            self.links.note(report)  # its flow's records get a path, tagged or not
         if len(self.pending) >= self.conf.store.max_pending:
             self.store_dropped += 1
             if self._throttle.allow("store_behind"):
@@ -245,12 +255,35 @@ class Collector:
         """Every flushInterval until stopped; never cancelled mid-flush (a batch the store wrote
         must reach the counters too)."""
         assert self._stopping is not None
+        last_links = time.monotonic()
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.conf.store.flush_interval)
             except asyncio.TimeoutError:
                 pass
             await self.flush()
+            if self.links is not None and time.monotonic() - last_links >= max(1.0, self.conf.store.flush_interval):
+                last_links = time.monotonic()
+                await self.flush_links()
+
+    async def flush_links(self) -> bool:
+        """The flow exports' deltas since the last call into the store; True when written."""
+        feed = self.links
+        if feed is None:
+            return True
+        rows, paths = feed.take()
+        if not rows and not paths:
+            return True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._db, self.store.ingest_links, rows, paths)
+        except StoreFull as e:
+            feed.keep(rows, paths, str(e))
+            if self._throttle.allow("links_store_full"):
+                log.error("store cannot write link rows, kept for the next flush rows=%d paths=%d error=%r",
+                          len(rows), len(paths), str(e))
+            return False
+        feed.written(rows, paths)
+        return True
 
     async def _housekeeping(self) -> None:
         """Expiry, retention and the flow count every 30 s, until stopped (not cancelled mid-call:
@@ -289,6 +322,8 @@ class Collector:
             reasons.append(f"store cannot write: {self.store_problem}")
         if len(self.pending) > self.conf.store.max_pending // 2:
             reasons.append(f"store behind: {len(self.pending)} fireflies pending")
+        if self.links is not None and self.links.problem is not None:
+            reasons.append(f"store cannot write link rows: {self.links.problem}")
         return not reasons, {"status": "ok" if not reasons else "degraded", "reasons": reasons,
                              "pending": len(self.pending), "active_flows": sum(self.tally.active.values())}
 
@@ -303,6 +338,8 @@ class Collector:
         c = self.conf
         await self._start_udp()
         await self._start_tcp()
+        if self.links is not None:
+            await self.links.start()
         from .web import Web
 
         self.web = Web(self)
@@ -337,6 +374,8 @@ class Collector:
     async def stop(self) -> None:
         for tr in self._transports:
             tr.close()
+        if self.links is not None:
+            await self.links.stop()
         for srv in self._servers:
             srv.close()
         for w in list(self._tcp_writers):
@@ -350,6 +389,9 @@ class Collector:
             for task in self._own_tasks:  # they finish what they started: the last flush takes what is pending
                 await task
         written = await self.flush()
+        if not await self.flush_links():
+            log.error("stopped; link rows NOT written: %d rows error=%r", len(self.links.pending[0]) if self.links
+                      else 0, self.links.problem if self.links else None)
         if self.web:
             await self.web.stop()
         await asyncio.get_running_loop().run_in_executor(self._db, self.store.close)
@@ -368,6 +410,25 @@ class Collector:
     def status(self) -> str:
         h = self.health()[1]
         return f"{h['active_flows']} active flows; {self.store_rows} fireflies stored; {h['status']}"
+
+    async def _reload_links(self, new: CollectorConfig) -> List[str]:
+        """The flow-export sections (collector.ipfix/netflow/sflow) of a reloaded file."""
+        if self.links is None:
+            if not new.flow_exports():
+                return []
+            from .flowfeed import LinkFeed
+
+            feed = LinkFeed(new, self.registry)
+            try:
+                await feed.start()
+            except StartupError as e:
+                log.error("reload: flow exports not listening error=%r", str(e))
+                return []
+            self.links = feed
+            if self.web is not None:
+                self.web.prom.register(feed)
+            return [n for n, _ in new.flow_exports()]
+        return await self.links.reconfigure(new)
 
     async def reload(self) -> bool:
         """SIGHUP: read the file again. Listeners whose settings changed are rebound, the relay
@@ -425,6 +486,7 @@ class Collector:
                 await self.web.start()
         except OSError as e:
             log.error("reload: a listener could not be started error=%r", str(e))
+        changed += await self._reload_links(new)
         if f.logging.level:
             logs.setup(f.logging.level, False)
         self.registry.reconfigure(f.registry)

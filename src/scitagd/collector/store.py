@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from ..flowexport.aggregate import Row
+from . import links as linktables
 from .attribution import DAY, HOUR, KEEP, MINUTE, FlowReports
+from .links import PathRow
 from .report import Report
 
 __all__ = ["DAY", "FLOW_COLUMNS", "HOUR", "LONG_RANGE", "MINUTE", "PAIR_BUCKET", "IngestResult", "SQLiteStore",
@@ -94,6 +97,16 @@ class Store(Protocol):
     def extent(self) -> Tuple[Optional[float], Optional[float]]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
+    # router flow exports (links.py): additive deltas, and queries by link
+    def ingest_links(self, rows: Sequence[Row], paths: Sequence[PathRow] = ()) -> None: ...
+    def links(self, start: float, end: float, exporter: Optional[str] = None, domain: Optional[int] = None,
+              iface: Optional[int] = None, direction: Optional[int] = None,
+              limit: int = 100) -> List[Dict[str, Any]]: ...
+    def link_timeseries(self, start: float, end: float, step: int, exporter: Optional[str] = None,
+                        domain: Optional[int] = None, iface: Optional[int] = None, direction: Optional[int] = None,
+                        exp: Optional[int] = None, measure: str = "bytes") -> List[Tuple[int, int, int, int]]: ...
+    def paths(self, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]]
+              ) -> List[List[Dict[str, Any]]]: ...
 
 
 SCHEMA = """
@@ -107,7 +120,6 @@ CREATE TABLE IF NOT EXISTS flows (
   UNIQUE (proto, src, sport, dst, dport, start)
 );
 CREATE INDEX IF NOT EXISTS flows_start ON flows (start);
-CREATE INDEX IF NOT EXISTS flows_end ON flows (end);
 CREATE INDEX IF NOT EXISTS flows_tag ON flows (exp, act, start);
 CREATE INDEX IF NOT EXISTS flows_src ON flows (src, start);
 CREATE INDEX IF NOT EXISTS flows_dst ON flows (dst, start);
@@ -145,8 +157,15 @@ INSERT INTO pairs (bucket, src, dst, exp, act, bytes, flows) VALUES (?, ?, ?, ?,
 ON CONFLICT (bucket, src, dst, exp, act) DO UPDATE SET bytes = bytes + excluded.bytes,
   flows = flows + excluded.flows
 """
-UPDATE_FLOW = ("UPDATE flows SET end = ?, sent = ?, received = ?, state = ?, last = ?, reporter = ?, app = ? "
+INSERT_FLOW = ("INSERT INTO flows (id, proto, src, sport, dst, dport, start, end, exp, act, app, reporter, sent, "
+               "received, state, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# A flow's row is rewritten only in the columns that changed: each indexed column set costs an
+# index update even when its value stays (flows_reporter, flows_state).
+UPDATE_TOTALS = "UPDATE flows SET sent = ?, received = ?, last = ? WHERE id = ?"
+UPDATE_STATE = "UPDATE flows SET end = ?, state = ?, sent = ?, received = ?, last = ? WHERE id = ?"
+UPDATE_FLOW = ("UPDATE flows SET end = ?, state = ?, sent = ?, received = ?, last = ?, reporter = ?, app = ? "
                "WHERE id = ?")
+TOTALS, STATE, ORIGIN = 1, 2, 4  # what changed in a flow's row since it was written
 
 
 Ident = Tuple[str, float, int, int]  # a report within its flow: state, event time, sent, received
@@ -156,8 +175,8 @@ class Flow:
     """A flow the store thread has in memory: its row's values, its reports, and the identities
     of the reports kept (older ones are looked up in the file, rarely)."""
 
-    __slots__ = ("act", "app", "app_t", "end", "exp", "id", "last", "received", "reporter", "reporter_t", "reports",
-                 "seen", "sent", "state")
+    __slots__ = ("act", "app", "app_t", "changed", "end", "exp", "id", "last", "received", "reporter", "reporter_t",
+                 "reports", "seen", "sent", "state")
 
     def __init__(self, fid: int, exp: int, act: int, state: str, end: Optional[float], sent: int, received: int,
                  reporter: str, reporter_t: float, app: Optional[str], app_t: float, last: float,
@@ -167,6 +186,7 @@ class Flow:
         self.reporter, self.reporter_t, self.app, self.app_t = reporter, reporter_t, app, app_t
         self.reports = reports
         self.seen: set[Ident] = seen if seen is not None else set()
+        self.changed = 0  # TOTALS | STATE | ORIGIN: the columns to write at the end of the batch
 
     def known(self, ident: Ident, db: sqlite3.Connection) -> bool:
         if ident in self.seen:
@@ -203,6 +223,12 @@ class SQLiteStore:
         self._migrate()
         self.cache: OrderedDict[FlowKey, Flow] = OrderedDict()
         self.cache_size = cache_size
+        # Flows the file may hold and memory does not (written before this start, evicted from the
+        # cache, or by another process such as an import) all start at or before `_uncached`: a
+        # flow starting later that is not in memory is new, with no need to ask the file.
+        # None: not known (read again, inside the next write transaction).
+        self._uncached: Optional[float] = None
+        self._data_version: Optional[int] = None  # PRAGMA data_version: commits of other connections
         self.active_timeout = active_timeout
         self.pinned: List[Tuple[float, float]] = [(lo, hi) for lo, hi in self.db.execute("SELECT lo, hi FROM pins")]
 
@@ -215,7 +241,10 @@ class SQLiteStore:
                 db.execute("ALTER TABLE flows ADD COLUMN last REAL")
                 db.execute("UPDATE flows SET last = COALESCE(end, start)")
             log.info("store upgraded from schema 1 to %d path=%s", SCHEMA_VERSION, self.path)
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + linktables.SCHEMA)
+        # No query reads flows by `end` (ranges go by start; retention by COALESCE(end, ...), which no
+        # index serves): the index only cost every end of a flow an index update.
+        db.execute("DROP INDEX IF EXISTS flows_end")
         got = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if got is None:
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -254,59 +283,148 @@ class SQLiteStore:
             except sqlite3.Error as e:
                 log.warning("rollback failed error=%r", str(e))
         self.cache.clear()  # memory may hold what the file does not: read it back when needed
+        self._uncached = None
 
     def _ingest(self, reports: Sequence[Report]) -> IngestResult:
-        """Set-based: which flows of the batch exist is asked once (a temporary table joined on
-        the unique index), duplicates are found in memory (each flow's report identities), rows
-        go in with executemany; fireflies are clustered by flow, so their inserts append.
-        Measured against one execute() per firefly for the dedup check, the flow lookup and two
-        inserts: about half the time per firefly (bench/collector.py)."""
+        """Set-based: flows of the batch that may be in the file and not in memory are asked for
+        once (a temporary table joined on the unique index; none at all for flows starting after
+        everything the file holds beyond memory: live traffic), duplicates are found in memory
+        (each flow's report identities), a new flow's row is inserted once with its values at the
+        end of the batch, a known flow's row rewritten only in the columns that changed, all with
+        executemany; fireflies are clustered by flow, so their inserts append."""
         res = IngestResult()
-        outcomes, started, active = res.outcomes, res.started, res.active
+        outcomes, started, active, nbytes = res.outcomes, res.started, res.active, res.bytes
         db = self.db
         cache = self.cache
         minutes: Dict[Tuple[int, int, int], List[int]] = {}
         pairs: Dict[Tuple[int, str, str, int, int], List[int]] = {}
         dirty: Dict[int, Flow] = {}
+        new: Dict[int, Tuple[FlowKey, Flow]] = {}
         db.execute("BEGIN IMMEDIATE")  # the write lock first: no upgrade deadlock with an import running
-        missing = {r.key for r in reports if r.key not in cache}
+        uncached = self._uncached_bound()
+        keys = [(r.proto, r.src, r.sport, r.dst, r.dport, r.start) for r in reports]
+        missing = {k for k in keys if k[5] <= uncached and k not in cache}
         if missing:
             self._load(missing)
-        new_flows: List[Tuple[Any, ...]] = []
         new_fireflies: List[Tuple[Any, ...]] = []
         next_id = 0
-        for r in reports:
-            key = r.key
-            ident = (r.state, r.t, r.sent, r.received)
+        for r, key in zip(reports, keys):
+            t, state = r.t, r.state
             flow = cache.get(key)
             if flow is None:
                 if not next_id:
                     next_id = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM flows").fetchone()[0]) + 1
-                flow = Flow(next_id, r.exp, r.act, "active", None, 0, 0, r.reporter, r.t, r.app, r.t, r.t,
+                exp, act = r.exp, r.act
+                flow = Flow(next_id, exp, act, "active", None, 0, 0, r.reporter, t, r.app, t, t,
                             FlowReports(r.start))
+                new[next_id] = (key, flow)
                 next_id += 1
                 cache[key] = flow
-                tag = (r.exp, r.act)
+                tag = (exp, act)
                 started[tag] = started.get(tag, 0) + 1
                 active[tag] = active.get(tag, 0) + 1
-                _bump(minutes, (int(r.start // MINUTE) * MINUTE, r.exp, r.act), 0, 1)
-                _bump(pairs, (int(r.start // PAIR_BUCKET) * PAIR_BUCKET, r.src, r.dst, r.exp, r.act), 0, 1)
-                new_flows.append((flow.id, *key, r.exp, r.act, r.app, r.reporter, r.t))
+                mk = (int(r.start // MINUTE) * MINUTE, exp, act)
+                cur = minutes.get(mk)
+                if cur is None:
+                    minutes[mk] = [0, 1]
+                else:
+                    cur[1] += 1
+                pk = (int(r.start // PAIR_BUCKET) * PAIR_BUCKET, r.src, r.dst, exp, act)
+                cur = pairs.get(pk)
+                if cur is None:
+                    pairs[pk] = [0, 1]
+                else:
+                    cur[1] += 1
+                flow.seen.add((state, t, r.sent, r.received))
             else:
-                if flow.known(ident, db):
+                ident = (state, t, r.sent, r.received)
+                if ident in flow.seen or (t < flow.reports.base_t and flow.known(ident, db)):
                     outcomes["duplicate"] = outcomes.get("duplicate", 0) + 1
                     continue
-                if (r.exp, r.act) != (flow.exp, flow.act):
+                exp, act = flow.exp, flow.act
+                if r.exp != exp or r.act != act:
                     res.tag_conflicts += 1
-            flow.remember(ident)
-            new_fireflies.append((flow.id, r.t, r.state, r.sent, r.received, r.hostname, r.sender, r.at))
-            outcomes[r.state] = outcomes.get(r.state, 0) + 1
-            self._apply(key, flow, r, res, minutes, pairs)
-            dirty[flow.id] = flow
-        if new_flows:
-            db.executemany(
-                "INSERT INTO flows (id, proto, src, sport, dst, dport, start, end, exp, act, app, reporter, sent, "
-                "received, state, last) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 0, 0, 'active', ?)", new_flows)
+                flow.remember(ident)
+                dirty[flow.id] = flow
+            new_fireflies.append((flow.id, t, state, r.sent, r.received, r.hostname, r.sender, r.at))
+            outcomes[state] = outcomes.get(state, 0) + 1
+            # the report's effect on its flow: totals, state, first reporter, bytes in time
+            changed = flow.changed
+            sent, received = r.sent, r.received
+            if sent > flow.sent:
+                flow.sent = sent
+                changed |= TOTALS
+            if received > flow.received:
+                flow.received = received
+                changed |= TOTALS
+            if t > flow.last:
+                flow.last = t
+                changed |= TOTALS
+            # deterministic whatever the arrival order: the earliest report's reporter and application
+            if t < flow.reporter_t or (t == flow.reporter_t and r.reporter < flow.reporter):
+                flow.reporter_t, flow.reporter = t, r.reporter
+                changed |= ORIGIN
+            if r.app and (not flow.app or t < flow.app_t or (t == flow.app_t and r.app < flow.app)):
+                flow.app_t, flow.app = t, r.app
+                changed |= ORIGIN
+            if state == "end":
+                if flow.end is None or t > flow.end:
+                    flow.end = t
+                    changed |= STATE
+                if flow.state != "ended":
+                    tag = (exp, act)
+                    if flow.state == "active":
+                        active[tag] = active.get(tag, 0) - 1
+                    res.add(res.ended, tag)
+                    flow.state = "ended"
+                    changed |= STATE
+            elif flow.state == "expired" and t > (flow.end or 0):
+                # a report after it was closed for silence: it was alive after all
+                flow.state, flow.end = "active", None
+                res.add(active, (exp, act))
+                changed |= STATE
+            flow.changed = changed
+            reports_ = flow.reports
+            before = reports_.clamped
+            m = reports_.add(t, sent + received)
+            if not m:
+                continue
+            res.clamped += reports_.clamped - before
+            total = 0
+            days: Dict[int, int] = {}
+            for minute, n in m.items():
+                b = minute * MINUTE
+                k = (b, exp, act)
+                cur = minutes.get(k)
+                if cur is None:
+                    minutes[k] = [n, 0]
+                else:
+                    cur[0] += n
+                total += n
+                d = b - b % PAIR_BUCKET
+                days[d] = days.get(d, 0) + n
+            if total:
+                tag = (exp, act)
+                nbytes[tag] = nbytes.get(tag, 0) + total
+            for d, n in days.items():
+                if not n:
+                    continue
+                pk = (d, key[1], key[3], exp, act)
+                cur = pairs.get(pk)
+                if cur is None:
+                    pairs[pk] = [n, 0]
+                else:
+                    cur[0] += n
+        silent = time.time() - self.active_timeout
+        for _, f in new.values():
+            self._expire_silent(f, silent, res)
+        for f in dirty.values():
+            self._expire_silent(f, silent, res)
+        if new:
+            db.executemany(INSERT_FLOW, [(fid, *key, f.end, f.exp, f.act, f.app, f.reporter, f.sent, f.received,
+                                          f.state, f.last) for fid, (key, f) in new.items()])
+            for _, f in new.values():
+                f.changed = 0
         if new_fireflies:
             db.executemany("INSERT INTO fireflies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new_fireflies)
         if minutes:
@@ -320,18 +438,55 @@ class SQLiteStore:
             db.executemany(ADD.format(table="traffic_hour"), [(*k, v[0], v[1]) for k, v in hourly.items()])
         if pairs:
             db.executemany(ADD_PAIR, [(*k, v[0], v[1]) for k, v in pairs.items() if v[0] or v[1]])
-        silent = time.time() - self.active_timeout
-        for f in dirty.values():
-            if f.state == "active" and f.last < silent:  # already silent for activeTimeout by its own times
-                f.state, f.end = "expired", f.last
-                res.add(res.active, (f.exp, f.act), -1)
-                res.add(res.expired, (f.exp, f.act))
         if dirty:
-            db.executemany(UPDATE_FLOW, [(f.end, f.sent, f.received, f.state, f.last, f.reporter, f.app, f.id)
-                                         for f in dirty.values()])
+            self._write_changed([f for fid, f in dirty.items() if fid not in new])
         db.execute("COMMIT")
         self._trim_cache()
         return res
+
+    def _uncached_bound(self) -> float:
+        """The latest start among flows the file may hold beyond memory (inside the write
+        transaction, so no other writer can add one meanwhile)."""
+        db = self.db
+        version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        if self._uncached is None or version != self._data_version:  # unknown, or another process wrote
+            latest = db.execute("SELECT MAX(start) FROM flows").fetchone()[0]
+            latest = float("-inf") if latest is None else float(latest)
+            self._uncached = latest if self._uncached is None else max(self._uncached, latest)
+            self._data_version = version
+        return self._uncached
+
+    @staticmethod
+    def _expire_silent(f: Flow, silent: float, res: IngestResult) -> None:
+        if f.state == "active" and f.last < silent:  # already silent for activeTimeout by its own times
+            f.state, f.end = "expired", f.last
+            f.changed |= STATE
+            res.add(res.active, (f.exp, f.act), -1)
+            res.add(res.expired, (f.exp, f.act))
+
+    def _write_changed(self, flows: List[Flow]) -> None:
+        """Rewrite what changed in known flows' rows, by the narrowest statement that covers it."""
+        totals: List[Tuple[Any, ...]] = []
+        states: List[Tuple[Any, ...]] = []
+        full: List[Tuple[Any, ...]] = []
+        for f in flows:
+            c = f.changed
+            if not c:
+                continue
+            if c & ORIGIN:
+                full.append((f.end, f.state, f.sent, f.received, f.last, f.reporter, f.app, f.id))
+            elif c & STATE:
+                states.append((f.end, f.state, f.sent, f.received, f.last, f.id))
+            else:
+                totals.append((f.sent, f.received, f.last, f.id))
+            f.changed = 0
+        db = self.db
+        if totals:
+            db.executemany(UPDATE_TOTALS, totals)
+        if states:
+            db.executemany(UPDATE_STATE, states)
+        if full:
+            db.executemany(UPDATE_FLOW, full)
 
     def _load(self, keys: set[FlowKey]) -> None:
         """Flows of this batch not in memory: those the file has come back into memory (rare:
@@ -378,70 +533,17 @@ class SQLiteStore:
         self.cache[key] = flow
         return flow
 
-    def _apply(self, key: FlowKey, flow: Flow, r: Report, res: IngestResult,
-               minutes: Dict[Tuple[int, int, int], List[int]],
-               pairs: Dict[Tuple[int, str, str, int, int], List[int]]) -> None:
-        """One new report of a flow: totals, state, who reported it first, and its bytes in time.
-        On the hot path of every firefly: plain comparisons and dict updates, no helpers."""
-        t = r.t
-        if r.sent > flow.sent:
-            flow.sent = r.sent
-        if r.received > flow.received:
-            flow.received = r.received
-        if t > flow.last:
-            flow.last = t
-        # deterministic whatever the arrival order: the earliest report's reporter and application
-        if t < flow.reporter_t or (t == flow.reporter_t and r.reporter < flow.reporter):
-            flow.reporter_t, flow.reporter = t, r.reporter
-        if r.app and (not flow.app or t < flow.app_t or (t == flow.app_t and r.app < flow.app)):
-            flow.app_t, flow.app = t, r.app
-        exp, act = flow.exp, flow.act
-        tag = (exp, act)
-        if r.state == "end":
-            flow.end = t if flow.end is None or t > flow.end else flow.end
-            if flow.state != "ended":
-                if flow.state == "active":
-                    res.add(res.active, tag, -1)
-                res.add(res.ended, tag)
-                flow.state = "ended"
-        elif flow.state == "expired" and t > (flow.end or 0):
-            # a report after it was closed for silence: it was alive after all
-            flow.state, flow.end = "active", None
-            res.add(res.active, tag)
-        reports = flow.reports
-        before = reports.clamped
-        m = reports.add(t, r.sent + r.received)
-        if not m:
-            return
-        res.clamped += reports.clamped - before
-        total = 0
-        days: Dict[int, int] = {}
-        for minute, n in m.items():
-            b = minute * MINUTE
-            k = (b, exp, act)
-            cur = minutes.get(k)
-            if cur is None:
-                minutes[k] = [n, 0]
-            else:
-                cur[0] += n
-            total += n
-            d = b - b % PAIR_BUCKET
-            days[d] = days.get(d, 0) + n
-        if total:
-            res.bytes[tag] = res.bytes.get(tag, 0) + total
-        for d, n in days.items():
-            if not n:
-                continue
-            pk = (d, key[1], key[3], exp, act)
-            cur = pairs.get(pk)
-            if cur is None:
-                pairs[pk] = [n, 0]
-            else:
-                cur[0] += n
-
     def _trim_cache(self) -> None:
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        cache = self.cache
+        if len(cache) <= self.cache_size:
+            return
+        latest = self._uncached if self._uncached is not None else float("-inf")
+        while len(cache) > self.cache_size:
+            key, _ = cache.popitem(last=False)
+            if key[5] > latest:
+                latest = key[5]
+        if self._uncached is not None:
+            self._uncached = latest
 
     # --- expiry, retention ------------------------------------------------------------------
 
@@ -503,12 +605,14 @@ class SQLiteStore:
                 if len(ids) < 5000:
                     break
             db.execute("BEGIN")
-            for table, width in (("traffic", MINUTE), ("traffic_hour", HOUR), ("pairs", PAIR_BUCKET)):
+            for table, width in (("traffic", MINUTE), ("traffic_hour", HOUR), ("pairs", PAIR_BUCKET),
+                                 *linktables.RETAINED):
                 db.execute(f"DELETE FROM {table} WHERE bucket < ? {pins.format(col='bucket')}",
                            (int(before) // width * width,))
             db.execute("COMMIT")
             if gone:
                 self.cache.clear()  # some of them may be gone: read back what is needed
+                self._uncached = None
         return gone
 
     # --- queries ----------------------------------------------------------------------------
@@ -620,14 +724,36 @@ class SQLiteStore:
         with self._lock:
             self.db.close()
 
+    # --- links (router flow exports; the SQL is in links.py) ------------------------------
 
-def _bump(d: Dict[Any, List[int]], k: Any, nbytes: int, nflows: int) -> None:
-    cur = d.get(k)
-    if cur is None:
-        d[k] = [nbytes, nflows]
-    else:
-        cur[0] += nbytes
-        cur[1] += nflows
+    def ingest_links(self, rows: Sequence[Row], paths: Sequence[PathRow] = ()) -> None:
+        """Add link deltas in one transaction; StoreFull (nothing written) when it cannot."""
+        with self._lock:
+            try:
+                self.db.execute("BEGIN")
+                linktables.write(self.db, rows, paths)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._abort()
+                raise StoreFull(str(e)) from None
+
+    def links(self, start: float, end: float, exporter: Optional[str] = None, domain: Optional[int] = None,
+              iface: Optional[int] = None, direction: Optional[int] = None,
+              limit: int = 100) -> List[Dict[str, Any]]:
+        with self._lock:
+            return linktables.links(self.db, start, end, exporter, domain, iface, direction, limit)
+
+    def link_timeseries(self, start: float, end: float, step: int, exporter: Optional[str] = None,
+                        domain: Optional[int] = None, iface: Optional[int] = None, direction: Optional[int] = None,
+                        exp: Optional[int] = None, measure: str = "bytes") -> List[Tuple[int, int, int, int]]:
+        with self._lock:
+            return linktables.link_timeseries(self.db, start, end, step, exporter, domain, iface, direction, exp,
+                                              measure)
+
+    def paths(self, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]]
+              ) -> List[List[Dict[str, Any]]]:
+        with self._lock:
+            return linktables.paths_for(self.db, flows)
 
 
 def _tag_filter(exp: Optional[int], act: Optional[int]) -> Tuple[str, List[Any]]:

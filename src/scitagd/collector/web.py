@@ -82,6 +82,8 @@ class Web:
         self._server = HttpServer(log)
         self.prom = CollectorRegistry(auto_describe=False)
         self.prom.register(_Metrics(c))
+        if c.links is not None:
+            self.prom.register(c.links)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
@@ -98,6 +100,9 @@ class Web:
         r.add_get("/api/v1/rejected", self.rejected)
         r.add_get("/metrics", self.metrics)
         r.add_get("/healthz", self.healthz)
+        from .linkweb import LinkApi
+
+        LinkApi(self).routes(r)
         return app
 
     async def start(self) -> None:
@@ -186,6 +191,14 @@ class Web:
             dur = (r["end"] - r["start"]) if r["end"] else None
             r["duration"] = dur
             r["throughput_bps"] = ((r["sent"] + r["received"]) * 8 / dur) if dur else None
+        if rows and self.c.links is not None:  # where router flow exports saw them
+            from .linkweb import path_json
+
+            paths = await self.c.query(self.c.store.paths, [(r["proto"], r["src"], r["sport"], r["dst"], r["dport"],
+                                                             r["start"], r["end"]) for r in rows])
+            for r, p in zip(rows, paths):
+                if p:
+                    r["path"] = [path_json(x) for x in p]
         return web.json_response({"flows": rows, "count": len(rows)})
 
     async def active(self, request: web.Request) -> web.Response:

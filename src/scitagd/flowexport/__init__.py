@@ -8,7 +8,25 @@ exporter, interface, direction and tag, and `receiver` holds the asyncio sockets
 writes to a store: the collector wires the aggregator's batches into one.
 """
 
-from .records import FlowRecord, Reject
-from .tagging import TagMatcher
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .records import FlowRecord, Reject
+    from .tagging import TagMatcher
 
 __all__ = ["FlowRecord", "Reject", "TagMatcher"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: loading the collector's config (flowexport.conf) loads no decoder."""
+    if name in ("FlowRecord", "Reject"):
+        from . import records
+
+        return getattr(records, name)
+    if name == "TagMatcher":
+        from .tagging import TagMatcher
+
+        return TagMatcher
+    raise AttributeError(name)

@@ -4,6 +4,9 @@
 `Aggregator.add(records)` sums bytes, packets and records per
 (minute, exporter, domain, interface, direction, family, experiment, activity); untagged IPv6
 and IPv4 traffic is summed too (experiment None), so a link's tagged share is visible.
+Records claiming more than `max_record_bytes` are skipped and counted (`implausible`).
+With `max_skew`, a record whose time is further than that from the collector's clock (an
+exporter with a wrong clock, or a replay) is counted at arrival instead (`time_replaced`).
 `flush(now)` hands every bucket of minutes that ended more than `grace` seconds ago to the
 callback as `Row`s. Rows are deltas: a record arriving after its minute was flushed comes out in
 a later batch with the same key, and the store adds them up.
@@ -33,9 +36,12 @@ import msgspec
 
 from .records import FlowRecord
 
-__all__ = ["OTHER", "Aggregator", "Observation", "PathIndex", "Row"]
+__all__ = ["MAX_RECORD_BYTES", "OTHER", "Aggregator", "Observation", "PathIndex", "Row"]
 
 OTHER = -1
+# No flow record counts 2**44 bytes (17.6 TB: a 400 Gb/s flow for 6 minutes, sampling included);
+# bigger counts come from broken or hostile exporters and would swamp every sum they enter.
+MAX_RECORD_BYTES = 1 << 44
 Key = Tuple[int, str, int, Optional[int], Optional[int], int, Optional[int], Optional[int]]
 
 
@@ -56,8 +62,13 @@ class Row(msgspec.Struct, gc=False):
 class Aggregator:
     def __init__(self, emit: Callable[[List[Row]], None], interval: int = 60, grace: float = 90.0,
                  max_exporters: int = 256, max_interfaces: int = 512, max_tags: int = 1024,
-                 marking_prefixes: Sequence[str] = (), false_positive_rate: float = 0.0) -> None:
+                 marking_prefixes: Sequence[str] = (), false_positive_rate: float = 0.0,
+                 max_skew: Optional[float] = None, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         self.emit = emit
+        self.max_skew = max_skew  # a record time further than this from now is replaced by now
+        self.time_replaced: Dict[str, int] = {}  # per exporter (as counted: folded past the limits)
+        self.max_record_bytes = max_record_bytes
+        self.implausible: Dict[str, int] = {}  # records over max_record_bytes, skipped, per exporter
         self.interval = interval
         self.grace = grace
         self.max_exporters = max_exporters
@@ -82,16 +93,28 @@ class Aggregator:
         check = self._prefixes if self._prefixes else None
         last_t = None
         minute = 0
+        skewed = False
+        lo = hi = now = 0.0
+        if self.max_skew is not None:
+            now = time.time()
+            lo, hi = now - self.max_skew, now + self.max_skew
         for r in records:
             t = r.time
             if t != last_t:  # records of one message share their time
-                minute = int(t) // interval * interval
                 last_t = t
+                skewed = lo != hi and not lo <= t <= hi
+                minute = int(now if skewed else t) // interval * interval
             d = r.direction
             iface = r.egress if d == 1 and r.egress is not None else r.ingress
             place = places.get((r.exporter, r.domain, iface))
             if place is None:
                 place = self._place(r.exporter, r.domain, iface)
+            if r.bytes > self.max_record_bytes:  # 2**64 - 1 octets and the like: a broken or hostile exporter
+                self.implausible[place[0]] = self.implausible.get(place[0], 0) + 1
+                continue
+            if skewed:  # an exporter's clock off by more than max_skew: counted at arrival
+                r.time = now
+                self.time_replaced[place[0]] = self.time_replaced.get(place[0], 0) + 1
             exp = r.experiment
             act = r.activity
             if exp is not None:

@@ -167,4 +167,4 @@ def matcher_for(conf: Config, registry: Optional[Any] = None) -> TagMatcher:
     from ..registry import Registry
 
     reg = registry or Registry.bundled()
-    return TagMatcher.from_registry(reg, conf.any_experiment, conf.known_activities_only)
+    return TagMatcher.from_registry(reg, conf.any_experiment, conf.known_only)

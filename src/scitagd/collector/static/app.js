@@ -1,34 +1,16 @@
 // scitagd collector dashboard: plain JavaScript and SVG, no external code (the machines it
 // runs on have no internet). Everything comes from the collector's JSON API.
 "use strict";
+// shared helpers ($, COLORS, fmtBytes, fmtBits, fmtTime, esc, api, schedule, updated): common.js
 
-const $ = (id) => document.getElementById(id);
-const COLORS = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04",
-  "#db2777", "#4b5563", "#65a30d", "#7c3aed", "#0d9488"];
 let registry = { experiments: [] };
 let extent = { from: null, to: null };
-let timer = null;
 
-function fmtBytes(n) {
-  if (n == null) return "";
-  const u = ["B", "kB", "MB", "GB", "TB", "PB"];
-  let i = 0;
-  while (Math.abs(n) >= 1000 && i < u.length - 1) { n /= 1000; i++; }
-  return (i ? n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0) : n) + " " + u[i];
-}
-function fmtBits(n) { return n == null ? "" : fmtBytes(n / 8).replace("B", "b") + "/s"; }
-function fmtTime(t) {
-  const d = new Date(t * 1000);
-  return d.toISOString().replace("T", " ").slice(0, 19) + "Z";
-}
 function fmtDur(s) {
   if (s == null) return "";
   if (s < 60) return s.toFixed(1) + " s";
   if (s < 3600) return (s / 60).toFixed(1) + " min";
   return (s / 3600).toFixed(1) + " h";
-}
-function esc(s) {
-  return String(s == null ? "" : s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
 }
 function hp(ip, port) { return (ip.includes(":") ? "[" + ip + "]" : ip) + ":" + port; }
 
@@ -44,13 +26,6 @@ function params() {
   if ($("activity").value) p.set("activity", $("activity").value);
   if ($("host").value.trim()) p.set("host", $("host").value.trim());
   return p;
-}
-
-async function api(path, p) {
-  const r = await fetch(path + (p ? "?" + p.toString() : ""));
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error || r.statusText);
-  return body;
 }
 
 function fillExperiments() {
@@ -104,51 +79,24 @@ function drawChart(ts) {
     box.innerHTML = '<div class="empty">no traffic in this range</div>';
     return;
   }
-  const W = box.clientWidth || 900, H = 300, L = 64, R = 12, T = 10, B = 24;
-  const step = ts.step;
-  const t0 = Math.floor(ts.from / step) * step, t1 = Math.ceil(ts.to / step) * step;
-  const n = Math.max(1, Math.round((t1 - t0) / step));
-  const stack = new Array(n + 1).fill(0);
-  const layers = ts.series.map((s) => {
-    const vals = new Array(n + 1).fill(0);
-    for (const [b, v] of s.points) {
-      const i = Math.round((b - t0) / step);
-      if (i >= 0 && i <= n) vals[i] += flows ? v : v / step; // flows per step, or bytes per second
-    }
-    return { s, vals };
+  box.innerHTML = stackedSvg(ts, ts.series, {
+    W: box.clientWidth || 900, H: 300, L: 64, R: 12, T: 10, B: 24, ticks: 4,
+    value: (v, step) => (flows ? v : v / step), // flows per step, or bytes per second
+    yLabel: (v) => (flows ? (v >= 10 ? Math.round(v) : v.toFixed(1)) + " flows" : fmtBits(v * 8)),
+    xLabel: (t) => fmtTime(t).slice(5, 16),
+    look: (s, j) => ({ color: COLORS[j % COLORS.length], opacity: 0.8 }),
   });
-  const tops = layers.map((l) => l.vals.map((v, i) => (stack[i] += v)));
-  const max = Math.max(1, ...stack);
-  const x = (i) => L + (i / n) * (W - L - R);
-  const y = (v) => T + (1 - v / max) * (H - T - B);
-  let svg = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">`;
-  for (let k = 0; k <= 4; k++) {
-    const v = (max * k) / 4, yy = y(v);
-    svg += `<line class="axis" x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}"/>`;
-    const label = flows ? (v >= 10 ? Math.round(v) : v.toFixed(1)) + " flows" : fmtBits(v * 8);
-    svg += `<text x="${L - 6}" y="${yy + 4}" text-anchor="end">${label}</text>`;
-  }
-  for (let k = 0; k <= 4; k++) {
-    const i = Math.round((n * k) / 4);
-    svg += `<text x="${x(i)}" y="${H - 6}" text-anchor="${k === 0 ? "start" : k === 4 ? "end" : "middle"}">${fmtTime(t0 + i * step).slice(5, 16)}</text>`;
-  }
-  layers.forEach((l, j) => {
-    const top = tops[j], bottom = j ? tops[j - 1] : new Array(n + 1).fill(0);
-    let d = `M${x(0)},${y(top[0])}`;
-    for (let i = 1; i <= n; i++) d += `L${x(i)},${y(top[i])}`;
-    for (let i = n; i >= 0; i--) d += `L${x(i)},${y(bottom[i])}`;
+  ts.series.forEach((s, j) => {
     const c = COLORS[j % COLORS.length];
-    svg += `<path class="layer" data-key="${esc(l.s.id)}" d="${d}Z" fill="${c}" fill-opacity="0.8" stroke="${c}"><title>${esc(l.s.name)}</title></path>`;
     const b = document.createElement("button");
     b.type = "button";
-    b.innerHTML = `<i style="background:${c}"></i>${esc(l.s.name)}`;
-    b.title = ts.by === "experiment" ? "show activities of " + l.s.name : l.s.name;
+    b.innerHTML = `<i style="background:${c}"></i>${esc(s.name)}`;
+    b.title = ts.by === "experiment" ? "show activities of " + s.name : s.name;
     b.onclick = () => {
-      if (ts.by === "experiment") { $("experiment").value = l.s.id; fillActivities(); refresh(); }
+      if (ts.by === "experiment") { $("experiment").value = s.id; fillActivities(); refresh(); }
     };
     legend.appendChild(b);
   });
-  box.innerHTML = svg + "</svg>";
 }
 
 function rows(tbody, items, cells) {
@@ -193,15 +141,10 @@ async function refresh() {
     rows("recent", recent.flows, (f) => [{ v: fmtTime(f.start) }, { v: fmtDur(f.duration) }, { v: f.experiment + " / " + f.activity },
       { v: hp(f.src, f.sport) }, { v: hp(f.dst, f.dport) }, { v: fmtBytes(f.sent + f.received), n: 1 },
       { v: fmtBits(f.throughput_bps), n: 1 }]);
-    $("status").textContent = "updated " + new Date().toISOString().slice(11, 19) + "Z · " + p.toString();
+    updated(p);
   } catch (e) {
     $("status").textContent = "error: " + e.message;
   }
-}
-
-function schedule() {
-  if (timer) clearInterval(timer);
-  timer = $("auto").checked ? setInterval(refresh, 10000) : null;
 }
 
 async function main() {
