@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -120,14 +120,6 @@ def test_daemon_refuses_a_foreign_object_at_start(run_daemon: Any, tmp_path: Pat
 
 
 # --- loaded for real -----------------------------------------------------------------------
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def read_trace() -> str:

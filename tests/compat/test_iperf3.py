@@ -9,8 +9,7 @@ import json
 import shutil
 import subprocess
 import time
-from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -20,15 +19,6 @@ from ..lab import A_ADDR, B_ADDR, TOOLS, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")]
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def iperf3_runs(lab: Lab, n: int, port: int = 5201) -> None:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -57,15 +57,6 @@ def test_bytecode_layout() -> None:
     bc = bytecode([(10, 20), (30, 40)])
     assert len(bc) == 40  # per pair: S_EQ(8) D_EQ(8) JMP(4)
     assert bc[0] == 11 and bc[8] == 12 and bc[16] == 1
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.mark.root
