@@ -347,8 +347,9 @@ class _Metrics:
                                 value=0 if c.store_problem else 1)
         yield GaugeMetricFamily("scitagd_collector_store_flows", "Flows in the store (updated every 30 s)",
                                 value=c.flows_in_store)
-        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush",
-                                value=len(c.pending))
+        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush or "
+                                "being written (not yet in scitagd_collector_fireflies_total)",
+                                value=len(c.pending) + c.writing)
         yield CounterMetricFamily("scitagd_collector_spans_clamped", "Byte intervals longer than 30 days, spread "
                                   "over their last 30 days only", value=t.clamped)
         yield CounterMetricFamily("scitagd_collector_tag_conflicts", "Fireflies of a known flow carrying other "
