@@ -21,13 +21,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+
+from scitagd.lab.util import serve_json
 
 from ..conftest import REPO, SHARED, UdpReceiver, free_port, require_shared
 from ..conftest import http as request
@@ -249,22 +250,7 @@ def flowd_python() -> Path:
 
 
 def serve_registry() -> Tuple[str, http.server.ThreadingHTTPServer]:
-    body = (SHARED / "spec" / "registry-api.json").read_bytes()
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{srv.server_address[1]}/api.json", srv
+    return serve_json((SHARED / "spec" / "registry-api.json").read_bytes())
 
 
 PEER = "127.0.0.79"  # flowd sends to the flow's destination, port 10514: a loopback address of its own here
