@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from scitagd.lab.netlab import TOOLS, NetNS, sh
+from scitagd.lab.util import stop_process
 
 __all__ = ["H4", "H4B", "H6", "H6B", "PUB4", "PUB4B", "PUB6", "PUB6B", "S4", "S6", "NatLab"]
 
@@ -125,13 +126,7 @@ class NatLab:
 
     def close(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
             if p.stdout:
                 p.stdout.close()
         for ns in self.ns:

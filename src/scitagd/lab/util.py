@@ -7,13 +7,14 @@ from __future__ import annotations
 import http.server
 import json
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["drain", "free_port", "post", "serve_json", "wait_http"]
+__all__ = ["drain", "free_port", "post", "serve_json", "stop_process", "wait_http"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -76,3 +77,14 @@ def serve_json(body: bytes, path: str = "/api.json") -> Tuple[str, http.server.T
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{srv.server_address[1]}{path}", srv
+
+
+def stop_process(p: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """SIGTERM a process this code started (never by name), SIGKILL it after `timeout` s, reap it."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
