@@ -398,7 +398,7 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
         if r.returncode:
             raise RuntimeError(r.stderr)
         s = json.loads(r.stdout)
-        # Drained: nothing in the socket, nothing pending inside, the counters still for 1 s.
+        # Drained: nothing in the socket, nothing pending or being written inside, the counters still.
         last: Optional[Tuple[float, float]] = None
         still_since = time.monotonic()
         t_busy_end = time.monotonic()
@@ -410,7 +410,11 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
             cur = (c["accounted"], c["rejected"])
             if cur != last:
                 last, still_since, t_busy_end = cur, now, now
-            if (queued == 0 and c["pending"] == 0 and now - still_since >= 1.0) or now > deadline:
+            closed = c["accounted"] + c["rejected"] + c["lost"] + drops - d0 >= s["sent"]
+            # counted in full, or nothing moving for 1 s (3 s while the count is not closed: a
+            # store write of a large batch is neither queued nor, in the baseline, pending)
+            if (queued == 0 and c["pending"] == 0 and now - still_since >= (1.0 if closed else 3.0)) \
+                    or now > deadline:
                 break
             time.sleep(0.2)
     finally:

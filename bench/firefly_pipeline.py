@@ -14,7 +14,6 @@ registry served here on loopback). Only loopback addresses are used.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import multiprocessing as mp
 import os
@@ -24,14 +23,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 from udp_tools import make_firefly, receiver, sender
+
+from scitagd.lab.util import serve_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SCITAGD_SHARED", REPO.parent / "shared"))
@@ -69,22 +69,7 @@ def free_tcp_port() -> int:
 
 
 def serve_registry() -> str:
-    body = (SHARED / "spec" / "registry-api.json").read_bytes()
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{httpd.server_address[1]}/api.json"
+    return serve_json((SHARED / "spec" / "registry-api.json").read_bytes())[0]
 
 
 class Daemon:

@@ -17,6 +17,7 @@ if [ "$want_test" = 1 ]; then
     pkgs+=(rpm rpm2cpio cpio zstd systemd strace python3-seccomp groff-base)  # groff: man pages render cleanly
     pkgs+=(python3-aiohttp python3-yaml python3-prometheus-client python3-pyroute2 python3-uvloop)
     pkgs+=(clickhouse-server)  # the collector's ClickHouse store against a real 18.16
+    pkgs+=(coturn nftables)  # backends.firefly.stun: a real STUN server behind a NAT made in namespaces
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -156,6 +156,18 @@ class DaemonProc:
 
 
 @pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Any]:
+    """Two namespaces joined by a veth pair (tests/lab.py), removed also when the test fails."""
+    from .lab import Lab
+
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
 def run_daemon(tmp_path: Path) -> Iterator[Any]:
     started: List[DaemonProc] = []
 

@@ -12,9 +12,9 @@ import logging
 import os
 import socket
 import struct
-from typing import Set
+from typing import List, Set, Tuple
 
-__all__ = ["LocalAddresses", "dump_addresses"]
+__all__ = ["LocalAddresses", "dump_addresses", "interface_addresses"]
 
 log = logging.getLogger("scitagd.daemon")
 
@@ -30,10 +30,15 @@ RTA = struct.Struct("=HH")
 
 def dump_addresses() -> Set[str]:
     """Every address on every interface of this network namespace, canonical text form."""
+    return {addr for _ifindex, addr in interface_addresses()}
+
+
+def interface_addresses() -> List[Tuple[int, str]]:
+    """(interface index, address) of every address of this network namespace."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as s:
         body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         s.send(NLMSG.pack(NLMSG.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        out: Set[str] = set()
+        out: List[Tuple[int, str]] = []
         while True:
             data = s.recv(1 << 16)
             off = 0
@@ -49,6 +54,7 @@ def dump_addresses() -> Set[str]:
                         raise OSError(err, f"RTM_GETADDR: {os.strerror(err)}")
                 elif mtype == RTM_NEWADDR:
                     fam = data[off + NLMSG.size]
+                    ifindex = IFADDRMSG.unpack_from(data, off + NLMSG.size)[4]
                     pos = off + NLMSG.size + IFADDRMSG.size
                     end = off + length
                     attrs = {}
@@ -61,9 +67,9 @@ def dump_addresses() -> Set[str]:
                     # IFA_LOCAL is this end where both are given (point-to-point: IFA_ADDRESS is the peer)
                     raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS, b""))
                     if fam == socket.AF_INET and len(raw) == 4:
-                        out.add(socket.inet_ntop(socket.AF_INET, raw))
+                        out.append((ifindex, socket.inet_ntop(socket.AF_INET, raw)))
                     elif fam == socket.AF_INET6 and len(raw) == 16:
-                        out.add(ipaddress.IPv6Address(raw).compressed)
+                        out.append((ifindex, ipaddress.IPv6Address(raw).compressed))
                 off += (length + 3) & ~3
 
 

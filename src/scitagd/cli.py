@@ -145,7 +145,12 @@ def cmd_conf(a: argparse.Namespace) -> int:
         path = a.config or DEFAULT_COLLECTOR_CONFIG
         print(dump(load(path)), end="")
         return 0
-    print(dump(_load_conf(config_path(a.config))), end="")
+    from .compat import load_checked
+
+    conf, said = load_checked(*_config_path(a.config))
+    for n in said:  # what `run` would warn about, on stderr: stdout stays the YAML
+        print(f"scitagd: warning: {n}", file=sys.stderr)
+    print(dump(conf), end="")
     return 0
 
 
@@ -153,22 +158,37 @@ DEFAULT_CONFIG = "/etc/scitagd/scitagd.yaml"
 
 
 def config_path(given: Optional[str]) -> str:
-    """--config, else the site's default file."""
-    if given:
-        return given
-    if Path(DEFAULT_CONFIG).is_file():
-        return DEFAULT_CONFIG
-    raise CommandError(f"no --config given and {DEFAULT_CONFIG} does not exist: write one (a commented sample: "
-                       "`scitagd conf --sample`) or pass --config FILE")
+    """--config, else the site's default file, else flowd-go's (compat.discover)."""
+    return _config_path(given)[0]
+
+
+def _config_path(given: Optional[str]) -> tuple[str, bool]:
+    from .compat import FLOWD_GO_CONFIG, discover
+
+    path, flowd_go = discover(given, DEFAULT_CONFIG)
+    if given or Path(path).is_file():
+        return path, flowd_go
+    raise CommandError(f"no --config given and neither {DEFAULT_CONFIG} nor flowd-go's {FLOWD_GO_CONFIG} exists: "
+                       "write one (a commented sample: `scitagd conf --sample`; from a flowd or flowd-go file: "
+                       "`scitagd config migrate`) or pass --config FILE")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    import logging
+
     from . import logs
+    from .compat import load_checked
     from .daemon import run
 
-    path = config_path(a.config)
-    conf = _load_conf(path)
+    path, flowd_go = _config_path(a.config)
+    conf, said = load_checked(path, flowd_go)
     logs.setup(a.log_level or conf.logging.level, conf.logging.flow_events)
+    log = logging.getLogger("scitagd.config")
+    if flowd_go:
+        log.warning("no %s: running on flowd-go's configuration path=%s (scitagd reads its keys; `scitagd config "
+                    "migrate --from flowd-go %s` writes the scitagd equivalent)", DEFAULT_CONFIG, path, path)
+    for n in said:
+        log.warning("config key=%s %s", n.key, n.text)
     return run(conf, path)
 
 
@@ -178,7 +198,7 @@ def cmd_marker(a: argparse.Namespace) -> int:
     try:
         if a.action == "status":
             return status(a.pin_path, a.json, a.tc_priority)
-        return clean(a.pin_path, a.tc_priority)
+        return clean(a.pin_path, a.tc_priority, a.target_interface)
     except PermissionError as e:
         raise CommandError(str(e)) from None
 
@@ -242,6 +262,25 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return doctor_main(_load_conf(config_path(a.config)), a.json)
 
 
+def cmd_config(a: argparse.Namespace) -> int:
+    from .migrate import migrate
+
+    sys.stdout.write(migrate(a.source, a.file))
+    return 0
+
+
+def cmd_version(a: argparse.Namespace) -> int:
+    from .version import main as version_main
+
+    return version_main(a.json)
+
+
+def cmd_stun(a: argparse.Namespace) -> int:
+    from .stuncli import sample
+
+    return sample(a)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .lab.demo import main as demo_main
 
@@ -278,15 +317,17 @@ def parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("conf", help="print the effective configuration (defaults filled in, tokens "
                           "hidden), or a commented sample")
-    conf.add_argument("--config", metavar="FILE", help=f"the file to read (default {DEFAULT_CONFIG}, with "
-                      f"--collector {DEFAULT_COLLECTOR_CONFIG})")
+    conf.add_argument("--config", "--conf", metavar="FILE", help=f"the file to read (default {DEFAULT_CONFIG}, "
+                      f"else flowd-go's /etc/flowd-go/conf.yaml; with --collector {DEFAULT_COLLECTOR_CONFIG}); "
+                      "--conf is flowd-go's name")
     conf.add_argument("--collector", action="store_true", help="the collector's config instead of the daemon's")
     conf.add_argument("--sample", action="store_true", help="print a commented config with every key, its "
                       "default and what it does (what the packages install in /etc/scitagd)")
     conf.set_defaults(func=cmd_conf)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--config", "--conf", metavar="FILE", help=f"the YAML configuration (default {DEFAULT_CONFIG}, "
+                     "else flowd-go's /etc/flowd-go/conf.yaml; --conf is flowd-go's name)")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level (warn and trace as in "
                      "flowd-go: trace is debug)")
     run.set_defaults(func=cmd_run)
@@ -297,6 +338,10 @@ def parser() -> argparse.ArgumentParser:
     mk.add_argument("--pin-path", metavar="DIR", default="/sys/fs/bpf/scitagd", help="backends.marker.pinPath")
     mk.add_argument("--tc-priority", metavar="N", type=int, default=1, help="backends.marker.tcPriority")
     mk.add_argument("--json", action="store_true", help="JSON output")
+    mk.add_argument("--target-interface", metavar="IF", action="append", help="with clean: only these interfaces "
+                    "(flowd-go's option; the pinned maps stay)")
+    mk.add_argument("--remove-qdisc", metavar="BOOL", help="flowd-go's option, accepted: a clsact qdisc is removed "
+                    "only if scitagd created it and no other filter uses it")
     mk.set_defaults(func=cmd_marker)
 
     col = sub.add_parser("collector", help="run the firefly collector; `collector import FILE...` "
@@ -330,6 +375,31 @@ def parser() -> argparse.ArgumentParser:
                      "listeners, the store's directory and free disk, the registry cache")
     doc.add_argument("--json", action="store_true", help="JSON output")
     doc.set_defaults(func=cmd_doctor)
+
+    cfg = sub.add_parser("config", help="configuration tools: `config migrate --from flowd-go|flowd FILE`")
+    cfgsub = cfg.add_subparsers(dest="config_cmd", required=True)
+    mig = cfgsub.add_parser("migrate", help="print the scitagd YAML equivalent to a flowd-go or python flowd "
+                            "configuration, with comments where scitagd differs")
+    mig.add_argument("--from", dest="source", required=True, choices=["flowd-go", "flowd"],
+                     help="flowd-go's YAML (/etc/flowd-go/conf.yaml) or python flowd's flowd.cfg (read, never run)")
+    mig.add_argument("file", help="the configuration file to migrate")
+    mig.set_defaults(func=cmd_config)
+
+    ver = sub.add_parser("version", help="version, commit, eBPF object hashes, libbpf, kernel")
+    ver.add_argument("--json", action="store_true", help="JSON output")
+    ver.set_defaults(func=cmd_version)
+
+    st = sub.add_parser("stun", help="this host's public addresses as backends.firefly.stun finds them")
+    st.add_argument("action", choices=["sample"])
+    st.add_argument("--stun-server", action="append", metavar="HOST:PORT",
+                    help="a STUN server to ask (repeatable; default: the config's, else flowd-go's public ones)")
+    st.add_argument("--http-server", action="append", metavar="URL",
+                    help="an HTTP echo to ask (repeatable; default: the config's, else flowd-go's public ones)")
+    st.add_argument("--interface", action="append", metavar="IF", help="also map this interface's addresses")
+    st.add_argument("--timeout", type=float, help="seconds per server (default 5)")
+    st.add_argument("--config", metavar="FILE", help="take servers, interfaces and manualMapping from this config")
+    st.add_argument("--json", action="store_true", help="JSON output")
+    st.set_defaults(func=cmd_stun)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback (and, as root, "
                           "network namespaces); nothing leaves the machine")

@@ -69,8 +69,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     """The daemon's config file (`scitagd run --config`), flowd-go's layout.
 
     Keys:
-      pidPath: flowd-go key; accepted.
-      workDir: flowd-go key; accepted.
+      pidPath: flowd-go's name for pidFile.
+      workDir: flowd-go key; accepted, not used (a warning at start says so).
       plugins: sources of flows.
       backends: what is done with each flow.
       enrichers: TCP statistics of active flows; on when present.
@@ -79,9 +79,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
       logging: log level and flow lines.
       collector: a collector's section, for a host running both from one file (see
         `scitagd collector`); the daemon ignores it.
+      pidFile: a file with the daemon's process id, for tools that read one (systemd does not
+        need it): written atomically at start, removed at exit; a live daemon named in it stops the
+        start.
     """
 
-    pid_path: Optional[str] = None
+    pid_path: Optional[str] = None  # flowd-go's name for pidFile
     work_dir: Optional[str] = None
     plugins: Plugins = msgspec.field(default_factory=Plugins)
     backends: Backends = msgspec.field(default_factory=Backends)
@@ -91,6 +94,20 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     logging: LogConfig = msgspec.field(default_factory=LogConfig)
     # The collector's section may share the file; the collector parses it (collector/conf.py).
     collector: Optional[Dict[str, Any]] = None
+    pid_file: Optional[str] = None  # written atomically at start, removed at exit (pidfile.py)
+
+    def __post_init__(self) -> None:
+        for key, path in (("pidFile", self.pid_file), ("pidPath", self.pid_path)):
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"{key} {path!r}: expected an absolute path")
+        if self.pid_file and self.pid_path and self.pid_file != self.pid_path:
+            raise ValueError(f"pidFile {self.pid_file!r} and pidPath {self.pid_path!r}: the same setting (pidPath "
+                             "is flowd-go's name), give one")
+
+    @property
+    def pid(self) -> Optional[str]:
+        """The pid file in force: pidFile, else flowd-go's pidPath."""
+        return self.pid_file or self.pid_path
 
 
 # Sections whose keys enable a component by being present, even with no value.
@@ -104,7 +121,12 @@ def load_text(text: str, origin: str = "<config>") -> Config:
 def from_mapping(data: Dict[str, Any], origin: str) -> Config:
     if data.get("collector", {}) is None:
         data = {**data, "collector": {}}
-    return convert(fill_empty(data, _ENABLING), Config, origin)
+    conf = convert(fill_empty(data, _ENABLING), Config, origin)
+    m = conf.backends.marker
+    marker_keys = (data.get("backends") or {}).get("marker") or {}
+    if m is not None and m.discover_interfaces and "targetInterfaces" not in marker_keys:
+        m.target_interfaces = []  # flowd-go: the discovered interfaces replace the default [lo]
+    return conf
 
 
 def load(path: str | Path) -> Config:

@@ -246,9 +246,6 @@ class Daemon:
         self._tasks.append(loop.create_task(self.registry_holder.run_refresher(), name="registry"))
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(loop.create_task(self._flush_flow_log(), name="flow-log"))
-        if self.conf.pid_path:
-            with open(self.conf.pid_path, "w") as f:
-                f.write(f"{os.getpid()}\n")
         log.info("started pid=%d loop=%s sources=%s sinks=%s registry=%s", os.getpid(),
                  type(loop).__module__.split(".")[0], ",".join(s.name for s in self.sources) or "none",
                  ",".join(self._sink_names()) or "none", self.registry.origin)
@@ -315,7 +312,7 @@ class Daemon:
         (the marker hands over: the new program REPLACEs the old one's filter, so no packet
         leaves unmarked); the flow table keeps every flow; the registry is read again. An
         invalid config changes nothing and says why."""
-        from .config import load
+        from .compat import load_checked
         from .errors import ConfigError
         from .wiring import specs
 
@@ -323,7 +320,9 @@ class Daemon:
             log.warning("reload: no config file to read (started without one)")
             return False
         try:
-            conf = load(self.config_path)
+            conf, said = load_checked(self.config_path)
+            for n in said:
+                log.warning("config key=%s %s", n.key, n.text)
             new_specs = {s.name: s for s in specs(conf, self, self._providers)}  # nothing built yet
         except (ConfigError, StartupError) as e:
             self.reloads["failed"] += 1
@@ -440,11 +439,6 @@ class Daemon:
         t0 = time.monotonic()
         log.info("stopping active_flows=%d", len(self.table))
         await self._teardown(drain=True)
-        if self.conf.pid_path:
-            try:
-                os.unlink(self.conf.pid_path)
-            except OSError:
-                pass
         log.info("stopped in %.3fs", time.monotonic() - t0)
         flow_log.flush()
 
@@ -543,6 +537,18 @@ async def _bounded(aw: Awaitable[Any], timeout: float, what: str) -> None:
 
 
 def run(conf: Config, config_path: Optional[str] = None) -> int:
-    daemon = Daemon(conf, config_path)
-    run_async(daemon.run_until_stopped())
+    """Run until SIGTERM/SIGINT. The pid file (pidFile / pidPath) is taken before anything else,
+    so a second daemon with the same file stops before it binds a port."""
+    pid = None
+    if conf.pid:
+        from .pidfile import PidFile
+
+        pid = PidFile(conf.pid)
+        pid.acquire()
+    try:
+        daemon = Daemon(conf, config_path)
+        run_async(daemon.run_until_stopped())
+    finally:
+        if pid is not None:
+            pid.release()
     return 0

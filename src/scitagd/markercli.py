@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .errors import BpfError, CommandError
 
@@ -75,17 +75,22 @@ def _ifname(ifindex: int) -> str:
         return str(ifindex)
 
 
-def clean(pin_path: str, priority: int = 1) -> int:
-    """Detach our filters, remove clsact qdiscs we created (if nobody else uses them), unpin."""
+def clean(pin_path: str, priority: int = 1, interfaces: Optional[List[str]] = None) -> int:
+    """Detach our filters, remove clsact qdiscs we created (if nobody else uses them), unpin.
+    `interfaces` (flowd-go's --target-interface): only those, and the pinned maps stay."""
     from .bpf import loader
 
     pin = Path(pin_path)
     state_path = loader.state_file(pin)
     state = loader.read_state(state_path)
     for i in _ours(priority):
+        if interfaces and i["interface"] not in interfaces:
+            continue
         loader.detach(i["ifindex"], priority)
         print(f"detached {i['interface']} (prog id {i['prog_id']})")
     for name, st in state.items():
+        if interfaces and name not in interfaces:
+            continue
         try:
             ifindex = socket.if_nametoindex(name)
         except OSError:
@@ -96,6 +101,11 @@ def clean(pin_path: str, priority: int = 1) -> int:
                 print(f"removed clsact qdisc on {name}")
             else:
                 print(f"kept clsact qdisc on {name}: other filters use it")
+    if interfaces:
+        for name in interfaces:
+            state.pop(name, None)
+        loader.write_state(state, state_path)
+        return 0
     if pin.is_dir():
         for f in pin.iterdir():
             f.unlink()

@@ -2,8 +2,9 @@
 """`backends.prometheus`: the /metrics endpoint, an exporter that components register their
 metrics providers with (`Host.register_metrics`); it never sees a flow event.
 
-Keys (sinks/conf.py): bindAddress, port (flowd-go's `netlinkPort` is the same setting);
-flowd-go's log and skopsPort are accepted.
+Keys (sinks/conf.py): bindAddress, port (flowd-go's `netlinkPort` is the same setting), log
+(flowd-go's: false silences the metrics server's log); flowd-go's skopsPort is accepted (a
+warning at start says both flavours share one port).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class PrometheusExporter:
         self._server = HttpServer(log)
 
     async def start(self) -> None:
+        if not self.conf.log:
+            log.info("log: false: the metrics server logs nothing from here on (as flowd-go's discards its log)")
+        log.disabled = not self.conf.log
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
         await self._server.start(app, self.conf.bind_address, self.conf.listen_port)

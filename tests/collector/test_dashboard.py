@@ -19,6 +19,8 @@ from typing import Any, AsyncIterator, Callable, Dict, List
 
 import pytest
 
+from scitagd.lab.util import stop_process
+
 from ..conftest import ARCHIVE, PRODUCERS, require_shared
 from .test_collector import CollectorProc, collector  # noqa: F401  (fixture)
 
@@ -112,11 +114,7 @@ async def browser(url: str, profile: Path, size: str = "1400,1000") -> AsyncIter
                 finally:
                     cdp.reader.cancel()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 10)
 
 
 async def drive(url: str, profile: Path) -> Dict[str, Any]:

@@ -8,19 +8,25 @@ from pathlib import Path
 import pytest
 
 from scitagd.config import ConfigError, dump, load, load_text
+from scitagd.migrate import migrate
 
 DATA = Path(__file__).parents[1] / "data"
 REPO = Path(__file__).parents[2]
 
 
-def test_flowd_go_config_works_unchanged() -> None:
-    c = load(DATA / "flowd-go.yaml")
+def test_flowd_go_config_is_refused_aloud_or_migrates() -> None:
+    # flowd-go's iperf3 ids [0, 1, 2] hold experiment 0, which no flow may carry: refused naming the
+    # key; `scitagd config migrate` turns the same file into one that loads with everything else kept
+    with pytest.raises(ConfigError, match=r"plugins\.iperf3: experimentIDs \[0, 1, 2\]: it holds 0"):
+        load(DATA / "flowd-go.yaml")
+    c = load_text(migrate("flowd-go", str(DATA / "flowd-go.yaml")))
+    assert c.plugins.iperf3 is None
     assert c.plugins.api is not None and c.plugins.api.bind_port == 7777
     assert c.plugins.namedPipe is not None and c.plugins.namedPipe.pipe_path == "/var/run/flowd-go/np"
     assert c.plugins.firefly is not None
     assert c.plugins.firefly.addresses() == ["127.0.0.1"]
     assert [(r.address, r.port) for r in c.plugins.firefly.firefly_receivers] == [("127.0.0.1", 10515)]
-    assert c.plugins.perfsonar is not None and c.plugins.perfsonar.experimentID == 1
+    assert c.plugins.perfsonar is not None and c.plugins.perfsonar.experiment == 1
     fb = c.backends.firefly
     assert fb is not None and fb.prepend_syslog is False
     assert fb.collector_list() == [("127.0.0.1", 10516)]
@@ -118,5 +124,5 @@ def test_conf_command_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_dump_round_trip() -> None:
-    c = load(DATA / "flowd-go.yaml")
+    c = load_text(migrate("flowd-go", str(DATA / "flowd-go.yaml")))
     assert load_text(dump(c)) == c

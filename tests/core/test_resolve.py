@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 
 from scitagd.lab.netlab import NetNS
+from scitagd.lab.util import stop_process
 
 from ..conftest import needs_root
 
@@ -81,11 +82,5 @@ backends:
         assert got == {"127.0.0.5": [1001], "127.0.0.6": [1002]}, (tmp_path / "d.log").read_text()
     finally:
         for p in (daemon, recv):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
         log.close()

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
+from scitagd.lab.util import stop_process
+
 from ..conftest import DaemonProc, firefly_validator, free_port, json_body, metrics
 
 XROOTD = shutil.which("xrootd")
@@ -114,9 +116,4 @@ backends:
         assert sum(v for k, v in m.items() if k.startswith("scitagd_rejected_total")) == 0
         d.wait_log("info scitagd.flows flow end source=firefly proto=tcp src=[::1]:")
     finally:
-        xrd.terminate()
-        try:
-            xrd.wait(10)
-        except subprocess.TimeoutExpired:
-            xrd.kill()
-            xrd.wait()
+        stop_process(xrd, 10)

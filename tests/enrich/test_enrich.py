@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -59,15 +59,6 @@ def test_bytecode_layout() -> None:
     assert bc[0] == 11 and bc[8] == 12 and bc[16] == 1
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 @pytest.mark.root
 @pytest.mark.skipif(not shutil.which("iperf3"), reason="iperf3 not installed")
 def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
@@ -111,7 +102,7 @@ def test_iperf3_flow_gets_ongoing_fireflies_and_metrics(lab: Lab) -> None:
 
 # The lab's addresses are ULA (fc00::/7), internal networks the watcher ignores by default.
 WATCH = "  watcher:\n    ignoreNetworks: []\n    rules: [{remotePorts: '5201', experiment: atlas, activity: perfSONAR}]"
-PERFSONAR = "  perfsonar: {experimentID: 2, activityID: 2}\n  watcher: {ignoreNetworks: []}"
+PERFSONAR = "  perfsonar: {experimentId: 2, activityId: 2, mode: ports}\n  watcher: {ignoreNetworks: []}"
 
 
 @pytest.mark.root

@@ -38,7 +38,10 @@ def kernel_labels(n: int) -> List[int]:
                 s.send(b"x")
             if i % 200 == 199:
                 for _ in range(200):
-                    _d, anc, _f, _a = rx.recvmsg(16, 64)
+                    try:
+                        _d, anc, _f, _a = rx.recvmsg(16, 64)
+                    except socket.timeout:  # a datagram lost on a loaded host: the rate needs no exact n
+                        break
                     labels += [struct.unpack("!I", data[:4])[0] & 0xFFFFF for _l, t, data in anc if t == IPV6_FLOWINFO]
         return labels
     finally:
@@ -54,11 +57,12 @@ def test_unmarked_kernel_labels_look_tagged_at_the_documented_rate() -> None:
     if auto not in (1, 3):
         pytest.skip(f"net.ipv6.auto_flowlabels={auto}: the kernel does not label unmarked flows by default")
     labels = kernel_labels(N)
-    assert len(labels) == N and len(set(labels)) > 0.95 * N  # random: few collisions in 2**20
+    assert len(labels) >= 0.99 * N and len(set(labels)) > 0.95 * len(labels)  # random: few collisions in 2**20
     reg = Registry.bundled()
     for known_only in (True, False):
         m = TagMatcher.from_registry(reg, known_activities_only=known_only)
         p = m.false_positive_rate
         hits = sum(1 for label in labels if m.label(label) != (None, None))
-        sd = math.sqrt(N * p * (1 - p))
-        assert abs(hits - N * p) < 5 * sd, f"known_only={known_only}: {hits} of {N}, expected {N * p:.0f}"
+        n = len(labels)
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(hits - n * p) < 5 * sd, f"known_only={known_only}: {hits} of {n}, expected {n * p:.0f}"

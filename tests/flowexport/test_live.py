@@ -343,47 +343,82 @@ def test_pmacctd_sfprobe(tmp: Path, matcher: TagMatcher) -> None:
         net.close()
 
 
+def switch_between(lab: Any, name: str, mgmt: Optional[Tuple[str, str]] = None) -> NetNS:
+    """A switch namespace between the marker lab's A and B: A's veth peer (b0) becomes its port pa,
+    B gets b1 on port pb; with mgmt = (switch address, B's address), a management link m0/m1 (/30).
+    Checksum offload off on both ends (the capture reads what was sent); B's replies unlabelled."""
+    from ..lab import B_ADDR
+
+    sw = NetNS(name)
+    try:
+        lab.b.exec("ip", "link", "set", "b0", "netns", sw.name)
+        sw.exec("ip", "link", "set", "b0", "name", "pa")
+        sh("ip", "link", "add", "b1", "netns", lab.b.name, "type", "veth", "peer", "name", "pb", "netns", sw.name)
+        ports = ["pa", "pb"]
+        if mgmt is not None:
+            sh("ip", "link", "add", "m1", "netns", lab.b.name, "type", "veth", "peer", "name", "m0", "netns", sw.name)
+            ports.append("m0")
+        for dev in ports:
+            sw.exec("ip", "link", "set", dev, "up")
+        lab.b.exec("ip", "link", "set", "b1", "up")
+        lab.b.exec("ip", "addr", "add", f"{B_ADDR}/64", "dev", "b1", "nodad")
+        if mgmt is not None:
+            sw.exec("ip", "addr", "add", f"{mgmt[0]}/30", "dev", "m0")
+            lab.b.exec("ip", "link", "set", "m1", "up")
+            lab.b.exec("ip", "addr", "add", f"{mgmt[1]}/30", "dev", "m1")
+        lab.a.exec("ethtool", "-K", "a0", "tx", "off")
+        lab.b.exec("ethtool", "-K", "b1", "tx", "off")
+        lab.b.exec("sysctl", "-qw", "net.ipv6.auto_flowlabels=0")  # B's replies: label 0, untagged
+    except BaseException:
+        sw.close()
+        raise
+    return sw
+
+
+def marked_transfers(lab: Any, procs: Procs, d: Any, tcp: Tuple[int, int, Tuple[int, int], int],
+                     udp: Tuple[int, int, Tuple[int, int], int, int]) -> Tuple[List[Any], float]:
+    """A TCP transfer (sport, dport, tag, bytes) and UDP datagrams (sport, dport, tag, count, size)
+    from A to B, both flows started in A's daemon before and ended after, captured on B's b1:
+    (the packets, when the transfers ended)."""
+    from ..lab import A_ADDR, B_ADDR, TOOLS
+
+    (tsport, tdport, ttag, nbytes), (usport, udport, utag, count, size) = tcp, udp
+    lines = [f"tcp {A_ADDR} {tsport} {B_ADDR} {tdport} {ttag[0]} {ttag[1]}",
+             f"udp {A_ADDR} {usport} {B_ADDR} {udport} {utag[0]} {utag[1]}"]
+    d.send(*(f"start {x}" for x in lines))
+    d.wait_log("flow start", count=2)
+    time.sleep(0.2)
+    cap = lab.capture("b1")
+    server = lab.server(tdport)
+    procs.start(lab.b, [*TRAFFIC, "sink", B_ADDR, str(udport)], "sink.log", ready=b"ready")
+    client = lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, str(tdport), str(tsport), str(nbytes)])
+    assert lab.result(client) == lab.result(server)
+    r = subprocess.run(lab.a.cmd(*TRAFFIC, "udp", A_ADDR, B_ADDR, str(udport), str(usport), "0", str(count),
+                                 str(size)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ended = time.monotonic()
+    d.send(*(f"end {x}" for x in lines))
+    return cap.stop(), ended
+
+
 def test_open_vswitch_with_scitagd_marker(tmp: Path, matcher: TagMatcher) -> None:
     """scitagd's own eBPF marker tags A's flows (label strategy); OVS between A and B exports
     them: the collector side's per-experiment bytes for the link equal what A sent."""
     need("ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ethtool")
-    from ..lab import A_ADDR, B_ADDR, TOOLS
+    from ..lab import A_ADDR, B_ADDR
     from ..lab import Lab as MarkerLab
 
     lab = MarkerLab(tmp)  # takes the lab lock: the marker shares the host with other labs
     procs = Procs(tmp)
     sw = None
     try:
-        # put the switch between A and B: A's veth peer moves into the switch namespace as pa
-        sw = NetNS("fs")
-        lab.b.exec("ip", "link", "set", "b0", "netns", sw.name)
-        sw.exec("ip", "link", "set", "b0", "name", "pa")
-        sh("ip", "link", "add", "b1", "netns", lab.b.name, "type", "veth", "peer", "name", "pb", "netns", sw.name)
-        for dev in ("pa", "pb"):
-            sw.exec("ip", "link", "set", dev, "up")
-        lab.b.exec("ip", "link", "set", "b1", "up")
-        lab.b.exec("ip", "addr", "add", f"{B_ADDR}/64", "dev", "b1", "nodad")
-        lab.a.exec("ethtool", "-K", "a0", "tx", "off")
-        lab.b.exec("ethtool", "-K", "b1", "tx", "off")
-        lab.b.exec("sysctl", "-qw", "net.ipv6.auto_flowlabels=0")
+        sw = switch_between(lab, "fs")
         ipfix, _sflow = start_ovs(procs, sw, tmp)
 
         d = lab.daemon("markingStrategy: label")
         d.wait_log("attached interface=a0")
         tcp_tag, udp_tag = (3, 14), (2, 3)
-        d.send(f"start tcp {A_ADDR} 40031 {B_ADDR} 5031 {tcp_tag[0]} {tcp_tag[1]}",
-               f"start udp {A_ADDR} 41031 {B_ADDR} 6031 {udp_tag[0]} {udp_tag[1]}")
-        d.wait_log("flow start", count=2)
-        time.sleep(0.2)
-        cap = lab.capture("b1")
-        server = lab.server(5031)
-        procs.start(lab.b, [*TRAFFIC, "sink", B_ADDR, "6031"], "sink.log", ready=b"ready")
-        client = lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, "5031", "40031", str(400_000)])
-        assert lab.result(client) == lab.result(server)
-        udp = subprocess.run(lab.a.cmd(*TRAFFIC, "udp", A_ADDR, B_ADDR, "6031", "41031", "0", "40", "300"),
-                             capture_output=True, text=True, timeout=60)
-        assert udp.returncode == 0, udp.stderr
-        pkts = cap.stop()
+        pkts, _ended = marked_transfers(lab, procs, d, (40031, 5031, tcp_tag, 400_000), (41031, 6031, udp_tag, 40, 300))
         truth: Dict[FlowKey, List[int]] = defaultdict(lambda: [0, 0])
         for p in pkts:
             if p.proto in (6, 17) and {p.sport, p.dport} & {5031, 6031}:

@@ -26,10 +26,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from scitagd.lab.netlab import NetNS, sh
+from scitagd.lab.netlab import NetNS
 
 from ..conftest import IS_ROOT
-from .test_live import TRAFFIC, Procs, need, start_ovs, wait_for
+from .test_live import Procs, marked_transfers, need, start_ovs, switch_between, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces, eBPF, Open vSwitch)")]
@@ -68,28 +68,14 @@ def link_tags(links: List[Dict[str, Any]], exporter: str) -> Dict[Tuple[Any, ...
 
 def test_marker_ovs_collector_links_and_paths(tmp: Path) -> None:
     need("ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ethtool")
-    from ..lab import A_ADDR, B_ADDR, TOOLS
+    from ..lab import A_ADDR, B_ADDR
     from ..lab import Lab as MarkerLab
 
     lab = MarkerLab(tmp)  # takes the lab lock: the marker shares the host with other labs
     procs = Procs(tmp)
     sw: Optional[NetNS] = None
     try:
-        sw = NetNS("ls")
-        lab.b.exec("ip", "link", "set", "b0", "netns", sw.name)
-        sw.exec("ip", "link", "set", "b0", "name", "pa")
-        sh("ip", "link", "add", "b1", "netns", lab.b.name, "type", "veth", "peer", "name", "pb", "netns", sw.name)
-        sh("ip", "link", "add", "m1", "netns", lab.b.name, "type", "veth", "peer", "name", "m0", "netns", sw.name)
-        for dev in ("pa", "pb", "m0"):
-            sw.exec("ip", "link", "set", dev, "up")
-        sw.exec("ip", "addr", "add", f"{SW_ADDR}/30", "dev", "m0")
-        for dev in ("b1", "m1"):
-            lab.b.exec("ip", "link", "set", dev, "up")
-        lab.b.exec("ip", "addr", "add", f"{B_ADDR}/64", "dev", "b1", "nodad")
-        lab.b.exec("ip", "addr", "add", f"{B_MGMT}/30", "dev", "m1")
-        lab.a.exec("ethtool", "-K", "a0", "tx", "off")
-        lab.b.exec("ethtool", "-K", "b1", "tx", "off")
-        lab.b.exec("sysctl", "-qw", "net.ipv6.auto_flowlabels=0")  # B's replies: label 0, untagged
+        sw = switch_between(lab, "ls", mgmt=(SW_ADDR, B_MGMT))
 
         # the collector in B: fireflies on 10514 (A's daemon sends them to the peer), exports on 4739/6343
         conf = tmp / "collector.yaml"
@@ -111,22 +97,7 @@ collector:
 
         d = lab.daemon("markingStrategy: label", backends="  firefly: {prependSyslog: true}")
         d.wait_log("attached interface=a0")
-        d.send(f"start tcp {A_ADDR} 40041 {B_ADDR} 5041 {CMS_AI[0]} {CMS_AI[1]}",
-               f"start udp {A_ADDR} 41041 {B_ADDR} 6041 {ATLAS_DB[0]} {ATLAS_DB[1]}")
-        d.wait_log("flow start", count=2)
-        time.sleep(0.2)
-        cap = lab.capture("b1")
-        server = lab.server(5041)
-        procs.start(lab.b, [*TRAFFIC, "sink", B_ADDR, "6041"], "sink.log", ready=b"ready")
-        client = lab.start(lab.a, [*TOOLS, "tcp-client", B_ADDR, "5041", "40041", str(600_000)])
-        assert lab.result(client) == lab.result(server)
-        udp = subprocess.run(lab.a.cmd(*TRAFFIC, "udp", A_ADDR, B_ADDR, "6041", "41041", "0", "50", "400"),
-                             capture_output=True, text=True, timeout=60)
-        assert udp.returncode == 0, udp.stderr
-        ended = time.monotonic()
-        d.send(f"end tcp {A_ADDR} 40041 {B_ADDR} 5041 {CMS_AI[0]} {CMS_AI[1]}",
-               f"end udp {A_ADDR} 41041 {B_ADDR} 6041 {ATLAS_DB[0]} {ATLAS_DB[1]}")
-        pkts = cap.stop()
+        pkts, ended = marked_transfers(lab, procs, d, (40041, 5041, CMS_AI, 600_000), (41041, 6041, ATLAS_DB, 50, 400))
         truth: Dict[Tuple[str, str, int, int, int], int] = defaultdict(int)
         for p in pkts:
             if p.proto in (6, 17) and {p.sport, p.dport} & {5041, 6041}:

@@ -13,7 +13,7 @@ from scitagd.bpf import abi
 from scitagd.bpf import libbpf as lb
 
 BPF = Path(scitagd.bpf.__file__).parent
-OBJECTS = ["marker.bpf.o", "watcher.bpf.o"]
+OBJECTS = ["marker.bpf.o", "watcher.bpf.o", "marker-debug.bpf.o", "watcher-debug.bpf.o"]
 
 
 def _lib_or_skip() -> None:

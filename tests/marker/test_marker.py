@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
@@ -23,15 +23,6 @@ from ..lab import A_ADDR, B_ADDR, TOOLS, Lab
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MB = 1 << 20
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def sent_by_a(pkts: List[Packet], proto: int, sport: int) -> List[Packet]:
@@ -209,8 +200,6 @@ def test_vlan_tagged_frames(lab: Lab, strategy: str, txvlan: str) -> None:
     m = d.metrics()
     assert m['scitagd_unmarked_packets_total{reason="vlan"}'] == 0
     assert m['scitagd_unmarked_packets_total{reason="mtu"}'] == (0 if strategy == "label" else 1)
-
-
 
 
 def _egress_filters(lab: Lab, dev: str = "a0") -> str:

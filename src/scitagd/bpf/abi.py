@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 
 __all__ = [
     "CONFIG", "COUNT_KEY", "COUNT_VAL", "EVENT", "FLOW_KEY", "FLOW_TAG", "LAYOUTS", "NET_KEY", "PROTO",
-    "PROTO_NAME", "RULE", "RULE_NET_KEY", "U32", "U64", "WCFG", "Layout", "flow_key", "unpack_flow_key",
+    "PROTO_NAME", "RULE", "RULE_NET_KEY", "RULE_TAG", "U32", "U64", "WCFG", "Layout", "flow_key", "unpack_flow_key",
 ]
 
 
@@ -48,7 +48,8 @@ COUNT_KEY = Layout("count_key", [("ifindex", "I"), ("exp", "H"), ("act", "B"), (
 COUNT_VAL = Layout("count_val", [("packets", "Q"), ("bytes", "Q")])
 # watcher.bpf.c
 RULE = Layout("rule", [("lport_lo", "H"), ("lport_hi", "H"), ("rport_lo", "H"), ("rport_hi", "H"), ("exp", "H"),
-                       ("act", "B"), ("used", "B")])
+                       ("act", "B"), ("used", "B"), ("tags_first", "H"), ("tags_count", "H"), ("next", "I")])
+RULE_TAG = Layout("rule_tag", [("exp", "H"), ("act", "B"), ("pad", "x")])
 NET_KEY = Layout("net_key", [("prefixlen", "I"), ("addr", "16s")])
 RULE_NET_KEY = Layout("rule_net_key", [("prefixlen", "I"), ("rule", "I"), ("addr", "16s")])
 EVENT = Layout("event", [("type", "B"), ("family", "B"), ("matched", "B"), ("act", "B"), ("exp", "H"),
@@ -58,7 +59,7 @@ EVENT = Layout("event", [("type", "B"), ("family", "B"), ("matched", "B"), ("act
                          ("pad2", "4x")])
 WCFG = Layout("wcfg", [("period_ns", "Q"), ("sample", "I"), ("pad", "4x")])
 
-LAYOUTS = [FLOW_KEY, FLOW_TAG, CONFIG, COUNT_KEY, COUNT_VAL, RULE, NET_KEY, RULE_NET_KEY, EVENT, WCFG]
+LAYOUTS = [FLOW_KEY, FLOW_TAG, CONFIG, COUNT_KEY, COUNT_VAL, RULE, RULE_TAG, NET_KEY, RULE_NET_KEY, EVENT, WCFG]
 
 U32 = struct.Struct("=I")  # array map keys, rule indexes
 U64 = struct.Struct("=Q")  # per-CPU counters

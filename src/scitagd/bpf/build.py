@@ -4,6 +4,10 @@
 The objects are shipped as package data so that hosts need no compiler. The build is
 reproducible (relative source paths, DWARF stripped, BTF kept): --check rebuilds into a
 temporary directory and compares bytes with the shipped objects.
+
+Each program is built twice: `NAME.bpf.o`, and `NAME-debug.bpf.o` with -DSCITAGD_DEBUG, which
+reports its decisions in the kernel's trace buffer (debugMode: true). The watcher is built for
+BPF ISA v3 (kernel >= 5.12: atomic fetch-and-add, for tag lists handed out in turn).
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["HERE", "SOURCES", "build", "clang_version", "main"]
+__all__ = ["HERE", "OBJECTS", "SOURCES", "build", "clang_version", "main"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["marker.bpf.c", "watcher.bpf.c"]
+_CPU = {"marker.bpf.c": [], "watcher.bpf.c": ["-mcpu=v3"]}
+# object name -> (source, extra clang flags)
+OBJECTS = {src.replace(".bpf.c", suffix + ".bpf.o"): (src, _CPU[src] + flags)
+           for src in SOURCES for suffix, flags in (("", []), ("-debug", ["-DSCITAGD_DEBUG"]))}
 
 
 def clang_version() -> str:
@@ -40,11 +48,11 @@ def build(out_dir: Path) -> list[Path]:
         raise SystemExit("clang and llvm-strip are needed to build (Debian: apt-get install clang llvm "
                          "libbpf-dev)")
     built = []
-    for src in SOURCES:
-        obj = out_dir / src.replace(".c", ".o")
+    for name, (src, flags) in OBJECTS.items():
+        obj = out_dir / name
         # Run in the source directory with a relative name: the path lands in BTF line info.
         # Paths of the checkout must not land in the object (BTF line info keeps file names).
-        subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
+        subprocess.run(["clang", "-O2", "-g", "-target", "bpf", *flags, "-Wall", "-Werror",
                         f"-fdebug-prefix-map={HERE}=.", "-fdebug-compilation-dir=.",
                         f"-I{_arch_include()}", "-c", src, "-o", str(obj)], cwd=HERE, check=True)
         subprocess.run([strip, "-g", str(obj)], check=True)

@@ -255,11 +255,16 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 		tag = *t;
 	}
 
+	DBG("marker: tagged sport=%u dport=%u if=%u", bpf_ntohs(ports[0]), bpf_ntohs(ports[1]),
+	    skb->ifindex);
 	if (cfg->strategy == STRAT_LABEL) {
-		if (set_label(skb, l3, ip6, tag.label))
+		if (set_label(skb, l3, ip6, tag.label)) {
 			count_unmarked(R_STORE);
-		else
+			DBG("marker: unmarked reason=%u", R_STORE);
+		} else {
 			count_marked(skb, tag.exp, tag.act);
+			DBG("marker: label=0x%x exp=%u act=%u", tag.label, tag.exp, tag.act);
+		}
 		return PASS;
 	}
 
@@ -273,14 +278,21 @@ static __always_inline int mark(struct __sk_buff *skb, __u32 l3, __u16 vlan_prot
 			return PASS;
 		}
 		l3 = ETH_HLEN;
-		if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0)
+		if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0) {
 			count_marked(skb, tag.exp, tag.act);
+			DBG("marker: header=%u exp=%u act=%u vlan", cfg->strategy, tag.exp,
+			    tag.act);
+		}
 		if (bpf_skb_vlan_push(skb, bpf_htons(vlan_proto), bpf_ntohs(tci)))
 			count_unmarked(R_VLAN);
 		return PASS;
 	}
-	if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0)
+	if (add_ext_headers(skb, l3, nexthdr, cfg->strategy, tag.exp, tag.act) == 0) {
 		count_marked(skb, tag.exp, tag.act);
+		DBG("marker: header=%u exp=%u act=%u", cfg->strategy, tag.exp, tag.act);
+	} else {
+		DBG("marker: unmarked header=%u (no room or over the MTU)", cfg->strategy);
+	}
 	return PASS;
 }
 

@@ -30,4 +30,19 @@ static __always_inline __u32 spread_entropy(__u32 e)
 	       ((e >> 4) & 1) << 19;
 }
 
+/* Debug builds (-DSCITAGD_DEBUG: marker-debug.bpf.o and watcher-debug.bpf.o, loaded with
+ * debugMode: true) report each decision in the kernel's trace buffer, one line each, read with
+ * `cat /sys/kernel/tracing/trace_pipe`. Not libbpf's bpf_printk: its format strings go into
+ * .rodata, whose size the watcher's loader checks (its load-time settings live there); these
+ * land in .rodata.str1.1, a map of their own. bpf_trace_printk takes at most three arguments. */
+#ifdef SCITAGD_DEBUG
+#define DBG(fmt, ...)                                                                              \
+	({                                                                                         \
+		char ____fmt[] = "scitagd " fmt;                                                   \
+		bpf_trace_printk(____fmt, sizeof(____fmt), ##__VA_ARGS__);                         \
+	})
+#else
+#define DBG(fmt, ...) ({})
+#endif
+
 #endif

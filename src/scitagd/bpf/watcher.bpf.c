@@ -18,14 +18,30 @@
 #define AF_INET6 10
 #define TCP_CLOSE 7
 #define MAX_RULES 64
+#define MAX_RULE_TAGS 4096
+
+/* rule.used */
+#define R_USED 1
+#define R_NETS 2 /* the remote must be in this rule's networks */
+#define R_USER 4 /* user space decides (uid/cgroup conditions it checks through sock_diag) */
+#define R_RANDOM 8 /* the rule's tag list is drawn from at random (else in turn) */
+#define R_ALL_NETS 16 /* ignore_nets does not apply to this rule (flowd-go's iperf3 plugin) */
 
 struct rule {
 	__u16 lport_lo, lport_hi; /* local port range; 0..0 means any */
 	__u16 rport_lo, rport_hi; /* remote port range */
 	__u16 exp;
 	__u8 act;
-	__u8 used; /* bit 0: in use; bit 1: the remote must be in this rule's networks;
-		    * bit 2: user space decides (uid/cgroup conditions it checks through sock_diag) */
+	__u8 used; /* R_* bits */
+	__u16 tags_first; /* a list of tags in rule_tags: [tags_first, tags_first + tags_count) */
+	__u16 tags_count; /* 0: exp and act above */
+	__u32 next; /* the list's next index when taken in turn (atomic: connections on any CPU) */
+};
+
+struct rule_tag {
+	__u16 exp;
+	__u8 act;
+	__u8 pad;
 };
 
 /* Remote addresses as 16 bytes, IPv4 mapped (::ffff:a.b.c.d), for both address families. */
@@ -92,6 +108,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule);
 } rules SEC(".maps");
+
+/* Tag lists of rules that hand out several tags (plugins.iperf3's experimentIDs/activityIDs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_RULE_TAGS);
+	__type(key, __u32);
+	__type(value, struct rule_tag);
+} rule_tags SEC(".maps");
 
 /* Set by the loader before the program is loaded and read-only to it, so the verifier drops the
  * sampling code when enrichers.skops is off (libbpf-bootstrap's const volatile style). */
@@ -242,6 +266,27 @@ static __always_inline void remote16(struct bpf_sock_ops *skops, __u8 *out)
 	}
 }
 
+/* The tag a matching rule gives this connection: its own, or the next of its list. */
+static __always_inline void pick_tag(struct rule *r, __u16 *exp, __u8 *act)
+{
+	__u32 n = r->tags_count, idx;
+
+	*exp = r->exp;
+	*act = r->act;
+	if (!n)
+		return;
+	if (r->used & R_RANDOM)
+		idx = bpf_get_prandom_u32() % n;
+	else
+		idx = __sync_fetch_and_add(&r->next, 1) % n;
+	__u32 k = r->tags_first + idx;
+	struct rule_tag *t = bpf_map_lookup_elem(&rule_tags, &k);
+	if (t) {
+		*exp = t->exp;
+		*act = t->act;
+	}
+}
+
 static __always_inline int established(struct bpf_sock_ops *skops)
 {
 	__u16 lport = skops->local_port;
@@ -254,37 +299,42 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 	}
 	struct net_key nk = { .prefixlen = 128 };
 	remote16(skops, nk.addr);
-	if (bpf_map_lookup_elem(&ignore_nets, &nk))
-		return 1;
+	int ignored = bpf_map_lookup_elem(&ignore_nets, &nk) != 0;
 
 	for (__u32 i = 0; i < MAX_RULES; i++) {
 		__u32 k = i;
 		struct rule *r = bpf_map_lookup_elem(&rules, &k);
 		if (!r || !r->used)
 			break;
+		if (ignored && !(r->used & R_ALL_NETS))
+			continue;
 		if (r->lport_hi && (lport < r->lport_lo || lport > r->lport_hi))
 			continue;
 		if (r->rport_hi && (rport < r->rport_lo || rport > r->rport_hi))
 			continue;
-		if (r->used & 2) {
+		if (r->used & R_NETS) {
 			struct rule_net_key rk = { .prefixlen = 32 + 128, .rule = i };
 			__builtin_memcpy(rk.addr, nk.addr, 16);
 			if (!bpf_map_lookup_elem(&rule_nets, &rk))
 				continue;
 		}
-		if (r->used & 4) {
+		__u16 exp;
+		__u8 act;
+		pick_tag(r, &exp, &act);
+		if (r->used & R_USER) {
 			/* a candidate: user space looks at the socket's uid and cgroup, then tags it */
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 							     BPF_SOCK_OPS_STATE_CB_FLAG);
-			emit(skops, 1, 2, r->exp, r->act, 0);
+			DBG("watcher: candidate lport=%u rport=%u rule=%u", lport, rport, i);
+			emit(skops, 1, 2, exp, act, 0);
 			return 1;
 		}
-		__u32 label = rev9(r->exp & 0x1FF) << 9 | (r->act & 0x3F) << 2 |
+		__u32 label = rev9(exp & 0x1FF) << 9 | (act & 0x3F) << 2 |
 			      spread_entropy(bpf_get_prandom_u32() & 31);
 		if (skops->family == AF_INET6) {
 			struct flow_key out = {}, in = {};
 			struct flow_tag tag = {
-				.label = label, .exp = r->exp, .act = r->act, .flags = 1
+				.label = label, .exp = exp, .act = act, .flags = 1
 			};
 			keys(skops, &out, &in);
 			bpf_map_update_elem(&flows, &out, &tag, BPF_ANY);
@@ -295,9 +345,15 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						     BPF_SOCK_OPS_STATE_CB_FLAG);
 		remember(skops, 1);
-		emit(skops, 1, 1, r->exp, r->act, label);
+		DBG("watcher: tagged lport=%u rport=%u rule=%u", lport, rport, i);
+		DBG("watcher: tag exp=%u act=%u label=0x%x", exp, act, label);
+		emit(skops, 1, 1, exp, act, label);
 		return 1;
 	}
+	if (ignored)
+		DBG("watcher: ignored network lport=%u rport=%u", lport, rport);
+	else
+		DBG("watcher: no rule lport=%u rport=%u", lport, rport);
 	return 1;
 }
 
@@ -338,6 +394,8 @@ int scitagd_watch(struct bpf_sock_ops *skops)
 				bpf_map_delete_elem(&flows, &out);
 				bpf_map_delete_elem(&flows, &in);
 			}
+			DBG("watcher: closed lport=%u rport=%u", skops->local_port,
+			    bpf_ntohl(skops->remote_port) & 0xFFFF);
 			emit(skops, 2, 1, 0, 0, 0);
 		}
 		return 1;

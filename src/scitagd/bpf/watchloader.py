@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import libbpf as lb
-from .abi import EVENT, NET_KEY, RULE, RULE_NET_KEY, U32, WCFG, flow_key
+from .abi import EVENT, NET_KEY, RULE, RULE_NET_KEY, RULE_TAG, U32, WCFG, flow_key
 
 __all__ = [
     "MAX_RULES",
@@ -33,6 +33,8 @@ log = logging.getLogger("scitagd.watcher")
 
 BPF_CGROUP_SOCK_OPS = 3
 MAX_RULES = 64  # the size of the kernel's rules array (watcher.bpf.c)
+MAX_RULE_TAGS = 4096  # the size of its rule_tags array: all rules' tag lists together
+R_USED, R_NETS, R_USER, R_RANDOM, R_ALL_NETS = 1, 2, 4, 8, 16  # struct rule's `used` bits
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Rule:
     nets: Tuple[str, ...] = ()  # remote networks the rule is limited to (none: any)
     uids: Tuple[int, ...] = ()  # owners the rule is limited to (checked in user space)
     cgroup_id: Optional[int] = None  # cgroup v2 id the socket must be in (checked in user space)
+    tags: Tuple[Tuple[int, int], ...] = ()  # several (experiment, activity) handed out in turn
+    random: bool = False  # ... or at random
+    all_networks: bool = False  # ignoreNetworks does not apply (flowd-go's iperf3 plugin)
 
 
 def net16(cidr: str) -> Tuple[int, bytes]:
@@ -128,8 +133,10 @@ class Watcher:
     the program."""
 
     def __init__(self, cgroup: str, rules: List[Rule], flows_pin: Optional[Path],
-                 ignore: Tuple[str, ...] = (), sample_period: Optional[float] = None) -> None:
+                 ignore: Tuple[str, ...] = (), sample_period: Optional[float] = None,
+                 obj_path: Optional[Path] = None) -> None:
         self.L = lb.lib()
+        self.obj_path = obj_path
         self.sample_period = sample_period
         self.ignore = ignore
         self.cgroup = cgroup2_path(cgroup)
@@ -148,7 +155,10 @@ class Watcher:
         L = self.L
         if len(self.rules) > MAX_RULES:
             raise ValueError(f"{len(self.rules)} rules: the watcher takes at most {MAX_RULES}")
-        path = str(resources.files("scitagd.bpf").joinpath("watcher.bpf.o"))
+        ntags = sum(len(r.tags) for r in self.rules)
+        if ntags > MAX_RULE_TAGS:
+            raise ValueError(f"{ntags} tags in the rules' lists: the watcher takes at most {MAX_RULE_TAGS}")
+        path = str(self.obj_path or resources.files("scitagd.bpf").joinpath("watcher.bpf.o"))
 
         def prepare(obj: int) -> None:
             flows = lb.find_map(obj, "flows")
@@ -163,13 +173,21 @@ class Watcher:
             period = self.sample_period
             lb.set_rodata(obj, WCFG.pack(int(period * 1e9), 1) if period is not None else WCFG.pack(0, 0))
 
-        obj = self.obj = lb.load_object(path, prepare, "watcher")
+        obj = self.obj = lb.load_object(path, prepare, "watcher" if self.obj_path is None else path)
         self.prog_fd = lb.prog_fd(obj, "scitagd_watch")
-        rules_fd, nets_fd, ignore_fd = (lb.map_fd(obj, n) for n in ("rules", "rule_nets", "ignore_nets"))
+        rules_fd, nets_fd, ignore_fd, tags_fd = (lb.map_fd(obj, n) for n in ("rules", "rule_nets", "ignore_nets",
+                                                                             "rule_tags"))
+        first = 0
         for i, r in enumerate(self.rules):
             user_space = bool(r.uids) or r.cgroup_id is not None
-            val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity,
-                            1 | (2 if r.nets else 0) | (4 if user_space else 0))
+            used = (R_USED | (R_NETS if r.nets else 0) | (R_USER if user_space else 0)
+                    | (R_RANDOM if r.random else 0) | (R_ALL_NETS if r.all_networks else 0))
+            val = RULE.pack(r.local[0], r.local[1], r.remote[0], r.remote[1], r.experiment, r.activity, used,
+                            first, len(r.tags), 0)
+            for j, (exp, act) in enumerate(r.tags):
+                lb.check(L.bpf_map_update_elem(tags_fd, U32.pack(first + j), RULE_TAG.pack(exp, act), 0),
+                         "rule tag")
+            first += len(r.tags)
             lb.check(L.bpf_map_update_elem(rules_fd, U32.pack(i), val, 0), "rule")
             for cidr in r.nets:
                 plen, addr = net16(cidr)

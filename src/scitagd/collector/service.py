@@ -72,6 +72,7 @@ class Collector:
         self.flows_in_store = 0
         self.store_problem: Optional[str] = None  # why the store is behind, for /healthz
         self.pending: List[Report] = []
+        self.writing = 0  # fireflies of the batch the store is writing now: not pending, not yet accounted
         self.tcp_connections: Dict[str, int] = {}
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.tcp_refused: DefaultDict[str, int] = defaultdict(int)
@@ -222,6 +223,7 @@ class Collector:
             if not batch:
                 return True
             loop = asyncio.get_running_loop()
+            self.writing = len(batch)
             try:
                 res = await loop.run_in_executor(self._db, self.store.ingest, batch)
             except StoreFull as e:
@@ -232,6 +234,8 @@ class Collector:
                               len(self.pending), str(e))
                 self.store_problem = str(e)
                 return False
+            finally:
+                self.writing = 0
             if self.store_problem is not None:
                 log.info("store writes again, behind no more problem_was=%r", self.store_problem)
                 self.store_problem = None
@@ -340,8 +344,9 @@ class Collector:
                              "pending": self.pending_count(), "active_flows": sum(self.tally.active.values())}
 
     def pending_count(self) -> int:
-        """Fireflies received and not yet handed to the store."""
-        return len(self.pending)
+        """Fireflies received and not yet accounted: waiting for the next flush or being written
+        (with collector.workers: the workers' sum)."""
+        return len(self.pending) + self.writing
 
     def store_stats(self) -> StoreStats:
         return self.store.stats()

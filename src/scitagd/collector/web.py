@@ -376,7 +376,8 @@ class _Metrics:
                 yield GaugeMetricFamily(f"scitagd_collector_clickhouse_{name}", doc, value=st.gauges[name])
         yield GaugeMetricFamily("scitagd_collector_store_flows", "Flows in the store (updated every 30 s)",
                                 value=c.flows_in_store)
-        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush",
+        yield GaugeMetricFamily("scitagd_collector_pending_rows", "Fireflies waiting for the next flush or "
+                                "being written (not yet in scitagd_collector_fireflies_total)",
                                 value=c.pending_count())
         yield CounterMetricFamily("scitagd_collector_spans_clamped", "Byte intervals longer than 30 days, spread "
                                   "over their last 30 days only", value=t.clamped)

@@ -12,17 +12,29 @@ __all__ = ["EnrichersConfig", "NetlinkEnricherConfig", "SkopsEnricherConfig"]
 
 class NetlinkEnricherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     """`enrichers.netlink`: tcp_info of every active TCP flow each period, through exact sock_diag
-    lookups.
+    lookups. flowd-go's request fields, honoured.
 
     Keys:
-      protocol: flowd-go key (IPPROTO_TCP); accepted.
-      ext: flowd-go key (sock_diag extensions bitmask); accepted.
-      state: flowd-go key (TCP states bitmask); accepted.
+      protocol: the sockets' protocol; 6 (TCP) only: the samples are tcp_info, which no other
+        protocol has.
+      ext: the INET_DIAG extensions asked for, a bit mask (1 << (n - 1)): MEMINFO 1, INFO 2,
+        VEGASINFO 4, CONG 8, TOS 16, TCLASS 32, SKMEMINFO 64, SHUTDOWN 128; without INFO no tcp_info
+        comes back; what comes back shows in `full` enrichment.
+      state: the TCP states sampled, a bit mask (1 << state); 3071 is every state but LISTEN.
     """
 
     protocol: int = 6
     ext: int = 255
     state: int = 3071
+
+    def __post_init__(self) -> None:
+        if self.protocol != 6:
+            raise ValueError(f"protocol {self.protocol}: expected 6 (TCP): the samples are TCP's tcp_info, which "
+                             "no other protocol has")
+        if not 0 <= self.ext <= 255:
+            raise ValueError(f"ext {self.ext}: expected a bit mask 0..255 of INET_DIAG extensions")
+        if not 0 < self.state <= 0xFFF:
+            raise ValueError(f"state {self.state}: expected a bit mask 1..4095 of TCP states (1 << state)")
 
 
 class SkopsEnricherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -31,9 +43,11 @@ class SkopsEnricherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="ca
 
     Keys:
       cgroupPath: cgroup v2 directory the sock_ops program attaches to.
-      programPath: flowd-go key; accepted.
-      debugMode: flowd-go key; accepted.
-      strategy: flowd-go key; accepted.
+      programPath: a site's build of scitagd's watcher.bpf.c (the samples come from the watcher's
+        program), checked before loading; flowd-go's skops objects are refused.
+      debugMode: load the watcher's debug build: its decisions in the kernel's trace buffer.
+      strategy: flowd-go's poll (samples on RTT callbacks, at most one per period and socket);
+        transition is not implemented (a warning at start says so).
     """
 
     cgroup_path: str = "/sys/fs/cgroup"

@@ -57,6 +57,8 @@ def netlink_fields(s: Sample, mode: str) -> Dict[str, Any]:
             out[name] = round(v * scale, 3) if scale != 1 else v
     if mode != "lean" and s.cong:
         out["cong_alg"] = s.cong
+    if mode == "full":
+        out.update(s.extra)  # the other extensions enrichers.netlink.ext asked for
     return {"tcp_info": out} if mode == "compatible" else out
 
 
@@ -115,6 +117,10 @@ class NetlinkEnricher(LastSamples):
     def __init__(self, host: Host, conf: EnrichersConfig, mode: str = "lean") -> None:
         self.host = host
         self.period = conf.period / 1000.0
+        nl = conf.netlink
+        # flowd-go's ext and state: what sock_diag is asked for, which sockets' samples count
+        self.ext = nl.ext if nl is not None else 255
+        self.states = nl.state if nl is not None else 0xBFF
         self.mode = mode
         self.diag: Optional[SockDiag] = None
         self.last: Dict[FlowKey, Tuple[Sample, bool]] = {}  # flow -> (last sample, local is src)
@@ -169,7 +175,7 @@ class NetlinkEnricher(LastSamples):
             for ev in evs:  # either end may be this host's: ask for both, one answers
                 index[(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)] = (ev, True)
                 index[(ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)] = (ev, False)
-            for s in self.diag.lookup(fam, index):
+            for s in self.diag.lookup(fam, index, self.ext, self.states):
                 hit = index.get((s.local[0], s.local[1], s.remote[0], s.remote[1]))
                 if hit is None:
                     continue

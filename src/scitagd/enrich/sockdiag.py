@@ -86,6 +86,15 @@ class Sample:
     uid: int = 0
     inode: int = 0
     cgroup_id: Optional[int] = None  # cgroup v2 id (kernel >= 5.7)
+    state: int = 0  # TCP state (TCP_ESTABLISHED = 1, ...)
+    extra: Dict[str, object] = field(default_factory=dict)  # the other INET_DIAG extensions asked for
+
+
+# INET_DIAG extension attributes beyond INFO and CONG, as flowd-go's full enrichment names them
+INET_DIAG_MEMINFO, INET_DIAG_VEGASINFO, INET_DIAG_TOS, INET_DIAG_TCLASS = 1, 3, 5, 6
+INET_DIAG_SKMEMINFO, INET_DIAG_SHUTDOWN = 7, 8
+DEFAULT_EXT = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+_SKMEM = ("rMemAlloc", "rcvBuff", "wMemAlloc", "sndBuff", "fwdAlloc", "wMemQueued", "optMem", "backlog", "drops")
 
 
 def _ip(raw: bytes, family: int) -> str:
@@ -170,19 +179,21 @@ class SockDiag:
             out += self._dump(family, pairs[i:i + chunk])
         return out
 
-    def lookup(self, family: int, tuples: Iterable[FourTuple]) -> List[Sample]:
+    def lookup(self, family: int, tuples: Iterable[FourTuple], ext: int = DEFAULT_EXT,
+               states: int = ALL_BUT_LISTEN) -> List[Sample]:
         """Exact lookups, one request per (local addr, local port, remote addr, remote port),
         all in one datagram: the kernel answers each from its socket hash table, so the cost
         follows the number of watched flows, not the number of sockets on the host (a dump,
-        even filtered, walks them all). Missing sockets answer ENOENT and are skipped."""
-        ext = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1))
+        even filtered, walks them all). Missing sockets answer ENOENT and are skipped. `ext`:
+        the INET_DIAG extensions asked for; `states`: sockets in other TCP states are left out
+        (an exact lookup answers whatever the state)."""
         msgs = []
         first = self.seq + 1
         for la, lp, ra, rp in tuples:
             self.seq += 1
             src = socket.inet_pton(family, la).ljust(16, b"\0")
             dst = socket.inet_pton(family, ra).ljust(16, b"\0")
-            body = REQ.pack(family, socket.IPPROTO_TCP, ext, ALL_BUT_LISTEN)
+            body = REQ.pack(family, socket.IPPROTO_TCP, ext, states)
             body += SOCKID.pack(lp, rp, src, dst, 0, b"\xff" * 8)
             msgs.append(NLMSG.pack(NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, self.seq, 0) + body)
         if not msgs:
@@ -195,7 +206,9 @@ class SockDiag:
             if first <= seq <= self.seq:
                 pending -= 1  # each request gets one answer: its socket, or ENOENT
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    out.append(self._sample(payload))
+                    smp = self._sample(payload)
+                    if states & (1 << smp.state):
+                        out.append(smp)
             if not pending:
                 break
         return out
@@ -249,7 +262,7 @@ class SockDiag:
         fam = m[0]
         sport, dport, src, dst, _ifindex, _cookie = SOCKID.unpack_from(m, 4)
         _expires, _rq, _wq, uid, inode = struct.unpack_from("=IIIII", m, 4 + SOCKID.size)
-        s = Sample((_ip(src, fam), sport), (_ip(dst, fam), dport), uid=uid, inode=inode)
+        s = Sample((_ip(src, fam), sport), (_ip(dst, fam), dport), uid=uid, inode=inode, state=m[1])
         off = 4 + SOCKID.size + 20
         while off + NLA.size <= len(m):
             alen, atype = NLA.unpack_from(m, off)
@@ -262,5 +275,15 @@ class SockDiag:
                 s.cong = payload.split(b"\0", 1)[0].decode(errors="replace")
             elif atype == INET_DIAG_CGROUP_ID and len(payload) >= 8:
                 s.cgroup_id = struct.unpack_from("=Q", payload)[0]
+            elif atype == INET_DIAG_MEMINFO and len(payload) >= 16:
+                s.extra["memInfo"] = dict(zip(("rMem", "wMem", "fMem", "tMem"), struct.unpack_from("=4I", payload)))
+            elif atype == INET_DIAG_SKMEMINFO and len(payload) >= 4 * len(_SKMEM):
+                s.extra["skMemInfo"] = dict(zip(_SKMEM, struct.unpack_from(f"={len(_SKMEM)}I", payload)))
+            elif atype == INET_DIAG_VEGASINFO and len(payload) >= 16:
+                s.extra["vegasInfo"] = dict(zip(("enabled", "rttCnt", "rtt", "minRtt"),
+                                                struct.unpack_from("=4I", payload)))
+            elif atype in (INET_DIAG_TOS, INET_DIAG_TCLASS, INET_DIAG_SHUTDOWN) and payload:
+                s.extra[{INET_DIAG_TOS: "tos", INET_DIAG_TCLASS: "tclass", INET_DIAG_SHUTDOWN: "shutdown"}[atype]] = (
+                    payload[0])
             off += (alen + 3) & ~3
         return s

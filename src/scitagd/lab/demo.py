@@ -68,6 +68,8 @@ collector:
         with urllib.request.urlopen(url + "api/v1/totals?from=-1h&by=activity") as r:
             for t in json.loads(r.read())["totals"]:
                 print(f"  {t['experiment']}/{t['activity']}: {t['flows']} flows, {t['bytes']} bytes")
+        print("  (bytes are what fireflies report in `usage`; these flows were announced by API and named-pipe\n"
+              "   lines, which carry no byte counts: part 2's marked bytes above are the kernel's counters)")
         with urllib.request.urlopen(url + "api/v1/flows?from=-1h&limit=20") as r:
             flows = json.loads(r.read())["flows"]
         print(f"  {len(flows)} flows stored, e.g.:")

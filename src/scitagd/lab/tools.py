@@ -6,6 +6,7 @@ and the parser for what `capture` records. Standard library only.
   tcp-server ADDR PORT          accept one connection, print received bytes and sha256 as JSON
   tcp-client ADDR PORT SPORT NBYTES [--tclass N] [--seed S]
   udp-send ADDR PORT SPORT COUNT PHASE [--tclass N]
+  http-echo ADDR PORT           answer every GET with {"ip": the caller's address} until SIGTERM
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "TP_STATUS_VLAN_VALID",
     "Packet",
     "capture",
+    "http_echo",
     "inject_vlan",
     "main",
     "parse_frame",
@@ -263,6 +265,31 @@ def inject_vlan(iface: str, vid: int, src: str, dst: str, sport: int, dport: int
     print(json.dumps({"sent": len(sizes)}), flush=True)
 
 
+def http_echo(addr: str, port: int) -> None:
+    """A "what is my IP" service as ipify's JSON form answers: {"ip": "<the caller's address>"}."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"ip": self.client_address[0]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+    srv = Server((addr, port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(json.dumps({"listening": port}), flush=True)
+    srv.serve_forever()
+
+
 IFF_TUN, IFF_NO_PI, TUNSETIFF = 0x0001, 0x1000, 0x400454CA
 
 
@@ -323,6 +350,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     iv.add_argument("dport", type=int)
     iv.add_argument("sizes", help="comma-separated UDP payload sizes")
     iv.add_argument("--tclass", type=int, default=0)
+    he = sub.add_parser("http-echo")
+    he.add_argument("addr")
+    he.add_argument("port", type=int)
     tr = sub.add_parser("tun-read")
     tr.add_argument("name")
     tr.add_argument("count", type=int)
@@ -339,6 +369,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     [int(x) for x in a.sizes.split(",")], a.tclass)
     elif a.cmd == "tun-read":
         tun_read(a.name, a.count, a.timeout)
+    elif a.cmd == "http-echo":
+        http_echo(a.addr, a.port)
     elif a.cmd == "udp-recv":
         udp_recv(a.addr, a.port, a.count, a.timeout)
     elif a.cmd == "udp-send":

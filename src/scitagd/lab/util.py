@@ -4,14 +4,17 @@ for an HTTP endpoint, posting JSON, draining a UDP socket."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["drain", "free_port", "post", "wait_http"]
+__all__ = ["drain", "free_port", "post", "serve_json", "stop_process", "wait_http"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -54,3 +57,34 @@ def drain(sock: socket.socket, want: int, timeout: float = 3.0) -> List[bytes]:
         except socket.timeout:
             break
     return out
+
+
+def serve_json(body: bytes, path: str = "/api.json") -> Tuple[str, http.server.ThreadingHTTPServer]:
+    """Serve one JSON document on loopback in a daemon thread (a registry for flowd or scitagd
+    under test): (its URL, the server, to shut down)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}{path}", srv
+
+
+def stop_process(p: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """SIGTERM a process this code started (never by name), SIGKILL it after `timeout` s, reap it."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -7,17 +7,81 @@ struct's `Keys:` block documents its keys.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import msgspec
 
 from ..netutil import check_bind_address, check_host, check_port, parse_hostport
 
-__all__ = ["FIREFLY_PORT", "STRATEGIES", "FireflySinkConfig", "MarkerConfig", "PrometheusConfig"]
+__all__ = ["FIREFLY_PORT", "STRATEGIES", "FireflySinkConfig", "MarkerConfig", "PrometheusConfig", "StunConfig"]
 
 FIREFLY_PORT = 10514
 STRATEGIES = ("label", "hopByHop", "destination", "hopByHopDestination")
 ENRICHMENT_MODES = ("lean", "full", "compatible")
+# flowd-go's defaults (internal/stun): public servers, used only when `stun:` leaves them out
+STUN_SERVERS = ["stun.l.google.com:3478", "stun1.l.google.com:3478", "stun2.l.google.com:3478",
+                "stun3.l.google.com:3478", "stun4.l.google.com:3478"]
+ECHO_SERVERS = ["https://api64.ipify.org?format=json", "https://ipconfig.io/json"]
+
+
+class StunConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """`backends.firefly.stun`: for hosts behind NAT, the fireflies this host sends carry its
+    public address in place of its private ones (the address fields only: what the marker
+    matches is the packets' own addresses). flowd-go's keys, discovery from every address the
+    marker's interfaces and the default routes use, refreshed, never holding up the start.
+
+    Keys:
+      manualMapping: {private address: public address}, used as given, never asked about;
+        "0.0.0.0" / "::" as the private side stand for every address of this host of that family
+      stunServers: "host:port" STUN servers (RFC 5389 Binding, IPv4 and IPv6), asked in turn after
+        the HTTP echoes; default flowd-go's (stun.l.google.com and stun1..4, port 3478); [] for none
+      httpServers: http(s) URLs that answer with the caller's address ({"ip": ...} or the bare
+        address), asked first; default flowd-go's (api64.ipify.org, ipconfig.io); [] for none
+      interfaces: more interfaces whose private addresses are mapped, beside the marker's
+        (backends.marker) and those of the default IPv4 and IPv6 routes
+      refreshInterval: seconds between discoveries of every address (default 300; flowd-go: once)
+      checkInterval: seconds between looks at this host's addresses; a new one is discovered at
+        once (default 5)
+      timeout: seconds per server and address (default 5)
+    """
+
+    manual_mapping: Dict[str, str] = msgspec.field(default_factory=dict)
+    stun_servers: List[str] = msgspec.field(default_factory=lambda: list(STUN_SERVERS))
+    http_servers: List[str] = msgspec.field(default_factory=lambda: list(ECHO_SERVERS))
+    interfaces: List[str] = msgspec.field(default_factory=list)
+    refresh_interval: float = 300.0
+    check_interval: float = 5.0
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        if len(self.manual_mapping) > 4096:
+            raise ValueError(f"manualMapping: {len(self.manual_mapping)} entries; expected at most 4096")
+        fixed = {}
+        for priv, pub in self.manual_mapping.items():
+            try:
+                a, b = ipaddress.ip_address(str(priv)), ipaddress.ip_address(str(pub))
+            except ValueError:
+                raise ValueError(f"manualMapping {priv!r}: {pub!r}: expected an IP address on each side") from None
+            if a.version != b.version:
+                raise ValueError(f"manualMapping {priv!r}: {pub!r}: expected addresses of the same family")
+            fixed[a.compressed] = b.compressed
+        self.manual_mapping = fixed
+        for srv in self.stun_servers:
+            parse_hostport("stunServers", srv, 3478)
+        for url in self.http_servers:
+            if not url.startswith(("http://", "https://")) or len(url) > 2048:
+                raise ValueError(f"httpServers {url[:80]!r}: expected an http:// or https:// URL")
+        for name in self.interfaces:
+            if not name or len(name) > 15 or "/" in name or " " in name:
+                raise ValueError(f"interfaces {name!r}: expected an interface name")
+        if not 10 <= self.refresh_interval <= 86400:
+            raise ValueError(f"refreshInterval {self.refresh_interval}: expected 10..86400 seconds")
+        if not 0.1 <= self.check_interval <= 3600:
+            raise ValueError(f"checkInterval {self.check_interval}: expected 0.1..3600 seconds")
+        if not 0.1 <= self.timeout <= 60:
+            raise ValueError(f"timeout {self.timeout}: expected 0.1..60 seconds")
 
 
 class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -38,7 +102,8 @@ class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="came
       enrich: send `ongoing` fireflies with TCP statistics from the enrichers.
       enrichmentMode: which tcp_info fields ongoing fireflies carry: lean, full or compatible
         (flowd-go's field set).
-      stun: flowd-go's public-address discovery section; accepted.
+      stun: for a host behind NAT, its public addresses in the fireflies in place of its private
+        ones (flowd-go's section, discovery by STUN and HTTP echoes; see its keys).
     """
 
     destination_port: int = FIREFLY_PORT
@@ -52,9 +117,11 @@ class FireflySinkConfig(msgspec.Struct, forbid_unknown_fields=True, rename="came
     hostname: Optional[str] = None
     enrich: bool = False
     enrichment_mode: str = "lean"
-    stun: Optional[Dict[str, Any]] = None
+    stun: Optional[StunConfig] = None
 
     def __post_init__(self) -> None:
+        if self.enrichment_mode == "":
+            self.enrichment_mode = "full"  # flowd-go: "" (and anything unknown to it) is full
         check_port("destinationPort", self.destination_port)
         check_port("collectorPort", self.collector_port)
         check_host("collectorAddress", self.collector_address)
@@ -80,16 +147,20 @@ class MarkerConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     Keys:
       targetInterfaces: interfaces to attach to.
       discoverInterfaces: also attach to every interface with a global IPv6 address, as they
-        appear.
+        appear; without targetInterfaces in the file, only to those (flowd-go's: the discovered
+        interfaces replace the default lo).
       removeQdisc: remove the clsact qdisc at exit if scitagd created it.
-      programPath: a compiled eBPF object to load instead of the shipped one (flowd-go key).
+      programPath: a site's build of scitagd's marker.bpf.c to load instead of the shipped one,
+        checked for the programs, maps and struct layouts scitagd drives (flowd-go's objects are
+        refused).
       markingStrategy: label (the flow label), hopByHop, destination or hopByHopDestination
         (extension headers).
       matchAll: mark every IPv6 flow with matchExperiment/matchActivity, reported or not (as
         flowd-go's perfSONAR mode).
       matchExperiment: the experiment matchAll marks with (extension); unset: plugins.perfsonar's.
       matchActivity: the activity matchAll marks with (extension); unset: plugins.perfsonar's.
-      debugMode: flowd-go key; accepted.
+      debugMode: load the debug build (marker-debug.bpf.o): each marking decision in the kernel's
+        trace buffer (cat /sys/kernel/tracing/trace_pipe); costs time per packet.
       mapSize: flow map capacity (an LRU; each flow takes two entries), 1024..16777216.
       checkInterval: seconds between checks that every interface still has our filter (extension).
       pinPath: bpffs directory where the maps are pinned so a restart or reload keeps marking.
@@ -139,8 +210,9 @@ class PrometheusConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel
       bindAddress: address to listen on.
       port: TCP port (extension; default 8080).
       netlinkPort: flowd-go's name for port; give one of them.
-      skopsPort: flowd-go key for its second exporter; accepted: every metric is on port.
-      log: flowd-go key; accepted.
+      skopsPort: flowd-go key for its second exporter; accepted, not used: every metric is on port,
+        the enrichers' told apart by the label flavour (a warning at start says so).
+      log: false silences the metrics server's log (flowd-go's discard logger).
     """
 
     bind_address: str = "127.0.0.1"

@@ -2,7 +2,8 @@
 """`backends.firefly`: start/end fireflies to the transfer's peer and to collectors.
 
 Keys (sinks/conf.py): destinationPort, prependSyslog, collectors (+ flowd-go's sendToCollector,
-collectorAddress, collectorPort), resolveInterval, sendToPeer, hostname, enrich, enrichmentMode.
+collectorAddress, collectorPort), resolveInterval, sendToPeer, hostname, enrich, enrichmentMode,
+stun (this host's public addresses in place of its private ones: publicaddr.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import msgspec
 
 from ..components import Host, Sink
 from ..events import ONGOING, FlowEvent
@@ -26,9 +29,16 @@ log = logging.getLogger("scitagd.firefly.sink")
 class FireflySink(Sink):
     name = "firefly"
 
-    def __init__(self, host: Host, conf: FireflySinkConfig) -> None:
+    def __init__(self, host: Host, conf: FireflySinkConfig,
+                 interfaces: Optional[Callable[[], List[str]]] = None) -> None:
+        """`interfaces`: the marker's, whose addresses `stun` maps to public ones."""
         super().__init__(host)
         self.conf = conf
+        self.public = None
+        if conf.stun is not None:
+            from .publicaddr import PublicAddresses
+
+            self.public = PublicAddresses(conf.stun, interfaces or list)
         self.hostname = conf.hostname or socket.getfqdn()
         self._collectors = conf.collector_list()
         # label -> resolved sockaddrs; kept from the last good resolution when DNS fails.
@@ -43,6 +53,8 @@ class FireflySink(Sink):
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.public is not None:
+            await self.public.start()
         await self._resolve_all()
         if self._collectors:
             self._task = asyncio.get_running_loop().create_task(self._resolver())
@@ -52,6 +64,8 @@ class FireflySink(Sink):
                  self.conf.prepend_syslog, self.hostname)
 
     async def stop(self) -> None:
+        if self.public is not None:
+            await self.public.stop()
         if self._task:
             self._task.cancel()
         self._sock4.close()
@@ -96,10 +110,17 @@ class FireflySink(Sink):
         send_peer = self.conf.send_to_peer
         resolved = self._resolved
         enrich = self.conf.enrich
+        public = self.public
         for ev in batch:
             if ev.state == ONGOING and not enrich:
                 continue  # ongoing fireflies only with backends.firefly.enrich: true
-            data = (header + build_json(ev, now, None, now_iso)).encode()
+            shown = ev
+            if public is not None:  # this host's public address in the document, not where it goes
+                src = public.public(ev.src_ip, self.host.is_local)
+                dst = public.public(ev.dst_ip, self.host.is_local)
+                if src or dst:
+                    shown = msgspec.structs.replace(ev, src_ip=src or ev.src_ip, dst_ip=dst or ev.dst_ip)
+            data = (header + build_json(shown, now, None, now_iso)).encode()
             if send_peer:
                 peer = self.peer_of(ev)
                 self._send(data, socket.AF_INET6 if ":" in peer else socket.AF_INET, (peer, port), "peer")

@@ -78,9 +78,11 @@ class MarkerSink(Sink):
         self._task = loop.create_task(self._watch(), name="marker-interfaces")
 
     def _load(self) -> None:
-        from ..bpf import loader
+        from ..bpf import loader, objcheck
 
-        self.km = loader.KernelMarker(max_flows=self.conf.map_size, pin_dir=Path(self.conf.pin_path))
+        obj = objcheck.object_for("marker", self.conf.program_path, self.conf.debug_mode,
+                                  "backends.marker.programPath")
+        self.km = loader.KernelMarker(max_flows=self.conf.map_size, pin_dir=Path(self.conf.pin_path), obj_path=obj)
         self.state_path = loader.state_file(self.km.pin_dir)
         self.km.load()
         match = None
@@ -91,8 +93,12 @@ class MarkerSink(Sink):
         self.maps = self.km.maps()
         self._prog_ids = self.km.current_prog_ids()
         self.state = loader.read_state(self.state_path)
-        log.info("loaded strategy=%s match_all=%s map_size=%d pins=%s", self.conf.marking_strategy,
-                 bool(match), self.conf.map_size, self.km.pin_dir)
+        log.info("loaded strategy=%s match_all=%s map_size=%d pins=%s object=%s", self.conf.marking_strategy,
+                 bool(match), self.conf.map_size, self.km.pin_dir, obj)
+        if self.conf.debug_mode:
+            log.warning("debugMode: the marker's debug build reports every packet of a tagged flow in the kernel's "
+                        "trace buffer (read it with: cat /sys/kernel/tracing/trace_pipe); it costs time per "
+                        "packet, use it to diagnose only object=%s", obj.name)
 
     def _restore(self) -> List[FlowEvent]:
         """Flows a previous instance (killed, or restarted) left in the pinned map."""

@@ -3,7 +3,8 @@
 
 Config keys (sources/conf.py): bindAddress, bindPort, maxBodyBytes; allowedHosts, token |
 tokenFile, allowUnauthenticated; maxConnections, maxConnectionsPerSource, headerTimeout,
-keepAliveTimeout, requestTimeout.
+keepAliveTimeout, requestTimeout. flowd-go's routes (GET /, POST /flow, GET /dummy/start|end)
+are served beside ours, under the same rules (flowdgo_api.py).
 
 Who may call, and why:
 - POST needs `Content-Type: application/json`: a web page can send a cross-site form POST
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from typing import Any, Awaitable, Callable, Dict, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Optional, Set, Union
 
 import msgspec
 from aiohttp import web
@@ -157,10 +158,13 @@ class ApiSource(Source):
         self._hosts = frozenset(hosts)
 
     def app(self) -> web.Application:
+        from .flowdgo_api import add_routes
+
         app = web.Application(client_max_size=self.conf.max_body_bytes, middlewares=[self._access])
         app.router.add_post("/api/v1/flows", self.post_flow)
         app.router.add_get("/api/v1/flows", self.get_flows)
         app.router.add_get("/healthz", self.healthz)
+        add_routes(app, self)  # flowd-go's: GET /, POST /flow, GET /dummy/start|end
         return app
 
     async def start(self) -> None:
@@ -200,7 +204,8 @@ class ApiSource(Source):
                                    headers={"WWW-Authenticate": 'Bearer realm="scitagd"'})
         return await handler(request)
 
-    async def post_flow(self, request: web.Request) -> web.Response:
+    async def json_body(self, request: web.Request) -> Union[Dict[str, Any], web.Response]:
+        """A POST's body as a JSON object, or the refusal to send (415, 413, 400), counted."""
         peer = request.remote
         ctype = request.headers.get("Content-Type")
         charset = request.charset
@@ -218,7 +223,17 @@ class ApiSource(Source):
             return self._error(413, None, f"request body over {limit} bytes", "too_large", peer,
                                headers={"Connection": "close"})
         try:
-            ev = flow_from_body(decode_body(raw), self.host.registry, self.name)
+            return decode_body(raw)
+        except InputError as e:
+            return self._error(400, e.field, str(e), e.reason, peer)
+
+    async def post_flow(self, request: web.Request) -> web.Response:
+        peer = request.remote
+        body = await self.json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            ev = flow_from_body(body, self.host.registry, self.name)
         except InputError as e:
             return self._error(400, e.field, str(e), e.reason, peer)
         self.host.submit(ev)

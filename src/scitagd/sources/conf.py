@@ -134,7 +134,8 @@ class NamedPipeConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"
         /run/scitagd/flowd there (a tmpfiles.d link keeps /run/flowd working).
       mode: permission bits of the FIFO, an octal string.
       group: group (name or gid) given the FIFO, so writers in it need not be root.
-      maxReaders: flowd-go key, accepted and unused: one reader reads every line in order.
+      maxReaders: flowd-go key, accepted and unused: one reader reads every line in order (a
+        warning at start says so).
       buffSize: flowd-go key: bytes read per wake-up (clamped to 4..16 KiB).
       maxLineBytes: longest line accepted, 64..65536 bytes; longer lines are dropped and counted.
       checkInterval: seconds between checks that pipePath is still our FIFO, 0.05..300.
@@ -204,8 +205,11 @@ class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="ca
       allowedSources: CIDRs whose fireflies are taken; others are dropped and counted. Unset: any.
       fireflyReceivers: where to forward each valid firefly unchanged (a collector of your own).
       receiveBuffer: socket receive buffer in bytes; raise net.core.rmem_max if the log says capped.
-      hasSyslogHeader: flowd-go key, accepted: both framings are read whatever it says.
-      deadline: flowd-go key, accepted and unused (the listener never blocks).
+      hasSyslogHeader: flowd-go key, accepted: both framings are read whatever it says (a warning
+        at start says so).
+      deadline: flowd-go key, accepted and unused (the listener never blocks; a warning at start).
+      bufferSize: the longest datagram taken, 2048..65535 bytes (flowd-go's read buffer); longer
+        ones are refused and counted (too_large). Unset: any a UDP datagram holds.
     """
 
     bind_address: Optional[str] = None
@@ -216,12 +220,16 @@ class FireflySourceConfig(msgspec.Struct, forbid_unknown_fields=True, rename="ca
     receive_buffer: int = 8 << 20
     has_syslog_header: Optional[bool] = None
     deadline: int = 0
+    buffer_size: Optional[int] = None  # flowd-go's: longer datagrams are refused (too_large)
 
     def __post_init__(self) -> None:
         for a in self.addresses():
             check_bind_address("bindAddress", a)
         check_port("bindPort", self.bind_port)
         check_networks("allowedSources", self.allowed_sources or [])
+        if self.buffer_size is not None and not 2048 <= self.buffer_size <= 65535:
+            raise ValueError(f"bufferSize {self.buffer_size}: expected 2048..65535 bytes (flowd-go refuses less "
+                             "than 2048 too)")
 
     def addresses(self) -> List[str]:
         if self.bind_addresses:
@@ -312,6 +320,10 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
       pollInterval: seconds between sock_diag polls in poll mode, 0.05..60.
       ignoreNetworks: peers in these CIDRs are never tagged (default: RFC 1918, loopback,
         link-local, ULA).
+      programPath: a site's build of scitagd's watcher.bpf.c, checked for the programs, maps and
+        struct layouts scitagd drives before loading (flowd-go's objects are refused).
+      debugMode: load the debug build (watcher-debug.bpf.o): each connection's decision in the
+        kernel's trace buffer (cat /sys/kernel/tracing/trace_pipe).
     """
 
     cgroup_path: str = "/sys/fs/cgroup"
@@ -319,6 +331,8 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     mode: str = "auto"
     poll_interval: float = 1.0
     ignore_networks: List[str] = msgspec.field(default_factory=lambda: list(INTERNAL_NETWORKS))
+    program_path: str = ""  # a site's build of watcher.bpf.c (checked by bpf/objcheck.py)
+    debug_mode: bool = False  # load watcher-debug.bpf.o: decisions in the kernel's trace buffer
 
     def __post_init__(self) -> None:
         check_networks("ignoreNetworks", self.ignore_networks)
@@ -326,37 +340,79 @@ class WatcherConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
             raise ValueError(f"mode {self.mode!r}: expected auto, ebpf or poll")
         if not 0.05 <= self.poll_interval <= 60:
             raise ValueError(f"pollInterval {self.poll_interval}: expected 0.05..60 seconds")
+        check_program_path("programPath", self.program_path)
+
+
+def check_program_path(key: str, path: str) -> None:
+    if path and not os.path.isabs(path):
+        raise ValueError(f"{key} {path!r}: expected an absolute path to an eBPF object file")
+
+
+PERFSONAR_MODES = ("all", "ports")
 
 
 class PerfsonarConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """`plugins.perfsonar`: tags perfSONAR's iperf3 measurement connections. Without
-    backends.marker.matchAll, the watcher finds them by port.
+    """`plugins.perfsonar`: perfSONAR hosts. `mode: all` (the default, flowd-go's) turns on
+    backends.marker.matchAll: every IPv6 flow is marked with these ids; `mode: ports` tags only
+    perfSONAR's iperf3 measurement connections, found by the watcher by port.
 
     Keys:
-      activityID: activity id to tag with.
-      experimentID: experiment id to tag with.
-      ports: port or range perfSONAR's iperf3 tests listen on (extension).
+      activityID: activity id to tag with (the spelling of flowd-go's rpm/conf.yaml, which flowd-go
+        ignores and tags with 0; scitagd reads it, a warning at start says so).
+      experimentID: experiment id to tag with (as activityID).
+      ports: port or range perfSONAR's iperf3 tests listen on, with mode: ports (extension).
+      experimentId: experiment id to tag with (flowd-go's key).
+      activityId: activity id to tag with (flowd-go's key).
+      mode: all (every IPv6 flow, flowd-go's) or ports (only the test connections) (extension).
     """
 
-    activityID: int = 0
-    experimentID: int = 0
+    activityID: Optional[int] = None
+    experimentID: Optional[int] = None
     ports: str = "5201-5210"
+    experimentId: Optional[int] = None
+    activityId: Optional[int] = None
+    mode: str = "all"
+
+    def __post_init__(self) -> None:
+        for a, b, name in ((self.experimentId, self.experimentID, "experiment"),
+                           (self.activityId, self.activityID, "activity")):
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"{name}Id {a} and {name}ID {b}: the same setting spelt two ways, give one")
+        if self.mode not in PERFSONAR_MODES:
+            raise ValueError(f"mode {self.mode!r}: expected all (every IPv6 flow, as flowd-go) or ports (only "
+                             "perfSONAR's test connections)")
+        parse_ports("ports", self.ports)
+
+    @property
+    def experiment(self) -> int:
+        """experimentId, else experimentID, else flowd-go's default 0 (not a valid id)."""
+        return next((v for v in (self.experimentId, self.experimentID) if v is not None), 0)
+
+    @property
+    def activity(self) -> int:
+        return next((v for v in (self.activityId, self.activityID) if v is not None), 0)
 
 
 class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    """`plugins.iperf3`: flowd-go's iperf3 plugin (tags connections by port ranges).
+    """`plugins.iperf3`: flowd-go's iperf3 plugin, on the watcher's sock_ops program: a TCP
+    connection whose local ("source") and remote ("destination") ports are within the bounds is
+    tagged as it is established with the next (experiment, activity) pair of the lists, chosen in
+    the kernel, so it is marked from its first data packet; its end carries the same pair.
 
     Keys:
-      minSourcePort: lowest source port of the connections to tag.
-      maxSourcePort: highest source port.
-      minDestinationPort: lowest destination port.
-      maxDestinationPort: highest destination port.
-      cgroupPath: cgroup v2 directory to watch.
-      programPath: a compiled eBPF object to load instead of the shipped one.
-      debugMode: a program that reports its decisions.
+      minSourcePort: lowest local port of the connections to tag; 0: no bound.
+      maxSourcePort: highest local port; 0: no bound.
+      minDestinationPort: lowest remote port; 0: no bound.
+      maxDestinationPort: highest remote port; 0: no bound.
+      cgroupPath: cgroup v2 directory to watch; "": the parent of scitagd's own cgroup (flowd-go's).
+      programPath: a site's build of scitagd's watcher.bpf.c, checked before loading (flowd-go's
+        watcher objects are refused).
+      debugMode: load the watcher's debug build: its decisions in the kernel's trace buffer.
       randomIDs: pick from the id lists at random instead of in turn.
-      activityIDs: activity ids given to connections in turn.
-      experimentIDs: experiment ids given to connections in turn.
+      activityIDs: activity ids, paired with experimentIDs by position.
+      experimentIDs: experiment ids (1..511); the lists must have the same length (flowd-go's
+        default [0, 1, 2] holds 0, no experiment: give them).
+      ignoreNetworks: remote networks left alone (extension); [] (flowd-go's): none.
     """
 
     min_source_port: int = 0
@@ -367,5 +423,58 @@ class Iperf3Config(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     program_path: str = ""
     debug_mode: bool = False
     random_i_ds: bool = msgspec.field(default=False, name="randomIDs")
-    activity_i_ds: List[int] = msgspec.field(default_factory=list, name="activityIDs")
-    experiment_i_ds: List[int] = msgspec.field(default_factory=list, name="experimentIDs")
+    activity_i_ds: Optional[List[int]] = msgspec.field(default=None, name="activityIDs")
+    experiment_i_ds: Optional[List[int]] = msgspec.field(default=None, name="experimentIDs")
+    ignore_networks: List[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from ..tags import ACTIVITY_MAX, ACTIVITY_MIN, EXPERIMENT_MAX, EXPERIMENT_MIN
+
+        for key, v in (("minSourcePort", self.min_source_port), ("maxSourcePort", self.max_source_port),
+                       ("minDestinationPort", self.min_destination_port),
+                       ("maxDestinationPort", self.max_destination_port)):
+            if not 0 <= v <= 65535:
+                raise ValueError(f"{key} {v}: expected 0 (no bound) or a port 1..65535")
+        for lo, hi, what in ((self.min_source_port, self.max_source_port, "SourcePort"),
+                             (self.min_destination_port, self.max_destination_port, "DestinationPort")):
+            if lo and hi and lo > hi:
+                raise ValueError(f"min{what} {lo} is above max{what} {hi}")
+        if self.experiment_i_ds is None and self.activity_i_ds is None:
+            # flowd-go's default [0, 1, 2] holds experiment 0: refused at start (wiring), not here,
+            # so that the section with its defaults still reads (scitagd conf, the sample)
+            check_program_path("programPath", self.program_path)
+            check_networks("ignoreNetworks", self.ignore_networks)
+            return
+        exps = [0, 1, 2] if self.experiment_i_ds is None else self.experiment_i_ds
+        acts = [0, 1, 2] if self.activity_i_ds is None else self.activity_i_ds
+        if not exps or len(exps) != len(acts):
+            raise ValueError(f"experimentIDs {exps} and activityIDs {acts}: expected two lists of the same "
+                             "length, not empty (pairs handed out in turn or at random)")
+        if len(exps) > 1024:
+            raise ValueError(f"experimentIDs: {len(exps)} pairs; expected at most 1024")
+        for e in exps:
+            if not EXPERIMENT_MIN <= e <= EXPERIMENT_MAX:
+                given = "flowd-go's default [0, 1, 2], used when experimentIDs is not given, holds" if (
+                    self.experiment_i_ds is None) else "it holds"
+                raise ValueError(f"experimentIDs {exps}: {given} {e}, not an experiment id "
+                                 f"({EXPERIMENT_MIN}..{EXPERIMENT_MAX}); list the experiments to tag with")
+        for a in acts:
+            if not ACTIVITY_MIN <= a <= ACTIVITY_MAX:
+                raise ValueError(f"activityIDs {acts}: {a} is not an activity id ({ACTIVITY_MIN}..{ACTIVITY_MAX})")
+        check_program_path("programPath", self.program_path)
+        check_networks("ignoreNetworks", self.ignore_networks)
+
+    def pairs(self) -> List[Tuple[int, int]]:
+        exps = [0, 1, 2] if self.experiment_i_ds is None else self.experiment_i_ds
+        acts = [0, 1, 2] if self.activity_i_ds is None else self.activity_i_ds
+        return list(zip(exps, acts))
+
+    def port_ranges(self) -> Tuple[Optional[str], Optional[str]]:
+        """flowd-go's bounds as watcher port ranges: (local, remote), None for any."""
+        def rng(lo: int, hi: int) -> Optional[str]:
+            if not lo and not hi:
+                return None
+            return f"{lo or 1}-{hi or 65535}"
+
+        return (rng(self.min_source_port, self.max_source_port),
+                rng(self.min_destination_port, self.max_destination_port))

@@ -3,8 +3,8 @@
 
 Keys (sources/conf.py): bindAddress | bindAddresses, bindPort, allowedSources,
 fireflyReceivers (each datagram forwarded verbatim before parsing, loop-protected),
-receiveBuffer; flowd-go's hasSyslogHeader and deadline are accepted (the header is detected
-per datagram).
+receiveBuffer, bufferSize (flowd-go's: longer datagrams refused, `too_large`); flowd-go's
+hasSyslogHeader and deadline are accepted (the header is detected per datagram).
 
 Whatever arrives is either an event or a counted rejection with a reason (firefly.parse bounds
 sizes, nesting, UTF-8, ids, counters and times); the log gets at most one line per reason per
@@ -111,6 +111,10 @@ class FireflySource(Source):
             return
         if self._nets is not None and not self._is_allowed(addr[0]):
             self._reject("not_allowed", f"source {addr[0]} not in allowedSources", addr, data)
+            return
+        limit = self.conf.buffer_size
+        if limit is not None and len(data) > limit:
+            self._reject("too_large", f"{len(data)} bytes: over bufferSize ({limit})", addr, data)
             return
         if self._relay is not None and not self._relay.forward(data):
             self.counters.ignore("relay_loop")

@@ -19,6 +19,11 @@ Keys (sources/conf.py):
                A rule needs at least one condition.
   ignoreNetworks  remote networks no rule applies to (default: internal networks, RFC 1918,
                loopback, link-local, ULA); [] to watch them too
+  programPath  a site's build of watcher.bpf.c, checked before loading (bpf/objcheck.py)
+  debugMode    load the debug build: each decision in the kernel's trace buffer
+
+plugins.iperf3 (flowd-go's) is a rule of this watcher that hands out a list of tags, in turn or
+at random, chosen in the kernel (wiring/sources.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
@@ -70,6 +76,7 @@ class WatcherSource(Source):
         self._seen: Dict[Tuple[int, Tuple[str, int], Tuple[str, int]], Tuple[Sample, Tuple[int, int]]] = {}
         self._ignore = [ipaddress.ip_network(c, strict=False) for c in conf.ignore_networks]
         self._tasks: set[asyncio.Task[None]] = set()
+        self._next: Dict[int, int] = {}  # rule index -> the next of its tag list (polling)
 
     async def start(self) -> None:
         from ..bpf.watchloader import Rule, Watcher, cgroup2_path
@@ -87,20 +94,31 @@ class WatcherSource(Source):
                 except OSError as e:
                     raise ValueError(f"cgroup {r.cgroup!r}: {e.strerror}") from None
             rules.append(Rule(parse_ports("localPorts", r.local_ports), parse_ports("remotePorts", r.remote_ports),
-                              exp, act, tuple(r.remote_networks), r.uid_numbers(), cg_id))
+                              exp, act, tuple(r.remote_networks), r.uid_numbers(), cg_id,
+                              tuple(getattr(r, "tags", ())), bool(getattr(r, "random", False)),
+                              bool(getattr(r, "all_networks", False))))
         self._rules = rules
         self._loop = asyncio.get_running_loop()
         if self.conf.mode != "poll":
+            from ..bpf.objcheck import object_for
+
+            # a programPath that is not a watcher object stops the start (no quiet fallback to polling)
+            obj = object_for("watcher", self.conf.program_path, self.conf.debug_mode) if (
+                self.conf.program_path or self.conf.debug_mode) else None
             w = None
             try:
                 w = Watcher(self.conf.cgroup_path, rules, self.flows_pin, tuple(self.conf.ignore_networks),
-                            self.skops.period if self.skops is not None else None)
+                            self.skops.period if self.skops is not None else None, obj)
                 await self._loop.run_in_executor(None, w.load)
                 await self._loop.run_in_executor(None, w.attach)
                 self.w = w
                 if self.skops is not None:
                     self.skops.bind(w)
                 w.run(self._from_thread)
+                if self.conf.debug_mode:
+                    log.warning("debugMode: the watcher's debug build reports each connection it sees in the "
+                                "kernel's trace buffer (read it with: cat /sys/kernel/tracing/trace_pipe) "
+                                "object=%s", obj.name if obj else "?")
                 return
             except (OSError, BpfError) as e:
                 if w is not None:
@@ -148,9 +166,10 @@ class WatcherSource(Source):
     def _match(self, lport: int, rport: int, raddr: str = "", uid: Optional[int] = None,
                cgroup_id: Optional[int] = None) -> Optional[Tuple[int, int]]:
         ip = ipaddress.ip_address(raddr) if raddr else None
-        if ip is not None and any(ip in n for n in self._ignore):
-            return None
-        for r in self._rules:
+        ignored = ip is not None and any(ip in n for n in self._ignore)
+        for i, r in enumerate(self._rules):
+            if ignored and not r.all_networks:
+                continue
             if r.nets and (ip is None or not any(ip in ipaddress.ip_network(c, strict=False) for c in r.nets)):
                 continue
             if r.uids and uid not in r.uids:
@@ -161,6 +180,12 @@ class WatcherSource(Source):
                 continue
             if r.remote != (0, 0) and not r.remote[0] <= rport <= r.remote[1]:
                 continue
+            if r.tags:  # as the kernel does: the next of the rule's list, or one at random
+                if r.random:
+                    return r.tags[random.randrange(len(r.tags))]
+                n = self._next.get(i, 0)
+                self._next[i] = n + 1
+                return r.tags[n % len(r.tags)]
             return r.experiment, r.activity
         return None
 
@@ -183,9 +208,13 @@ class WatcherSource(Source):
                         log.warning("sock_diag poll failed error=%r", str(e))
                         found = []
                     for smp in found:
-                        tag = self._match(smp.local[1], smp.remote[1], smp.remote[0], smp.uid, smp.cgroup_id)
+                        key = (int(fam), smp.local, smp.remote)
+                        seen = self._seen.get(key)
+                        # a connection keeps the tag it got (a rule's list moves on once per connection)
+                        tag = seen[1] if seen is not None else self._match(smp.local[1], smp.remote[1], smp.remote[0],
+                                                                           smp.uid, smp.cgroup_id)
                         if tag is not None:
-                            current[(fam, smp.local, smp.remote)] = (smp, tag)
+                            current[key] = (smp, tag)
                 for k, (smp, tag) in current.items():
                     if k not in self._seen:
                         self._event(Event(False, k[0], smp.local, smp.remote, tag[0], tag[1], 0, 0, 0, 0, 0),

@@ -26,13 +26,24 @@ def sink_specs(conf: Config, host: Host) -> List[Tuple[str, str, Any, Any]]:
     out: List[Tuple[str, str, Any, Any]] = []
     if b.firefly is not None:
         fconf = b.firefly
+        mconf = b.marker
+
+        def interfaces() -> List[str]:
+            """The marker's interfaces, whose addresses backends.firefly.stun maps."""
+            if mconf is None:
+                return []
+            from ..sinks.marker import global_ipv6_interfaces
+
+            return [*mconf.target_interfaces, *(global_ipv6_interfaces() if mconf.discover_interfaces else [])]
 
         def firefly(_built: Dict[str, Any]) -> Sink:
             from ..sinks.firefly import FireflySink
 
-            return FireflySink(host, fconf)
+            return FireflySink(host, fconf, interfaces)
 
-        out.append(("sink", "backends.firefly", fconf, firefly))
+        # which interfaces stun looks at is part of what the sink is
+        key = (fconf, (mconf.target_interfaces, mconf.discover_interfaces) if mconf and fconf.stun else None)
+        out.append(("sink", "backends.firefly", key, firefly))
     if b.marker is not None:
         mconf, match = b.marker, match_all(conf)
 
@@ -59,19 +70,21 @@ def exporter_specs(conf: Config, providers: List[MetricsProvider]) -> List[Tuple
 
 
 def match_all(conf: Config) -> Optional[Tuple[int, int]]:
-    """matchAll's tag: backends.marker.matchExperiment/Activity, else flowd-go's perfsonar ids."""
+    """matchAll's tag: backends.marker.matchExperiment/Activity, else flowd-go's perfsonar ids.
+    plugins.perfsonar with `mode: all` (its default) turns matchAll on, as flowd-go does (the
+    start-up warnings say so: compat.py)."""
     m = conf.backends.marker
-    if m is None or not m.match_all:
+    ps = conf.plugins.perfsonar
+    if m is None or not (m.match_all or (ps is not None and ps.mode == "all")):
         return None
     exp, act = m.match_experiment, m.match_activity
-    ps = conf.plugins.perfsonar
     if exp is None and ps is not None:
-        exp = ps.experimentID
+        exp = ps.experiment
     if act is None and ps is not None:
-        act = ps.activityID
+        act = ps.activity
     if exp is None or act is None:
         raise StartupError("backends.marker.matchAll: set matchExperiment and matchActivity (or "
-                           "plugins.perfsonar experimentID/activityID)")
+                           "plugins.perfsonar experimentId/activityId)")
     try:
         check_experiment(exp)
         check_activity(act)
