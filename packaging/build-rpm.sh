@@ -126,7 +126,8 @@ rpm -q rpm >/dev/null 2>&1 || opts+=(--nodeps)  # not an RPM-based host: BuildRe
 pids=()
 for arch in "${arches[@]}"; do
     rpmbuild -bb --quiet --target "$arch-redhat-linux" "${opts[@]}" --define "dist .el9" \
-        --define "_builddir $top/BUILD-$arch" "$top/SPECS/scitagd.spec" &
+        --define "_builddir $top/BUILD-$arch" --define "_buildrootdir $top/BUILDROOT-$arch" \
+        "$top/SPECS/scitagd.spec" &  # own build dirs: two rpmbuilds racing to make one BUILDROOT fail
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
