@@ -19,7 +19,7 @@ calls it under its lock, on its thread.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import msgspec
 
@@ -35,12 +35,16 @@ __all__ = [
     "OTHER",
     "RETAINED",
     "SCHEMA",
+    "FlowSpec",
     "LinkKey",
     "PathRow",
+    "PathWant",
     "clamp",
     "link_timeseries",
     "links",
+    "path_wants",
     "paths_for",
+    "paths_from_rows",
     "place_json",
     "write",
 ]
@@ -250,40 +254,60 @@ def link_timeseries(db: sqlite3.Connection, start: float, end: float, step: int,
             _run(db, q, [step, step, int(start // width) * width, end, *args])]
 
 
-def paths_for(db: sqlite3.Connection, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]],
-              slack: float = 180.0) -> List[List[Dict[str, Any]]]:
-    """For each flow (proto, src, sport, dst, dport, start, end or None), where its 5-tuple was
-    seen, either way (`reverse`), with which tag (exp = act = 0: untagged), between its start and
-    end (`slack` s either side: exporters report after the fact, and minutes are whole)."""
-    out: List[List[Dict[str, Any]]] = [[] for _ in flows]
-    want: Dict[Tuple[str, str, int, int, int], List[Tuple[int, bool]]] = {}
+FlowSpec = Tuple[str, str, int, str, int, float, Optional[float]]
+PathWant = Dict[Tuple[str, str, int, int, int], List[Tuple[int, bool]]]
+
+
+def path_wants(flows: Sequence[FlowSpec]) -> PathWant:
+    """The 5-tuples to look up for each flow (proto, src, sport, dst, dport, start, end), both
+    ways: key -> [(flow index, reverse)]."""
+    want: PathWant = {}
     for i, (proto, src, sport, dst, dport, _s, _e) in enumerate(flows):
         p = PROTO_NUMBERS.get(proto)
         if p is None:
             continue
         want.setdefault((src, dst, sport, dport, p), []).append((i, False))
         want.setdefault((dst, src, dport, sport, p), []).append((i, True))
-    keys = list(want)
+    return want
+
+
+def paths_from_rows(flows: Sequence[FlowSpec], want: PathWant, rows: Iterable[Sequence[Any]],
+                    slack: float) -> List[List[Dict[str, Any]]]:
+    """Each flow's places from link_paths rows (src, dst, sport, dport, proto, bucket, exporter,
+    domain, iface, direction, exp, act, bytes, packets) of either store, kept within the flow's
+    life (`slack` s either side)."""
     places: List[Dict[Tuple[str, int, int, int, bool, int, int], List[int]]] = [{} for _ in flows]
-    for n in range(0, len(keys), 150):  # 5 values each: well within SQLite's variable limit
-        chunk = keys[n:n + 150]
-        marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-        q = (f"SELECT src, dst, sport, dport, proto, bucket, exporter, domain, iface, direction, exp, act, bytes, "
-             f"packets FROM link_paths WHERE (src, dst, sport, dport, proto) IN (VALUES {marks})")
-        for src, dst, sport, dport, p, bucket, ex, dom, ifc, d, e, a, nb, npk in _run(
-                db, q, [v for k in chunk for v in k]):
-            for i, rev in want.get((src, dst, sport, dport, p), ()):
-                start, end = flows[i][5], flows[i][6]
-                if bucket + MINUTE < start - slack or (end is not None and bucket > end + slack):
-                    continue
-                cur = places[i].setdefault((ex, dom, ifc, d, rev, e, a), [0, 0, bucket, bucket])
-                cur[0] += int(nb)
-                cur[1] += int(npk)
-                cur[2] = min(cur[2], bucket)
-                cur[3] = max(cur[3], bucket)
-    for i, pl in enumerate(places):
-        out[i] = [{"exporter": ex, "domain": dom, "interface": ifc, "direction": d, "reverse": rev, "exp": e,
-                   "act": a, "bytes": v[0], "packets": v[1], "first": v[2], "last": v[3] + MINUTE}
-                  for (ex, dom, ifc, d, rev, e, a), v in sorted(pl.items(), key=lambda kv: (kv[0][4], kv[1][2],
-                                                                                            kv[0]))]
-    return out
+    for src, dst, sport, dport, p, bucket, ex, dom, ifc, d, e, a, nb, npk in rows:
+        bucket = int(bucket)
+        for i, rev in want.get((src, dst, int(sport), int(dport), int(p)), ()):
+            start, end = flows[i][5], flows[i][6]
+            if bucket + MINUTE < start - slack or (end is not None and bucket > end + slack):
+                continue
+            cur = places[i].setdefault((ex, int(dom), int(ifc), int(d), rev, int(e), int(a)), [0, 0, bucket, bucket])
+            cur[0] += int(nb)
+            cur[1] += int(npk)
+            cur[2] = min(cur[2], bucket)
+            cur[3] = max(cur[3], bucket)
+    return [[{"exporter": ex, "domain": dom, "interface": ifc, "direction": d, "reverse": rev, "exp": e,
+              "act": a, "bytes": v[0], "packets": v[1], "first": v[2], "last": v[3] + MINUTE}
+             for (ex, dom, ifc, d, rev, e, a), v in sorted(pl.items(), key=lambda kv: (kv[0][4], kv[1][2], kv[0]))]
+            for pl in places]
+
+
+def paths_for(db: sqlite3.Connection, flows: Sequence[FlowSpec],
+              slack: float = 180.0) -> List[List[Dict[str, Any]]]:
+    """For each flow (proto, src, sport, dst, dport, start, end or None), where its 5-tuple was
+    seen, either way (`reverse`), with which tag (exp = act = 0: untagged), between its start and
+    end (`slack` s either side: exporters report after the fact, and minutes are whole)."""
+    want = path_wants(flows)
+    keys = list(want)
+
+    def rows() -> Iterator[Sequence[Any]]:
+        for n in range(0, len(keys), 150):  # 5 values each: well within SQLite's variable limit
+            chunk = keys[n:n + 150]
+            marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            q = (f"SELECT src, dst, sport, dport, proto, bucket, exporter, domain, iface, direction, exp, act, "
+                 f"bytes, packets FROM link_paths WHERE (src, dst, sport, dport, proto) IN (VALUES {marks})")
+            yield from _run(db, q, [v for k in chunk for v in k])
+
+    return paths_from_rows(flows, want, rows(), slack)

@@ -12,11 +12,11 @@ twice: rare, and said in README.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ...flowexport.aggregate import Row
 from ..attribution import HOUR, MINUTE
-from ..links import LONG_RANGE, PROTO_NUMBERS, LinkKey, PathRow, _dir, _iface, _key
+from ..links import LONG_RANGE, FlowSpec, LinkKey, PathRow, _dir, _iface, _key, path_wants, paths_from_rows
 from .client import Client, query
 
 __all__ = ["insert", "link_timeseries", "links", "paths_for"]
@@ -113,45 +113,21 @@ def link_timeseries(client: Client, db: str, start: float, end: float, step: int
     return [(int(b), int(t), int(k), int(n)) for b, t, k, n in rows]
 
 
-def paths_for(client: Client, db: str, flows: Sequence[Tuple[str, str, int, str, int, float, Optional[float]]],
+def paths_for(client: Client, db: str, flows: Sequence[FlowSpec],
               slack: float = 180.0) -> List[List[Dict[str, Any]]]:
     """As links.paths_for: where each flow's 5-tuple was seen, either way, between its start
     and end (`slack` s either side)."""
-    out: List[List[Dict[str, Any]]] = [[] for _ in flows]
-    want: Dict[Tuple[str, str, int, int, int], List[Tuple[int, bool]]] = {}
-    for i, (proto, src, sport, dst, dport, _s, _e) in enumerate(flows):
-        p = PROTO_NUMBERS.get(proto)
-        if p is None:
-            continue
-        want.setdefault((src, dst, sport, dport, p), []).append((i, False))
-        want.setdefault((dst, src, dport, sport, p), []).append((i, True))
-    if not want:
-        return out
-    places: List[Dict[Tuple[str, int, int, int, bool, int, int], List[int]]] = [{} for _ in flows]
+    want = path_wants(flows)
     keys = list(want)
-    for n in range(0, len(keys), 500):
-        chunk = keys[n:n + 500]
-        tuples = ", ".join(f"({_q(s)}, {_q(d)}, {int(sp)}, {int(dp)}, {int(p)})" for s, d, sp, dp, p in chunk)
-        rows = query(client, f"SELECT src, dst, sport, dport, proto, toUInt32(bucket), exporter, domain, iface, "
-                             f"direction, exp, act, sum(bytes), sum(packets) FROM {db}.link_paths "
-                             f"WHERE (src, dst, sport, dport, proto) IN ({tuples}) "
-                             f"GROUP BY src, dst, sport, dport, proto, bucket, exporter, domain, iface, direction, "
-                             f"exp, act")
-        for src, dst, sport, dport, p, bucket, ex, dom, ifc, d, e, a, nb, npk in rows:
-            bucket = int(bucket)
-            for i, rev in want.get((src, dst, int(sport), int(dport), int(p)), ()):
-                start, end = flows[i][5], flows[i][6]
-                if bucket + MINUTE < start - slack or (end is not None and bucket > end + slack):
-                    continue
-                cur = places[i].setdefault((ex, int(dom), int(ifc), int(d), rev, int(e), int(a)),
-                                           [0, 0, bucket, bucket])
-                cur[0] += int(nb)
-                cur[1] += int(npk)
-                cur[2] = min(cur[2], bucket)
-                cur[3] = max(cur[3], bucket)
-    for i, pl in enumerate(places):
-        out[i] = [{"exporter": ex, "domain": dom, "interface": ifc, "direction": d, "reverse": rev, "exp": e,
-                   "act": a, "bytes": v[0], "packets": v[1], "first": v[2], "last": v[3] + MINUTE}
-                  for (ex, dom, ifc, d, rev, e, a), v in sorted(pl.items(), key=lambda kv: (kv[0][4], kv[1][2],
-                                                                                            kv[0]))]
-    return out
+
+    def rows() -> Iterator[Sequence[Any]]:
+        for n in range(0, len(keys), 500):
+            chunk = keys[n:n + 500]
+            tuples = ", ".join(f"({_q(s)}, {_q(d)}, {int(sp)}, {int(dp)}, {int(p)})" for s, d, sp, dp, p in chunk)
+            yield from query(client, f"SELECT src, dst, sport, dport, proto, toUInt32(bucket), exporter, domain, "
+                                     f"iface, direction, exp, act, sum(bytes), sum(packets) FROM {db}.link_paths "
+                                     f"WHERE (src, dst, sport, dport, proto) IN ({tuples}) "
+                                     f"GROUP BY src, dst, sport, dport, proto, bucket, exporter, domain, iface, "
+                                     f"direction, exp, act")
+
+    return paths_from_rows(flows, want, rows(), slack)
