@@ -33,7 +33,6 @@ import marshal
 import os
 import random
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+
+from scitagd.lab.util import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CPU, LOAD_CPU = 1, 0
@@ -169,12 +170,6 @@ def traffic(n: int, seed: int, data: Path, rate: float = 10000.0, now: Optional[
 
 # --- receivers ----------------------------------------------------------------------------
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def udp_socket_state(port: int, pid: int) -> Tuple[int, int]:
     """(bytes queued, datagrams dropped) of `pid`'s UDP socket on `port`, from /proc/net/udp."""
     inodes = set()
@@ -282,13 +277,7 @@ class Receiver:
         raise NotImplementedError
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 60)
 
 
 class Collector(Receiver):

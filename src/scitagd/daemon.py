@@ -20,7 +20,7 @@ from .errors import StartupError
 from .events import END, ONGOING, TCP, FlowEvent, FlowKey
 from .logs import flow_log
 from .registry import Registry, RegistryHolder
-from .runtime import run_async, until_signalled
+from .runtime import cancel_and_wait, run_async, until_signalled
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -102,12 +102,7 @@ class SinkRunner:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait([self._task])
 
 
 class Daemon:

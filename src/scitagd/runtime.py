@@ -12,11 +12,11 @@ import resource
 import signal
 import sys
 import time
-from typing import Any, Awaitable, Callable, Coroutine, Dict, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Iterable, Optional, TypeVar
 
 from .sdnotify import Notifier
 
-__all__ = ["run_async", "until_signalled"]
+__all__ = ["cancel_and_wait", "run_async", "until_signalled"]
 
 T = TypeVar("T")
 log = logging.getLogger("scitagd.loop")
@@ -54,6 +54,19 @@ def exception_handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) 
         return
     # anything else is a bug of ours: say so, with the exception (on one line, see logs.py)
     log.error("unhandled in the event loop: %s", msg, exc_info=exc)
+
+
+async def cancel_and_wait(tasks: Iterable[Optional[asyncio.Task[Any]]]) -> None:
+    """Cancel background tasks and wait until each has finished unwinding (its `finally` blocks
+    run before the caller closes what they use)."""
+    live = [t for t in tasks if t is not None]
+    for t in live:
+        t.cancel()
+    for t in live:
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:

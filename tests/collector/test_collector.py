@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
+from scitagd.lab.util import stop_process
+
 from ..conftest import ARCHIVE, PRODUCERS, DaemonProc, free_port, http, metrics, require_shared
 
 
@@ -86,13 +88,7 @@ collector:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         return int(self.proc.returncode)
 
 

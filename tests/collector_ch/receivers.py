@@ -6,7 +6,6 @@ ports (so SO_REUSEPORT spreads them over the workers), and the API read back."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from scitagd.lab.util import stop_process
 from tests.conftest import free_port, http, metrics
 
 from .data import FireflyRow
@@ -101,13 +101,7 @@ collector:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 60)
         return int(self.proc.returncode)
 
 

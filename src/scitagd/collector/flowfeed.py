@@ -32,6 +32,7 @@ from ..flowexport.receiver import IpfixReceiver, NetflowReceiver, Receiver, Sflo
 from ..flowexport.records import FlowRecord
 from ..logs import Throttle
 from ..registry import TAG_LABELS, Registry, RegistryHolder
+from ..runtime import cancel_and_wait
 from .attribution import MINUTE
 from .conf import CollectorConfig
 from .links import DIRECTIONS, PathRow, clamp
@@ -360,13 +361,7 @@ class LinkFeed:
         s.rows.clear()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._tasks)
         for s in self.sections:
             await s.receiver.stop()
 

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ...logs import Throttle
+from ...runtime import cancel_and_wait
 from ..attribution import SPREAD
 from ..storeapi import IngestResult, StoreFull, StoreStats, Tag
 from . import links as chlinks
@@ -239,13 +240,7 @@ class ClickHouseAdapter:
                 await loop.run_in_executor(self._pool, self.maintain)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.writer is not None:
             await self.writer.stop()

@@ -28,6 +28,7 @@ from typing import DefaultDict, Deque, Dict, List, Optional
 
 import aiohttp
 
+from ...runtime import cancel_and_wait
 from .rows import FireflyRow, RowError, check, encode
 from .schema import _ident
 
@@ -182,11 +183,7 @@ class ClickHouseWriter:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout)
             except asyncio.TimeoutError:
-                self._task.cancel()
-                try:
-                    await self._task
-                except asyncio.CancelledError:
-                    pass
+                await cancel_and_wait([self._task])
         if self._queue:
             self._spool_rest()
         if self._session:
