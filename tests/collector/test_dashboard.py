@@ -117,6 +117,20 @@ async def browser(url: str, profile: Path, size: str = "1400,1000") -> AsyncIter
         stop_process(proc, 10)
 
 
+def assert_archive_dashboard(out: Dict[str, Any]) -> None:
+    """What drive() saw of a collector holding the UNL archive and four live producers' fireflies,
+    whichever store it runs on."""
+    assert out["errors"] == [], out["errors"]
+    assert "by experiment" in out["title_all"]
+    # The archive's 2021-era ids (16, 23) and the live XRootD ones (1, 2).
+    assert {"16", "23"} <= {t.strip() for t in out["legend_all"]}
+    assert out["layers_all"] >= 2
+    assert any(t.startswith("16 / 1") and "3399" in t for t in out["totals_all"])
+    assert any(t.startswith("23 / 1") and "2600" in t for t in out["totals_all"])
+    assert "by activity" in out["title_exp"]
+    assert len(out["totals_exp"]) == 1 and out["totals_exp"][0].startswith("23 / 1")
+
+
 async def drive(url: str, profile: Path) -> Dict[str, Any]:
     async with browser(url, profile) as cdp:
         out: Dict[str, Any] = {}
@@ -154,13 +168,5 @@ def test_dashboard_in_chromium(collector: Callable[..., CollectorProc], tmp_path
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "dashboard.png").write_bytes(out["png_all"])
     (ARTIFACTS / "dashboard-experiment-23.png").write_bytes(out["png_exp"])
-    assert out["errors"] == [], out["errors"]
-    assert "by experiment" in out["title_all"]
-    # The archive's 2021-era ids (16, 23) and the live XRootD ones (1, 2).
-    assert {"16", "23"} <= {t.strip() for t in out["legend_all"]}
-    assert out["layers_all"] >= 2
-    assert any(t.startswith("16 / 1") and "3399" in t for t in out["totals_all"])
-    assert any(t.startswith("23 / 1") and "2600" in t for t in out["totals_all"])
-    assert "by activity" in out["title_exp"]
-    assert len(out["totals_exp"]) == 1 and out["totals_exp"][0].startswith("23 / 1")
+    assert_archive_dashboard(out)
     assert out["png_all"][:8] == b"\x89PNG\r\n\x1a\n" and len(out["png_all"]) > 10_000
