@@ -57,6 +57,12 @@ def child(tree: Path, stage: str, grams_file: Path, batch: int, db: Path, count:
     conf = msgspec.convert({"store": {"path": str(db), "retentionDays": 36500}}, CollectorConfig)
     from scitagd.collector.service import Collector
 
+    try:  # what `scitagd collector` does before it builds the collector (GC thresholds)
+        from scitagd.runtime import collect_rarely
+        collect_rarely()
+    except ImportError:
+        pass
+
     c: Any = Collector(conf, RegistryHolder())
     if stage == "load":
         return

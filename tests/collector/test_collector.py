@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 from scitagd.lab.util import stop_process
+from scitagd.runtime import GC_THRESHOLD
 
 from ..conftest import ARCHIVE, PRODUCERS, DaemonProc, free_port, http, metrics, require_shared
 
@@ -154,6 +155,8 @@ def test_import_unl_archive(tmp_path: Path) -> None:
 
 def test_every_producer_is_accounted(collector: Callable[..., CollectorProc]) -> None:
     c = collector()
+    # the process users run collects garbage rarely (runtime.collect_rarely: its ingest figures)
+    assert "gc_threshold=" + ",".join(map(str, GC_THRESHOLD)) in c.log.read_text()
     wires = [s["wire"].encode() for s in samples()]
     for i, w in enumerate(wires):
         c.send(w, "::1" if i % 2 else "127.0.0.1")  # over IPv6 and IPv4

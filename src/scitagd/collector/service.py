@@ -13,6 +13,7 @@ says why on /healthz, and catches up when it can.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import sys
@@ -28,7 +29,7 @@ from ..netset import NetSet
 from ..netutil import open_udp_endpoint, parse_hostport, udp_listener
 from ..registry import RegistryHolder
 from ..relay import Relay
-from ..runtime import run_async, until_signalled
+from ..runtime import collect_rarely, run_async, until_signalled
 from .conf import CollectorConfig, CollectorFile
 from .framing import Framer
 from .report import Report, make_report
@@ -373,7 +374,8 @@ class Collector:
         self._own_tasks = [loop.create_task(self._flusher(), name="flusher"),
                            loop.create_task(self._housekeeping(), name="housekeeping")]
         self._tasks += [loop.create_task(self.registry.run_refresher())]
-        log.info("started store=%s trusted_relays=%s", _store_name(c), ",".join(c.trusted_relays) or "none")
+        log.info("started store=%s trusted_relays=%s gc_threshold=%s", _store_name(c),
+                 ",".join(c.trusted_relays) or "none", ",".join(map(str, gc.get_threshold())))
 
     async def _start_udp(self) -> None:
         loop = asyncio.get_running_loop()
@@ -582,6 +584,7 @@ def run(conf: CollectorConfig, registry: RegistryHolder, config_path: Optional[s
         assert config_path is not None  # workers > 1 comes from a file
         text = Path(config_path).read_text()
         return run_workers(load_text(text, config_path), text, registry, config_path)
+    collect_rarely()
     c = Collector(conf, registry, config_path)
     run_async(c.run_until_stopped())
     return 0

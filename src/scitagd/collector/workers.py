@@ -366,8 +366,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     _die_with_parent()
     _tag_logs(a.index)
-    from ..runtime import run_async
+    from ..runtime import collect_rarely, run_async
 
+    collect_rarely()
     try:
         return run_async(_worker_main(a))
     except (ConfigError, StartupError) as e:
