@@ -450,67 +450,73 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
         kinds.remove("baseline")
     rates = [float(r) for r in a.rates.split(",")]
     res: Dict[str, Any] = {"rates": {}, "kinds": kinds}
-    losing = {k: 0 for k in kinds}  # consecutive lossy steps: stop a receiver after --stop-after
-    for rate in rates:
+    losing = {k: 0 for k in kinds}  # consecutive steps not kept up with: stop a receiver after --stop-after
+
+    def step(rate: float, who: List[str]) -> Dict[str, Dict[str, Any]]:
         n = int(rate * a.seconds)
-        step: Dict[str, List[Dict[str, Any]]] = {k: [] for k in kinds}
+        runs_of: Dict[str, List[Dict[str, Any]]] = {k: [] for k in who}
         for run in range(a.runs):
             gfile = tmp / "grams.marshal"
             gfile.write_bytes(marshal.dumps(traffic(n, seed=run * 1000 + int(rate), data=a.fireflies, rate=rate)))
-            order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]  # rotate who goes first
+            order = who[run % len(who):] + who[:run % len(who)]  # rotate who goes first
             for k in order:
-                if losing[k] >= a.stop_after:
-                    continue
-                step[k].append(run_step(makers[k], gfile, n, rate, a.drain_timeout))
+                runs_of[k].append(run_step(makers[k], gfile, n, rate, a.drain_timeout))
+        got: Dict[str, Dict[str, Any]] = {}
         line = [f"offered {rate:8,.0f}/s"]
         for k in kinds:
-            runs = step[k]
+            runs = runs_of.get(k)
             if not runs:
                 line.append(f"{k}: -")
                 continue
             ok = [keeps_up(r, a.max_lag) for r in runs]
-            med_ok = sum(ok) * 2 > len(ok)
-            med_lossless = sum(lossless(r) for r in runs) * 2 > len(runs)
-            losing[k] = 0 if med_ok else losing[k] + 1
             loss = statistics.median(r["loss_pct"] for r in runs)
-            cap = statistics.median(r["capacity"] for r in runs)
             lag = statistics.median(r["lag_s"] for r in runs)
-            res["rates"].setdefault(int(rate), {})[k] = {"lossless_median": med_lossless, "keeps_up_median": med_ok,
-                                                         "loss_pct_median": loss, "lag_s_median": lag,
-                                                         "capacity_median": cap, "runs": runs}
+            got[k] = {"lossless_median": sum(lossless(r) for r in runs) * 2 > len(runs),
+                      "keeps_up_median": sum(ok) * 2 > len(ok), "loss_pct_median": loss, "lag_s_median": lag,
+                      "capacity_median": statistics.median(r["capacity"] for r in runs), "runs": runs}
             line.append(f"{k}: loss {loss:5.2f}% lag {lag:4.1f} s ({sum(ok)}/{len(ok)} kept up) drops "
                         f"{statistics.median(r['kernel_drops'] for r in runs):,.0f}")
         print("  ".join(line), flush=True)
+        return got
+
+    for rate in rates:
+        got = step(rate, [k for k in kinds if losing[k] < a.stop_after])
+        res["rates"][int(rate)] = got
+        for k, g in got.items():
+            losing[k] = 0 if g["keeps_up_median"] else losing[k] + 1
+    # Capacity: every receiver at one overloaded rate, whatever it did at the steps (the steps
+    # stop a receiver early, and at a step just above its rate it is not saturated)
+    print(f"capacity step ({a.capacity_rate:,.0f}/s offered, every receiver):", flush=True)
+    res["capacity_step"] = cap_step = step(a.capacity_rate, kinds)
     summary: Dict[str, Dict[str, Any]] = {}
     for k in kinds:
         best = best_lossless = 0
-        caps = []
-        for rate, per in res["rates"].items():
-            got = per.get(k)
-            if got is None:
-                continue
+        for rate, per in sorted(res["rates"].items()):
+            got_k = per.get(k)
+            if got_k is None:
+                break
             below = [res["rates"][r2].get(k, {}) for r2 in res["rates"] if r2 < rate]
-            if got["keeps_up_median"] and all(b.get("keeps_up_median", False) for b in below):
+            if got_k["keeps_up_median"] and all(b.get("keeps_up_median", False) for b in below):
                 best = rate
-            if got["lossless_median"] and all(b.get("lossless_median", False) for b in below):
+            if got_k["lossless_median"] and all(b.get("lossless_median", False) for b in below):
                 best_lossless = rate
-            if not got["keeps_up_median"]:
-                caps.append(got["capacity_median"])
-        summary[k] = {"sustained": best, "lossless_4s": best_lossless,
-                      "capacity": statistics.median(caps) if caps else None}
+        c = cap_step[k]
+        summary[k] = {"sustained": best, "lossless_4s": best_lossless, "capacity": c["capacity_median"],
+                      "capacity_saturated": not c["keeps_up_median"]}
     res["summary"] = summary
     print(f"sustained rate (kept up: lossless, done within {a.max_lag} s of the last datagram; median of runs), "
-          "lossless step (what a burst of one step costs nothing of) and capacity (processed/s at steps not kept "
-          "up with):")
+          "lossless step (a burst of one step lost nothing) and capacity (processed/s from the first datagram to "
+          f"the end of the drain at {a.capacity_rate:,.0f}/s offered):")
     for k in kinds:
         s = summary[k]
-        cap = f"{s['capacity']:,.0f}/s" if s["capacity"] else "not reached"
+        cap = f"{s['capacity']:,.0f}/s" + ("" if s["capacity_saturated"] else " (kept up: at least this)")
         print(f"  {k:9} sustained {s['sustained']:>7,}/s   lossless step {s['lossless_4s']:>7,}/s   capacity {cap}")
-    for k in kinds:
-        if k != "baseline" and "baseline" in summary and summary["baseline"]["sustained"]:
-            print(f"  {k} / baseline: sustained {summary[k]['sustained'] / summary['baseline']['sustained']:.2f}x"
-                  + (f", capacity {summary[k]['capacity'] / summary['baseline']['capacity']:.2f}x"
-                     if summary[k]["capacity"] and summary["baseline"]["capacity"] else ""))
+    if "baseline" in summary:
+        b = summary["baseline"]
+        for k in kinds:
+            if k != "baseline":
+                print(f"  {k} / baseline: capacity {summary[k]['capacity'] / b['capacity']:.2f}x"
+                      + (f", sustained {summary[k]['sustained'] / b['sustained']:.2f}x" if b["sustained"] else ""))
     return res
 
 
@@ -621,6 +627,8 @@ def main() -> int:
                     help="bytes, the same for every receiver (default: net.core.rmem_max)")
     ap.add_argument("--stop-after", type=int, default=2, help="lossy steps in a row after which a receiver stops")
     ap.add_argument("--drain-timeout", type=float, default=90.0)
+    ap.add_argument("--capacity-rate", type=float, default=30000.0,
+                    help="fireflies/s offered to every receiver to measure what it processes when saturated")
     ap.add_argument("--max-lag", type=float, default=1.0,
                     help="seconds after the last datagram within which a receiver must be done to keep up")
     ap.add_argument("--fireflies", type=Path, default=DATA, help="folder of the real fireflies")
