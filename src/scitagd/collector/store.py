@@ -594,11 +594,34 @@ class SQLiteStore:
     def flows(self, start: float, end: float, exp: Optional[int] = None, act: Optional[int] = None,
               host: Optional[str] = None, state: Optional[str] = None,
               limit: int = 100) -> List[Dict[str, Any]]:
-        where, args = self._where(start, end, exp, act, host, state)
-        q = f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows WHERE {where} ORDER BY start DESC LIMIT ?"
+        cols = ', '.join(FLOW_COLUMNS)
         with self._lock:
-            rows = self.db.execute(q, [*args, limit]).fetchall()
+            if exp is not None and act is None and not host:
+                rows = self._flows_of_experiment(cols, start, end, exp, state, limit)
+            else:
+                where, args = self._where(start, end, exp, act, host, state)
+                rows = self.db.execute(f"SELECT {cols} FROM flows WHERE {where} ORDER BY start DESC LIMIT ?",
+                                       [*args, limit]).fetchall()
         return [dict(zip(FLOW_COLUMNS, r)) for r in rows]
+
+    def _flows_of_experiment(self, cols: str, start: float, end: float, exp: int, state: Optional[str],
+                             limit: int) -> List[Tuple[Any, ...]]:
+        """One experiment's latest flows, activity by activity: flows_tag (exp, act, start) gives
+        each activity's flows in start order, but one experiment's only sorted by activity first,
+        so a single query sorted all of them (218 ms for 100,000 of 1,000,000 flows); a query per
+        activity reads `limit` rows from each (the activities found by skipping through the index)."""
+        acts = [a for (a,) in self.db.execute(
+            "WITH RECURSIVE a(act) AS (SELECT MIN(act) FROM flows WHERE exp = ?1 UNION ALL "
+            "SELECT (SELECT MIN(act) FROM flows WHERE exp = ?1 AND act > a.act) FROM a WHERE a.act IS NOT NULL) "
+            "SELECT act FROM a WHERE act IS NOT NULL", (exp,))]
+        rows: List[Tuple[Any, ...]] = []
+        for a in acts:
+            where, args = self._where(start, end, exp, a, None, state)
+            rows += self.db.execute(f"SELECT {cols} FROM flows WHERE {where} ORDER BY start DESC LIMIT ?",
+                                    [*args, limit]).fetchall()
+        i = FLOW_COLUMNS.index("start")
+        rows.sort(key=lambda r: r[i], reverse=True)
+        return rows[:limit]
 
     def active(self, limit: int) -> Tuple[List[Dict[str, Any]], int]:
         with self._lock:
