@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import socket
-from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, TypeVar, Union
 
 __all__ = [
     "bind_error",
@@ -25,6 +25,7 @@ __all__ = [
     "set_receive_buffer",
     "socket_drops",
     "udp_listener",
+    "udp_table",
 ]
 
 log = logging.getLogger("scitagd.net")
@@ -178,22 +179,30 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def socket_drops(inodes: Iterable[int]) -> Dict[int, int]:
-    """inode -> datagrams the kernel dropped for that socket (receive buffer full), from the
-    `drops` column of /proc/net/udp and udp6 (this network namespace's sockets)."""
-    want = set(inodes)
-    out: Dict[int, int] = {}
+def udp_table() -> Iterator[Tuple[int, int, int]]:
+    """(local port, inode, drops) of each UDP socket in this network namespace, from
+    /proc/net/udp and udp6 (`drops`: datagrams the kernel dropped, receive buffer full); a file
+    that cannot be read, or a line that cannot be parsed, is skipped."""
     for path in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(path) as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) >= 13 and int(cols[9]) in want:
-                        out[int(cols[9])] = int(cols[-1])
+                lines = f.readlines()[1:]
         except OSError:
             continue
-    return out
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 13:
+                continue
+            try:
+                yield int(cols[1].rsplit(":", 1)[1], 16), int(cols[9]), int(cols[-1])
+            except (ValueError, IndexError):
+                continue
+
+
+def socket_drops(inodes: Iterable[int]) -> Dict[int, int]:
+    """inode -> datagrams the kernel dropped for that socket (receive buffer full)."""
+    want = set(inodes)
+    return {inode: drops for _, inode, drops in udp_table() if inode in want}
 
 
 def drops_of(socks: Iterable[socket.socket]) -> int:

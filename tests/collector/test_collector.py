@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from scitagd.lab.util import stop_process
+from scitagd.lab.util import stop_process, wait_for
 from scitagd.runtime import GC_THRESHOLD
 
 from ..conftest import ARCHIVE, PRODUCERS, DaemonProc, free_port, http, metrics, require_shared
@@ -80,12 +80,7 @@ collector:
         return metrics(self.http)
 
     def wait(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met; log:\n{self.log.read_text()}")
+        wait_for(cond, timeout, detail=lambda: f"log:\n{self.log.read_text()}")
 
     def stop(self) -> int:
         assert self.proc is not None

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from scitagd.lab.util import stop_process
+from scitagd.lab.util import stop_process, wait_for
 from tests.conftest import free_port, http, metrics
 
 from .data import FireflyRow
@@ -92,12 +92,7 @@ collector:
         return metrics(self.http)
 
     def wait(self, cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name}: {what} not met in {timeout} s; log:\n{self.log.read_text()[-5000:]}")
+        wait_for(cond, timeout, f"{self.name}: {what}", 0.1, lambda: f"log:\n{self.log.read_text()[-5000:]}")
 
     def stop(self) -> int:
         assert self.proc is not None

@@ -34,6 +34,7 @@ from scitagd.flowexport.tagging import TagMatcher
 from scitagd.lab.netlab import TOOLS as LABTOOLS
 from scitagd.lab.netlab import NetNS, sh
 from scitagd.lab.tools import read_capture
+from scitagd.lab.util import wait_for
 from scitagd.registry import Registry
 from scitagd.tags import encode_flow_label
 
@@ -150,15 +151,6 @@ class Net(Procs):
         super().close()
         for ns in self.spaces:
             ns.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s: {what}")
 
 
 @pytest.fixture

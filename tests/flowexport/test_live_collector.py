@@ -27,9 +27,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from scitagd.lab.netlab import NetNS
+from scitagd.lab.util import wait_for
 
 from ..conftest import IS_ROOT
-from .test_live import Procs, marked_transfers, need, start_ovs, switch_between, wait_for
+from .test_live import Procs, marked_transfers, need, start_ovs, switch_between
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespaces, eBPF, Open vSwitch)")]

@@ -21,12 +21,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
 from scitagd.lab.netlab import A_ADDR, B_ADDR, TOOLS, Lab
 from scitagd.lab.tools import Packet
+from scitagd.lab.util import wait_for
 from scitagd.tags import decode_flow_label
 
 from ..conftest import IS_ROOT
@@ -212,13 +213,6 @@ def cgroup_prog_ids(path: str) -> List[int]:
         return [ids[i] for i in range(cnt.value)]
     finally:
         os.close(fd)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def proc_status(pid: int) -> Dict[str, str]:

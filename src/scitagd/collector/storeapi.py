@@ -53,11 +53,15 @@ class IngestResult:
         d[k] = d.get(k, 0) + n
 
     def merge(self, o: IngestResult) -> None:
+        self.merge_counts(o)
+        self.rejected += o.rejected
+
+    def merge_counts(self, o: IngestResult) -> None:
+        """Add `o`'s counts (everything but its rejected reports)."""
         for name in ("outcomes", "started", "ended", "expired", "active", "bytes"):
             mine = getattr(self, name)
             for k, v in getattr(o, name).items():
                 mine[k] = mine.get(k, 0) + v
-        self.rejected += o.rejected
         self.clamped += o.clamped
         self.tag_conflicts += o.tag_conflicts
         self.evicted += o.evicted

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import ConfigError, StartupError
-from ..netutil import bind_error, open_udp_endpoint, udp_listener
+from ..netutil import bind_error, open_udp_endpoint, udp_listener, udp_table
 from ..registry import RegistryHolder
 from .conf import CollectorConfig, CollectorFile, load_text
 from .service import Collector, _restart_needed
@@ -92,18 +92,7 @@ def foreign_sockets(port: int, ours: List[socket.socket]) -> int:
     """UDP sockets on `port` in this network namespace that are not ours (/proc/net/udp, udp6):
     a process of the same user may join a SO_REUSEPORT group and take a share of the datagrams."""
     inodes = {os.fstat(s.fileno()).st_ino for s in ours if s.fileno() >= 0}
-    n = 0
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) >= 10 and int(cols[1].rsplit(":", 1)[1], 16) == port and int(cols[9]) not in inodes:
-                        n += 1
-        except (OSError, ValueError, IndexError):
-            continue
-    return n
+    return sum(1 for p, inode, _ in udp_table() if p == port and inode not in inodes)
 
 
 def _bind_tcp(addr: str, port: int) -> socket.socket:
@@ -158,14 +147,7 @@ class _RecordingTally(Tally):
 
     def apply(self, res: IngestResult, now: Optional[float] = None) -> None:
         super().apply(res, now)  # its own counts too: the worker's stop line says what it did
-        u = self.unsent
-        for name in (*_TALLY_DICTS, "outcomes"):
-            mine = getattr(u, name)
-            for k, v in getattr(res, name).items():
-                mine[k] = mine.get(k, 0) + v
-        u.clamped += res.clamped
-        u.tag_conflicts += res.tag_conflicts
-        u.evicted += res.evicted
+        self.unsent.merge_counts(res)  # rejected reports reach the parent as the store_refused counter
 
     def set_active(self, by_tag: Dict[Tuple[int, int], int]) -> None:
         pass  # the parent reads the active flows from the database

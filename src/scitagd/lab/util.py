@@ -12,9 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["drain", "free_port", "post", "serve_json", "stop_process", "wait_http"]
+__all__ = ["drain", "free_port", "post", "serve_json", "stop_process", "wait_for", "wait_http"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -35,6 +35,17 @@ def wait_http(url: str, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition", interval: float = 0.05,
+             detail: Optional[Callable[[], str]] = None) -> None:
+    """Poll `cond` until it holds (once more at the deadline); else AssertionError naming `what`,
+    with `detail()` (a log, say) appended."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not met in {timeout} s" + (f"; {detail()}" if detail else ""))
+        time.sleep(interval)
 
 
 def post(url: str, body: Dict[str, Any]) -> Tuple[int, Any]:
