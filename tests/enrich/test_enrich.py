@@ -164,6 +164,56 @@ def test_watcher_discovers_iperf3_and_marks_from_the_first_packet(lab: Lab, plug
     assert d2.stop() == 0
 
 
+# Both ends in the cgroup: B's server closes first (orphaned FIN_WAIT2 goes straight to a
+# time-wait socket, so its sock_ops sees TCP_CLOSE) while A's client still has data to send.
+SERVER_CLOSES_FIRST = """
+import socket, sys, time
+ls = socket.socket(socket.AF_INET6); ls.bind((sys.argv[1], 5201)); ls.listen(1)
+print("listening", flush=True)
+c, _ = ls.accept()
+got = 0
+while got < 5000:
+    got += len(c.recv(65536))
+c.close()
+print("closed", flush=True)
+time.sleep(3)
+"""
+CLIENT_SENDS_AFTER_PEER_CLOSE = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6); s.bind((sys.argv[1], 40500)); s.connect((sys.argv[2], 5201))
+s.sendall(b"x" * 5000)
+assert s.recv(100) == b""  # the server's FIN
+time.sleep(0.3)  # its time-wait socket is there now
+s.send(b"y" * 1000)
+time.sleep(0.3)
+"""
+
+
+@pytest.mark.root
+def test_a_local_peer_closing_first_does_not_unmark_the_other_end(lab: Lab) -> None:
+    """Both sockets of a connection are watched (perfSONAR ports mode, one cgroup): the server's
+    close removes its own direction only, so what the client sends after it is still marked."""
+    import sys
+
+    d = lab.daemon("markingStrategy: label", plugins=PERFSONAR)
+    d.wait_log("sock_ops attached")
+    cap = lab.capture()
+    srv = lab.start(lab.b, [sys.executable, "-c", SERVER_CLOSES_FIRST, B_ADDR])
+    assert srv.stdout is not None and b"listening" in srv.stdout.readline()
+    r = subprocess.run(lab.a.cmd(sys.executable, "-c", CLIENT_SENDS_AFTER_PEER_CLOSE, A_ADDR, B_ADDR),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert srv.stdout.readline().strip() == b"closed"
+    pkts = cap.stop()
+    from scitagd.tags import decode_flow_label
+
+    sent = [(len(p.l4_payload), decode_flow_label(p.label)) for p in pkts
+            if p.src == A_ADDR and p.sport == 40500 and p.l4_payload]
+    assert sum(n for n, _ in sent) == 6000, sent
+    assert sent[-1][0] == 1000 and {t for _, t in sent} == {(2, 2)}, sent
+    assert d.stop() == 0
+
+
 def test_flow_gone_without_end_does_not_leak(run_daemon: Any, tmp_path: Path) -> None:
     from ..conftest import free_port, metrics
 

@@ -338,8 +338,13 @@ static __always_inline int established(struct bpf_sock_ops *skops)
 			};
 			keys(skops, &out, &in);
 			bpf_map_update_elem(&flows, &out, &tag, BPF_ANY);
-			tag.flags = 0;
-			bpf_map_update_elem(&flows, &in, &tag, BPF_ANY);
+			/* Both ends of a connection can be in this cgroup (loopback, containers): the
+			 * peer's socket owns this direction (flags 1) and keeps its own tag in it. */
+			struct flow_tag *peer = bpf_map_lookup_elem(&flows, &in);
+			if (!peer || !(peer->flags & 1)) {
+				tag.flags = 0;
+				bpf_map_update_elem(&flows, &in, &tag, BPF_ANY);
+			}
 		}
 		/* a callback on every state change, to see the close */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
@@ -392,7 +397,11 @@ int scitagd_watch(struct bpf_sock_ops *skops)
 				struct flow_key out = {}, in = {};
 				keys(skops, &out, &in);
 				bpf_map_delete_elem(&flows, &out);
-				bpf_map_delete_elem(&flows, &in);
+				/* a peer socket still open here keeps marking its direction: a server's
+				 * reset must not unmark what the local client still sends */
+				struct flow_tag *peer = bpf_map_lookup_elem(&flows, &in);
+				if (peer && !(peer->flags & 1))
+					bpf_map_delete_elem(&flows, &in);
 			}
 			DBG("watcher: closed lport=%u rport=%u", skops->local_port,
 			    bpf_ntohl(skops->remote_port) & 0xFFFF);
