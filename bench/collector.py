@@ -12,7 +12,8 @@
      (5-tuples varied) with start, sometimes an ongoing, and end, interleaved as concurrent flows.
      Counting is closed: sent = accounted + rejected + kernel drops + still queued + lost inside
      (the current collector's store_dropped) + unexplained, read only once the receiver has
-     drained (socket queue empty, nothing pending, counters still for 1 s). Kernel drops and the
+     drained (socket queue empty, nothing pending, counters still and the process under a
+     quarter of a core for 1 s: the baseline counts before its store thread writes). Kernel drops and the
      queue come from /proc/net/udp for the receiver's socket (found by its port and inode).
      "Lossless" = nothing dropped, nothing unexplained. "Keeps up" = lossless and done within
      --max-lag seconds of the last datagram sent: a receiver that buffers what it cannot yet
@@ -20,7 +21,8 @@
      processes less than is offered, and only its lag shows it. The sustained rate of a receiver
      is the highest step it keeps up with in the median of --runs runs; its capacity is what it
      processed per second from the first datagram to the end of the drain at a step it does not
-     keep up with (its cost per firefly, whatever it buffers).
+     keep up with (its cost per firefly, whatever it buffers), shown with its CPU time per
+     firefly by thread (event loop, others) from /proc.
   2. queries: --flows flows over 30 days written through the store's own ingest, the collector
      started on it, each dashboard query timed over HTTP (median of --repeat), and the RSS.
 
@@ -198,6 +200,25 @@ def udp_socket_state(port: int, pid: int) -> Tuple[int, int]:
     if not found:
         raise RuntimeError(f"no UDP socket of pid {pid} on port {port}")
     return queued, drops
+
+
+def thread_cpu(pid: int) -> Tuple[float, float]:
+    """CPU seconds (user + system) of `pid`'s main thread (the event loop) and of its other
+    threads (the store's, queries'), from /proc: where a receiver's time goes, without a profiler."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        f = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(f[11]) + int(f[12])) / tick
+        if int(tid) == pid:
+            main += cpu
+        else:
+            other += cpu
+    return main, other
 
 
 CEILING = r"""
@@ -386,30 +407,38 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
     rc = make()
     try:
         _, d0 = udp_socket_state(rc.port, rc.proc.pid)
+        cpu0 = thread_cpu(rc.proc.pid)
         r = subprocess.run([sys.executable, "-c", SENDER, str(rc.port), str(rate), str(LOAD_CPU), str(gfile)],
                            capture_output=True, text=True, timeout=n / rate * 5 + 120)
         if r.returncode:
             raise RuntimeError(r.stderr)
         s = json.loads(r.stdout)
-        # Drained: nothing in the socket, nothing pending or being written inside, the counters still.
+        # Drained: nothing in the socket, nothing pending or being written inside, the counters
+        # still and the receiver idle. Idle matters: a receiver that counts a firefly when it
+        # parses it (the baseline) and hands its rows to a store thread shows still counters and
+        # nothing pending while that thread is still writing; its busy time ends when its CPU
+        # use falls below a quarter of a core (this loop's own scrapes cost it ~2 %).
         last: Optional[Tuple[float, float]] = None
         still_since = time.monotonic()
         t_busy_end = time.monotonic()
         deadline = time.monotonic() + drain_timeout
+        cpu_prev, t_prev = sum(thread_cpu(rc.proc.pid)), time.monotonic()
         while True:
             queued, drops = udp_socket_state(rc.port, rc.proc.pid)
             c = rc.counts()
             now = time.monotonic()
+            cpu_now = sum(thread_cpu(rc.proc.pid))
             cur = (c["accounted"], c["rejected"])
-            if cur != last:
+            if cur != last or cpu_now - cpu_prev > 0.25 * (now - t_prev):
                 last, still_since, t_busy_end = cur, now, now
+            cpu_prev, t_prev = cpu_now, now
             closed = c["accounted"] + c["rejected"] + c["lost"] + drops - d0 >= s["sent"]
-            # counted in full, or nothing moving for 1 s (3 s while the count is not closed: a
-            # store write of a large batch is neither queued nor, in the baseline, pending)
+            # counted in full, or nothing moving for 1 s (3 s while the count is not closed)
             if (queued == 0 and c["pending"] == 0 and now - still_since >= (1.0 if closed else 3.0)) \
                     or now > deadline:
                 break
             time.sleep(0.2)
+        cpu1 = thread_cpu(rc.proc.pid)
     finally:
         rc.stop()
     sent = s["sent"]
@@ -423,7 +452,10 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
             "rejected": c["rejected"], "kernel_drops": drops, "queued": in_queue, "pending": c["pending"],
             "lost_inside": c["lost"], "unexplained": unexplained, "drained": not queued and not c["pending"],
             "loss_pct": 100.0 * (sent - processed) / sent if sent else 0.0,
-            "capacity": processed / busy, "lag_s": t_busy_end - (s["t0"] + s["seconds"])}
+            "capacity": processed / busy, "lag_s": t_busy_end - (s["t0"] + s["seconds"]),
+            # CPU per processed firefly, by thread (the count's HTTP scrapes included: ~1 us)
+            "loop_us": 1e6 * (cpu1[0] - cpu0[0]) / max(1.0, processed),
+            "threads_us": 1e6 * (cpu1[1] - cpu0[1]) / max(1.0, processed)}
 
 
 def lossless(r: Dict[str, Any]) -> bool:
@@ -473,7 +505,9 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
             lag = statistics.median(r["lag_s"] for r in runs)
             got[k] = {"lossless_median": sum(lossless(r) for r in runs) * 2 > len(runs),
                       "keeps_up_median": sum(ok) * 2 > len(ok), "loss_pct_median": loss, "lag_s_median": lag,
-                      "capacity_median": statistics.median(r["capacity"] for r in runs), "runs": runs}
+                      "capacity_median": statistics.median(r["capacity"] for r in runs),
+                      "loop_us_median": statistics.median(r["loop_us"] for r in runs),
+                      "threads_us_median": statistics.median(r["threads_us"] for r in runs), "runs": runs}
             line.append(f"{k}: loss {loss:5.2f}% lag {lag:4.1f} s ({sum(ok)}/{len(ok)} kept up) drops "
                         f"{statistics.median(r['kernel_drops'] for r in runs):,.0f}")
         print("  ".join(line), flush=True)
@@ -502,7 +536,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
                 best_lossless = rate
         c = cap_step[k]
         summary[k] = {"sustained": best, "lossless_4s": best_lossless, "capacity": c["capacity_median"],
-                      "capacity_saturated": not c["keeps_up_median"]}
+                      "capacity_saturated": not c["keeps_up_median"], "loop_us": c["loop_us_median"],
+                      "threads_us": c["threads_us_median"]}
     res["summary"] = summary
     print(f"sustained rate (kept up: lossless, done within {a.max_lag} s of the last datagram; median of runs), "
           "lossless step (a burst of one step lost nothing) and capacity (processed/s from the first datagram to "
@@ -510,7 +545,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
     for k in kinds:
         s = summary[k]
         cap = f"{s['capacity']:,.0f}/s" + ("" if s["capacity_saturated"] else " (kept up: at least this)")
-        print(f"  {k:9} sustained {s['sustained']:>7,}/s   lossless step {s['lossless_4s']:>7,}/s   capacity {cap}")
+        print(f"  {k:9} sustained {s['sustained']:>7,}/s   lossless step {s['lossless_4s']:>7,}/s   capacity {cap}"
+              f"   CPU per firefly: loop thread {s['loop_us']:.1f} us, other threads {s['threads_us']:.1f} us")
     if "baseline" in summary:
         b = summary["baseline"]
         for k in kinds:
