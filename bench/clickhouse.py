@@ -418,14 +418,16 @@ collector:
             acc = sum(v for k, v in m.items() if k.startswith("scitagd_collector_fireflies_total{"))
             rej = sum(v for k, v in m.items() if k.startswith("scitagd_collector_rejected_total{"))
             inside = m.get("scitagd_collector_pending_rows", 0) + m.get("scitagd_collector_clickhouse_buffered", 0)
+            written = m.get("scitagd_collector_clickhouse_written_total", 0)
             now = time.monotonic()
-            if (acc, rej) != last:
-                last, still, busy_end = (acc, rej), now, now
+            # busy until the last INSERT is done, not until the last firefly was counted (a
+            # worker counts a firefly before its batch is written: bench/collector.py's baseline)
+            if (acc, rej, written) != last:
+                last, still, busy_end = (acc, rej, written), now, now
             if (queued == 0 and inside == 0 and now - still >= 1.0) or now > deadline:
                 break
             time.sleep(0.2)
         cpu = {p: proc_cpu(p) - c for p, c in cpu0.items()}
-        written = m.get("scitagd_collector_clickhouse_written_total", 0)
         h = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=10).read())
         share = [int(w["datagrams"]) for w in h.get("workers", [])] or [int(acc + rej)]  # each worker's datagrams
     finally:

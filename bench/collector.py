@@ -7,6 +7,9 @@
                  on PYTHONPATH), with its own config
        current   this tree's collector
        ceiling   a bare uvloop + msgspec receiver that only parses (what Python can do here)
+       current-ch  with --clickhouse: this tree with store.kind clickhouse, writing to a
+                 clickhouse-server started here on CPU 0 beside the sender (its CPU per
+                 firefly is shown apart: the database server a collector writes to runs elsewhere)
      The traffic is real fireflies (../shared/data/fireflies, $SCITAGD_SHARED, or --fireflies):
      XRootD, flowd (syslog-daemon archive lines) and dCache templates, made into distinct flows
      (5-tuples varied) with start, sometimes an ongoing, and end, interleaved as concurrent flows.
@@ -33,6 +36,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import marshal
@@ -298,6 +302,8 @@ class Receiver:
     port: int
     proc: subprocess.Popen[bytes]
 
+    side_pids: List[int] = []  # processes working for it elsewhere (a ClickHouse server)
+
     def counts(self) -> Dict[str, float]:
         raise NotImplementedError
 
@@ -306,15 +312,20 @@ class Receiver:
 
 
 class Collector(Receiver):
-    def __init__(self, tmp: Path, src: Path, rcvbuf: int, db: Optional[Path] = None) -> None:
+    def __init__(self, tmp: Path, src: Path, rcvbuf: int, db: Optional[Path] = None,
+                 clickhouse: Optional[Tuple[str, int]] = None) -> None:
         self.port, self.http = free_port(socket.SOCK_DGRAM), free_port()
         db = db or tmp / f"c{self.port}.sqlite"
         conf = tmp / f"c{self.port}.yaml"
+        store = f"{{path: {db}, retentionDays: 36500}}"
+        if clickhouse is not None:  # (url, server pid): a database of its own per run
+            store = f"{{kind: clickhouse, url: '{clickhouse[0]}', database: b{self.port}, retentionDays: 36500}}"
+            self.side_pids = [clickhouse[1]]
         # The keys both versions read alike (the baseline's README: collector.udp/store/http).
         conf.write_text(f"""
 collector:
   udp: {{bindAddresses: ["127.0.0.1"], port: {self.port}, receiveBuffer: {rcvbuf}}}
-  store: {{path: {db}, retentionDays: 36500}}
+  store: {store}
   http: {{port: {self.http}}}
 """)
         env = dict(os.environ, PYTHONPATH=str(src))
@@ -352,7 +363,8 @@ collector:
 
         return {"accounted": total("scitagd_collector_fireflies_total"),
                 "rejected": total("scitagd_collector_rejected_total"),
-                "pending": total("scitagd_collector_pending_rows"),
+                # ClickHouse: rows accounted and waiting for their INSERT count as pending too
+                "pending": total("scitagd_collector_pending_rows") + total("scitagd_collector_clickhouse_buffered"),
                 "lost": total("scitagd_collector_store_dropped_total")}
 
     def rss_mb(self) -> float:
@@ -408,6 +420,7 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
     try:
         _, d0 = udp_socket_state(rc.port, rc.proc.pid)
         cpu0 = thread_cpu(rc.proc.pid)
+        side0 = sum(sum(thread_cpu(p)) for p in rc.side_pids)
         r = subprocess.run([sys.executable, "-c", SENDER, str(rc.port), str(rate), str(LOAD_CPU), str(gfile)],
                            capture_output=True, text=True, timeout=n / rate * 5 + 120)
         if r.returncode:
@@ -439,6 +452,7 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
                 break
             time.sleep(0.2)
         cpu1 = thread_cpu(rc.proc.pid)
+        side = sum(sum(thread_cpu(p)) for p in rc.side_pids) - side0
     finally:
         rc.stop()
     sent = s["sent"]
@@ -455,7 +469,8 @@ def run_step(make: Callable[[], Receiver], gfile: Path, n: int, rate: float, dra
             "capacity": processed / busy, "lag_s": t_busy_end - (s["t0"] + s["seconds"]),
             # CPU per processed firefly, by thread (the count's HTTP scrapes included: ~1 us)
             "loop_us": 1e6 * (cpu1[0] - cpu0[0]) / max(1.0, processed),
-            "threads_us": 1e6 * (cpu1[1] - cpu0[1]) / max(1.0, processed)}
+            "threads_us": 1e6 * (cpu1[1] - cpu0[1]) / max(1.0, processed),
+            "side_us": 1e6 * side / max(1.0, processed)}
 
 
 def lossless(r: Dict[str, Any]) -> bool:
@@ -474,6 +489,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
         "current": lambda: Collector(tmp, ROOT / "src", rcvbuf),
         "ceiling": lambda: Ceiling(tmp, rcvbuf),
     }
+    if a.clickhouse is not None:
+        makers["current-ch"] = lambda: Collector(tmp, ROOT / "src", rcvbuf, clickhouse=a.clickhouse)
     for spec in a.also:
         name, tree = spec.split("=", 1)
         makers[name] = lambda tree=tree: Collector(tmp, Path(tree) / "src", rcvbuf)  # type: ignore[misc]
@@ -507,7 +524,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
                       "keeps_up_median": sum(ok) * 2 > len(ok), "loss_pct_median": loss, "lag_s_median": lag,
                       "capacity_median": statistics.median(r["capacity"] for r in runs),
                       "loop_us_median": statistics.median(r["loop_us"] for r in runs),
-                      "threads_us_median": statistics.median(r["threads_us"] for r in runs), "runs": runs}
+                      "threads_us_median": statistics.median(r["threads_us"] for r in runs),
+                      "side_us_median": statistics.median(r["side_us"] for r in runs), "runs": runs}
             line.append(f"{k}: loss {loss:5.2f}% lag {lag:4.1f} s ({sum(ok)}/{len(ok)} kept up) drops "
                         f"{statistics.median(r['kernel_drops'] for r in runs):,.0f}")
         print("  ".join(line), flush=True)
@@ -537,7 +555,7 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
         c = cap_step[k]
         summary[k] = {"sustained": best, "lossless_4s": best_lossless, "capacity": c["capacity_median"],
                       "capacity_saturated": not c["keeps_up_median"], "loop_us": c["loop_us_median"],
-                      "threads_us": c["threads_us_median"]}
+                      "threads_us": c["threads_us_median"], "side_us": c["side_us_median"]}
     res["summary"] = summary
     print(f"sustained rate (kept up: lossless, done within {a.max_lag} s of the last datagram; median of runs), "
           "lossless step (a burst of one step lost nothing) and capacity (processed/s from the first datagram to "
@@ -546,7 +564,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
         s = summary[k]
         cap = f"{s['capacity']:,.0f}/s" + ("" if s["capacity_saturated"] else " (kept up: at least this)")
         print(f"  {k:9} sustained {s['sustained']:>7,}/s   lossless step {s['lossless_4s']:>7,}/s   capacity {cap}"
-              f"   CPU per firefly: loop thread {s['loop_us']:.1f} us, other threads {s['threads_us']:.1f} us")
+              f"   CPU per firefly: loop thread {s['loop_us']:.1f} us, other threads {s['threads_us']:.1f} us"
+              + (f", ClickHouse server {s['side_us']:.1f} us" if s["side_us"] else ""))
     if "baseline" in summary:
         b = summary["baseline"]
         for k in kinds:
@@ -673,6 +692,9 @@ def main() -> int:
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-queries", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--clickhouse", action="store_true",
+                    help="also this tree with store.kind clickhouse (a clickhouse-server started here, on CPU 0 "
+                         "with the sender: the database server a collector writes to runs elsewhere)")
     a = ap.parse_args()
     if a.receive_buffer is None:
         # every receiver gets the same buffer: what SO_RCVBUF may ask for without CAP_NET_ADMIN
@@ -681,8 +703,19 @@ def main() -> int:
     res: Dict[str, Any] = {"context_before": context(), "receive_buffer": a.receive_buffer}
     print(f"rmem_max {res['context_before']['rmem_max']}, receive buffer asked {a.receive_buffer}, "
           f"load {res['context_before']['loadavg']}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-collector-") as d:
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
+        if a.clickhouse:
+            sys.path.insert(0, str(ROOT))
+            from tests.collector_ch.chserver import ClickHouseServer
+
+            srv = ClickHouseServer(tmp / "clickhouse")
+            srv.start()  # inherits this process's CPU 0
+            stack.callback(srv.stop)
+            assert srv.proc is not None
+            a.clickhouse = (srv.url, srv.proc.pid)
+        else:
+            a.clickhouse = None
         if not a.skip_ingest:
             res["ingest"] = ingest(tmp, a)
         if not a.skip_queries:
