@@ -162,6 +162,32 @@ def test_put_direction_marks_the_acks(lab: Lab) -> None:
     assert {decode_flow_label(p.label) for p in acks} == {(2, 15)}
 
 
+def test_both_ends_reported_each_keeps_its_direction(lab: Lab) -> None:
+    """Two local services report the two ends of one connection (A -> B and B -> A): the second
+    report does not replace the first one's direction, and its end does not unmark it."""
+    d = lab.daemon("markingStrategy: label")
+    d.wait_log("attached interface=a0")
+    d.send(f"start tcp {A_ADDR} 40007 {B_ADDR} 5007 2 15")
+    d.wait_log("flow start", count=1)
+    d.send(f"start tcp {B_ADDR} 5007 {A_ADDR} 40007 3 16")
+    d.wait_log("flow start", count=2)
+    d.send(f"end tcp {B_ADDR} 5007 {A_ADDR} 40007 3 16")
+    d.wait_log("flow end", count=1)
+    time.sleep(0.1)
+    cap = lab.capture()
+    srv = lab.server(5007)
+    sent = lab.tool(lab.a, "tcp-client", B_ADDR, "5007", "40007", str(MB))
+    assert lab.result(srv) == sent
+    data = [p for p in sent_by_a(cap.stop(), 6, 40007) if p.l4_payload]
+    assert len(data) >= 10
+    assert {decode_flow_label(p.label) for p in data} == {(2, 15)}
+    # the first report's end removes its entries: the kernel's own labels again
+    d.send(f"end tcp {A_ADDR} 40007 {B_ADDR} 5007 2 15")
+    d.wait_log("flow end", count=2)
+    m = d.metrics()
+    assert m["scitagd_marker_map_entries"] == 0 and m["scitagd_marker_evictions_total"] == 0, m
+
+
 @pytest.mark.parametrize("txvlan", ["on", "off"])
 @pytest.mark.parametrize("strategy", ["label", "destination", "hopByHopDestination"])
 def test_vlan_tagged_frames(lab: Lab, strategy: str, txvlan: str) -> None:

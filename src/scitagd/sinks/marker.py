@@ -31,6 +31,13 @@ __all__ = ["MarkerSink", "global_ipv6_interfaces"]
 log = logging.getLogger("scitagd.marker")
 
 
+def _owned(tag: bytes) -> bool:
+    """A flow map entry written for the direction its producer reported (flags bit 0)."""
+    from ..bpf.abi import FLOW_TAG
+
+    return bool(tag[FLOW_TAG.offsets["flags"]] & 1)
+
+
 def global_ipv6_interfaces() -> List[str]:
     """Interfaces with a global-scope IPv6 address (/proc/net/if_inet6, scope 00)."""
     out = []
@@ -57,6 +64,9 @@ class MarkerSink(Sink):
         self.state: Dict[str, Dict[str, object]] = {}
         self.entries = 0
         self.evictions = 0
+        # Reverse-direction keys another report governs (it owns the direction, or took over
+        # this flow's reverse entry): missing at this flow's end is no eviction. Bounded by the map.
+        self._shared: set[bytes] = set()
         self.not_markable: Dict[str, int] = {}
         self.errors = 0
         self._task: Optional[asyncio.Task[None]] = None
@@ -243,18 +253,40 @@ class MarkerSink(Sink):
         assert maps is not None, "handle() before start()"
         fwd = flow_key(ev.protocol, ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port)
         rev = flow_key(ev.protocol, ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)
+        # As the watcher's kernel program does: both ends of a connection can be reported here
+        # (two local services), each owning its direction (flags bit 0); a flow's reverse entry
+        # never replaces nor removes the other report's own direction.
+        shared = self._shared
         if ev.state == START:
+            if len(shared) > self.conf.map_size:
+                shared.clear()
             label = encode_flow_label(ev.experiment, ev.activity, random_entropy())
+            cur = maps.get_flow(fwd)
+            if cur is None:
+                self.entries += 1
+            elif not _owned(cur):
+                shared.add(fwd)  # the other report's reverse entry: this report's own now
             maps.put_flow(fwd, FLOW_TAG.pack(label, ev.experiment, ev.activity, 1))
-            maps.put_flow(rev, FLOW_TAG.pack(label, ev.experiment, ev.activity, 0))
-            self.entries += 2
+            cur = maps.get_flow(rev)
+            if cur is not None and _owned(cur):
+                shared.add(rev)  # the other report's own direction: left as it is
+            else:
+                maps.put_flow(rev, FLOW_TAG.pack(label, ev.experiment, ev.activity, 0))
+                self.entries += cur is None
         else:
-            for key in (fwd, rev):
-                if maps.delete_flow(key):
-                    self.entries -= 1
-                else:
-                    # Gone before its end: the LRU made room for newer flows.
-                    self.evictions += 1
+            if maps.delete_flow(fwd):
+                self.entries -= 1
+            else:
+                self.evictions += 1  # gone before its end: the LRU made room for newer flows
+            if rev in shared:
+                shared.discard(rev)
+                cur = maps.get_flow(rev)
+                if cur is None or _owned(cur):
+                    return  # the other report's: it marks, or already removed, that direction
+            if maps.delete_flow(rev):
+                self.entries -= 1
+            else:
+                self.evictions += 1
 
     # --- metrics -------------------------------------------------------------------------
 
