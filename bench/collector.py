@@ -302,7 +302,7 @@ class Receiver:
     port: int
     proc: subprocess.Popen[bytes]
 
-    side_pids: List[int] = []  # processes working for it elsewhere (a ClickHouse server)
+    side_pids: Tuple[int, ...] = ()  # processes working for it elsewhere (a ClickHouse server)
 
     def counts(self) -> Dict[str, float]:
         raise NotImplementedError
@@ -320,7 +320,7 @@ class Collector(Receiver):
         store = f"{{path: {db}, retentionDays: 36500}}"
         if clickhouse is not None:  # (url, server pid): a database of its own per run
             store = f"{{kind: clickhouse, url: '{clickhouse[0]}', database: b{self.port}, retentionDays: 36500}}"
-            self.side_pids = [clickhouse[1]]
+            self.side_pids = (clickhouse[1],)
         # The keys both versions read alike (the baseline's README: collector.udp/store/http).
         conf.write_text(f"""
 collector:

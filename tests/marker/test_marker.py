@@ -181,7 +181,7 @@ def test_both_ends_reported_each_keeps_its_direction(lab: Lab) -> None:
     data = [p for p in sent_by_a(cap.stop(), 6, 40007) if p.l4_payload]
     assert len(data) >= 10
     assert {decode_flow_label(p.label) for p in data} == {(2, 15)}
-    # the first report's end removes its entries: the kernel's own labels again
+    # the first report's end removes what is left, none of it counted as an LRU eviction
     d.send(f"end tcp {A_ADDR} 40007 {B_ADDR} 5007 2 15")
     d.wait_log("flow end", count=2)
     m = d.metrics()

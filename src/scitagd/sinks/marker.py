@@ -274,19 +274,20 @@ class MarkerSink(Sink):
                 maps.put_flow(rev, FLOW_TAG.pack(label, ev.experiment, ev.activity, 0))
                 self.entries += cur is None
         else:
-            if maps.delete_flow(fwd):
-                self.entries -= 1
-            else:
-                self.evictions += 1  # gone before its end: the LRU made room for newer flows
+            self._remove(fwd)
             if rev in shared:
                 shared.discard(rev)
                 cur = maps.get_flow(rev)
                 if cur is None or _owned(cur):
                     return  # the other report's: it marks, or already removed, that direction
-            if maps.delete_flow(rev):
-                self.entries -= 1
-            else:
-                self.evictions += 1
+            self._remove(rev)
+
+    def _remove(self, key: bytes) -> None:
+        assert self.maps is not None
+        if self.maps.delete_flow(key):
+            self.entries -= 1
+        else:
+            self.evictions += 1  # gone before its flow's end: the LRU made room for newer flows
 
     # --- metrics -------------------------------------------------------------------------
 
