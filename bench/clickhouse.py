@@ -348,16 +348,10 @@ def proc_cpu(pid: int) -> float:
 def port_drops(port: int) -> Tuple[int, int]:
     """(bytes queued, datagrams dropped) over every socket on `port` (all the workers' sockets:
     the port is this run's own), from /proc/net/udp."""
-    queued = drops = 0
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        with open(path) as f:
-            next(f)
-            for line in f:
-                c = line.split()
-                if int(c[1].rsplit(":", 1)[1], 16) == port:
-                    queued += int(c[4].split(":")[1], 16)
-                    drops += int(c[-1])
-    return queued, drops
+    from scitagd.netutil import udp_table
+
+    mine = [u for u in udp_table() if u.port == port]
+    return sum(u.queued for u in mine), sum(u.drops for u in mine)
 
 
 def udp_step(tmp: Path, url: str, db: str, workers: int, gfile: Path, n: int, rate: float) -> Dict[str, Any]:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from scitagd.lab.util import free_port, stop_process
+from scitagd.netutil import udp_table
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CPU, LOAD_CPU = 1, 0
@@ -190,20 +191,10 @@ def udp_socket_state(port: int, pid: int) -> Tuple[int, int]:
             continue
         if link.startswith("socket:["):
             inodes.add(int(link[8:-1]))
-    queued = drops = 0
-    found = False
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        with open(path) as f:
-            next(f)
-            for line in f:
-                c = line.split()
-                if int(c[1].rsplit(":", 1)[1], 16) == port and int(c[9]) in inodes:
-                    queued += int(c[4].split(":")[1], 16)
-                    drops += int(c[-1])
-                    found = True
-    if not found:
+    mine = [u for u in udp_table() if u.port == port and u.inode in inodes]
+    if not mine:
         raise RuntimeError(f"no UDP socket of pid {pid} on port {port}")
-    return queued, drops
+    return sum(u.queued for u in mine), sum(u.drops for u in mine)
 
 
 def thread_cpu(pid: int) -> Tuple[float, float]:

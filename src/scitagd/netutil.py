@@ -10,9 +10,10 @@ import logging
 import os
 import re
 import socket
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple, TypeVar, Union
 
 __all__ = [
+    "UdpSocket",
     "bind_error",
     "check_bind_address",
     "check_host",
@@ -179,10 +180,16 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def udp_table() -> Iterator[Tuple[int, int, int]]:
-    """(local port, inode, drops) of each UDP socket in this network namespace, from
-    /proc/net/udp and udp6 (`drops`: datagrams the kernel dropped, receive buffer full); a file
-    that cannot be read, or a line that cannot be parsed, is skipped."""
+class UdpSocket(NamedTuple):
+    port: int  # local
+    inode: int
+    queued: int  # bytes in the receive queue
+    drops: int  # datagrams the kernel dropped, receive buffer full
+
+
+def udp_table() -> Iterator[UdpSocket]:
+    """Each UDP socket in this network namespace, from /proc/net/udp and udp6; a file that
+    cannot be read, or a line that cannot be parsed, is skipped."""
     for path in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(path) as f:
@@ -194,7 +201,8 @@ def udp_table() -> Iterator[Tuple[int, int, int]]:
             if len(cols) < 13:
                 continue
             try:
-                yield int(cols[1].rsplit(":", 1)[1], 16), int(cols[9]), int(cols[-1])
+                yield UdpSocket(int(cols[1].rsplit(":", 1)[1], 16), int(cols[9]),
+                                int(cols[4].split(":")[1], 16), int(cols[-1]))
             except (ValueError, IndexError):
                 continue
 
@@ -202,7 +210,7 @@ def udp_table() -> Iterator[Tuple[int, int, int]]:
 def socket_drops(inodes: Iterable[int]) -> Dict[int, int]:
     """inode -> datagrams the kernel dropped for that socket (receive buffer full)."""
     want = set(inodes)
-    return {inode: drops for _, inode, drops in udp_table() if inode in want}
+    return {u.inode: u.drops for u in udp_table() if u.inode in want}
 
 
 def drops_of(socks: Iterable[socket.socket]) -> int:

@@ -243,7 +243,7 @@ def test_a_worker_killed_under_load_loses_only_what_it_held(ch_server: Any, tmp_
     client = HttpClient(ch_server.url)
     stored = int(query(client, "SELECT count() FROM (SELECT DISTINCT toUInt32(start), start_frac, src, sport, "
                                "state, t, sent, received FROM k9.fireflies)")[0][0])
-    drops = sum(d for port, _, d in udp_table() if port == c.udp)
+    drops = sum(u.drops for u in udp_table() if u.port == c.udp)
     lost = n - stored - drops
     share = before[0]["datagrams"] / max(1, before[0]["datagrams"] + before[1]["datagrams"])
     victim_rate = n * share / elapsed

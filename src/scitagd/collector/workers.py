@@ -92,7 +92,7 @@ def foreign_sockets(port: int, ours: List[socket.socket]) -> int:
     """UDP sockets on `port` in this network namespace that are not ours (/proc/net/udp, udp6):
     a process of the same user may join a SO_REUSEPORT group and take a share of the datagrams."""
     inodes = {os.fstat(s.fileno()).st_ino for s in ours if s.fileno() >= 0}
-    return sum(1 for p, inode, _ in udp_table() if p == port and inode not in inodes)
+    return sum(1 for u in udp_table() if u.port == port and u.inode not in inodes)
 
 
 def _bind_tcp(addr: str, port: int) -> socket.socket:
