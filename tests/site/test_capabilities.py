@@ -285,7 +285,11 @@ def test_unit_capabilities_mark_on_the_wire(site: Site) -> None:
         sampled = {k: v for k, v in d.metrics().items()
                    if k.startswith("flow_tcp_bytes_acked_total") and 'flavour="netlink"' in k and v > 0}
     assert hold.wait(20) == 0
-    assert sampled, "no sock_diag sample as the unprivileged user"
+    # seen once in ~15 runs (2026-11-28, full suite), not reproduced under load: say what the
+    # enricher saw and what the daemon logged, should it happen again
+    assert sampled, ("no sock_diag sample as the unprivileged user; enricher: "
+                     + str({k: v for k, v in d.metrics().items() if k.startswith("scitagd_enricher")})
+                     + "; log tail:\n" + d.text()[-3000:])
     for p in srv.values():
         lab.result(p)
     pkts = cap.stop()
