@@ -92,7 +92,9 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
       retentionDays: days of fireflies and per-minute traffic kept; older is deleted every 10
         minutes (ranges imported with --keep excepted). clickhouse drops whole days of flows by
         their start day (daily partitions).
-      flushInterval: seconds between hand-overs of what arrived to the store, 0.01..10.
+      flushInterval: seconds between hand-overs of what arrived to the store, 0.01..10. sqlite:
+        one commit each; 1 instead of 0.2 takes a quarter off the SQL a firefly costs (fewer
+        commits, more flows written once), and the dashboard shows it up to that much later.
       maxPending: fireflies held in memory while the store is behind or the disk is full; beyond
         it new ones are dropped and counted.
       cacheFlows: flows kept in memory between their fireflies (clickhouse: remembered only for the
