@@ -304,11 +304,12 @@ class Receiver:
 
 class Collector(Receiver):
     def __init__(self, tmp: Path, src: Path, rcvbuf: int, db: Optional[Path] = None,
-                 clickhouse: Optional[Tuple[str, int]] = None) -> None:
+                 clickhouse: Optional[Tuple[str, int]] = None, flush_interval: Optional[float] = None) -> None:
         self.port, self.http = free_port(socket.SOCK_DGRAM), free_port()
         db = db or tmp / f"c{self.port}.sqlite"
         conf = tmp / f"c{self.port}.yaml"
-        store = f"{{path: {db}, retentionDays: 36500}}"
+        flush = f", flushInterval: {flush_interval}" if flush_interval is not None else ""
+        store = f"{{path: {db}, retentionDays: 36500{flush}}}"
         if clickhouse is not None:  # (url, server pid): a database of its own per run
             store = f"{{kind: clickhouse, url: '{clickhouse[0]}', database: b{self.port}, retentionDays: 36500}}"
             self.side_pids = (clickhouse[1],)
@@ -482,6 +483,8 @@ def ingest(tmp: Path, a: argparse.Namespace) -> Dict[str, Any]:
     }
     if a.clickhouse is not None:
         makers["current-ch"] = lambda: Collector(tmp, ROOT / "src", rcvbuf, clickhouse=a.clickhouse)
+    for f in a.flush_interval:  # this tree with another store.flushInterval (SQLite: one commit each)
+        makers[f"current-flush{f:g}"] = lambda f=f: Collector(tmp, ROOT / "src", rcvbuf, flush_interval=f)  # type: ignore[misc]
     for spec in a.also:
         name, tree = spec.split("=", 1)
         makers[name] = lambda tree=tree: Collector(tmp, Path(tree) / "src", rcvbuf)  # type: ignore[misc]
@@ -668,6 +671,8 @@ def main() -> int:
     ap.add_argument("--baseline", help="a git worktree of the version to compare with (its src/ is used)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=TREE",
                     help="another collector version to run beside them (a worktree; its src/ is used)")
+    ap.add_argument("--flush-interval", action="append", type=float, default=[], metavar="SECONDS",
+                    help="also this tree with store.flushInterval SECONDS (the default is 0.2)")
     ap.add_argument("--only", default=None, help="receivers to run (default: baseline,current,ceiling and --also)")
     ap.add_argument("--receive-buffer", type=int, default=None,
                     help="bytes, the same for every receiver (default: net.core.rmem_max)")

@@ -93,8 +93,8 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
         minutes (ranges imported with --keep excepted). clickhouse drops whole days of flows by
         their start day (daily partitions).
       flushInterval: seconds between hand-overs of what arrived to the store, 0.01..10. sqlite:
-        one commit each; 1 instead of 0.2 takes a quarter off the SQL a firefly costs (fewer
-        commits, more flows written once), and the dashboard shows it up to that much later.
+        one commit each; longer costs less CPU below capacity (1 instead of 0.2: a quarter off the
+        SQL) and shows fireflies that much later on the dashboard; under load batches grow anyway.
       maxPending: fireflies held in memory while the store is behind or the disk is full; beyond
         it new ones are dropped and counted.
       cacheFlows: flows kept in memory between their fireflies (clickhouse: remembered only for the
