@@ -63,7 +63,7 @@ for deb_arch in "${arches[@]}"; do
     fi
     rm -rf "$priv/bin"
     pipq install --no-deps --no-index --no-compile "${target[@]}" --target "$priv" "$wheel"
-    rm -rf "$priv/bin"
+    rm -rf "$priv/bin" "$priv/share"  # console scripts; the wheel's data files, installed below in /usr/share
 
     sed '1s|^#!.*|#!/usr/bin/python3 -I|' packaging/rpm/scitagd.py > "$work/scitagd"
     install -Dm0755 "$work/scitagd" "$root/usr/bin/scitagd"

@@ -85,6 +85,7 @@ tree_for() {  # the private site-packages of one architecture, as a source tarba
     rm -rf "$tree/bin"
     pipq install --no-deps --no-index --no-compile "${target[@]}" --target "$tree" "$wheel"
     rm -rf "$tree/bin"  # console scripts for this host's Python; packaging/rpm/scitagd.py replaces them
+    rm -rf "$tree/share"  # the wheel's data files (man pages, dashboards, examples): %install puts them in /usr/share
     if [ -n "$py39" ]; then
         "$py39" -m compileall -q -j0 "$tree" >/dev/null
     fi

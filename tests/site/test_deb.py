@@ -73,6 +73,8 @@ def test_control_and_contents(debs: Dict[str, Path], arch: str, tmp_path: Path) 
     # Debian's packages provide the rest; no byte code shipped (postinst compiles it).
     assert not [f for f in files if f.startswith(f"/{PRIV}/") and f.split("/")[5] in ("aiohttp", "yaml", "uvloop")]
     assert not [f for f in files if f.endswith(".pyc")]
+    assert not [f for f in files if f.startswith(f"/{PRIV}/bin") or f.startswith(f"/{PRIV}/share")], \
+        "console scripts, or the wheel's data files twice (also in /usr/share)"
     ctl = tmp_path / "DEBIAN"
     subprocess.run(["dpkg-deb", "-e", str(deb), str(ctl)], check=True)
     assert (ctl / "conffiles").read_text().split() == ["/etc/scitagd/scitagd.yaml", "/etc/scitagd/collector.yaml"]

@@ -96,6 +96,7 @@ def test_contents_and_dependencies(rpms: Dict[str, Path], arch: str) -> None:
     for mod in ("msgspec", "uvloop", "aiohttp", "yaml", "_yaml", "prometheus_client", "pyroute2", "async_timeout"):
         assert f"/{PRIV}/{mod}" in files, mod
     assert not [f for f in files if f.startswith(f"/{PRIV}/bin")], "console scripts of the build host's Python"
+    assert not [f for f in files if f.startswith(f"/{PRIV}/share")], "the wheel's data files twice (also in /usr/share)"
     assert not [f for f in files if "cpython-" in f and "cpython-39" not in f], "files for another Python than 3.9"
     # Config files: %config(noreplace), readable by the service's group only.
     flags = dict(line.split(" ", 1) for line in q(rpm, "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms}"
