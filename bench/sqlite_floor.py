@@ -17,7 +17,7 @@ adds statements, it cannot remove these). Added to the event loop's CPU per fire
 bench/collector.py's capacity step), it bounds from below what a firefly can cost the SQLite
 collector on one core.
 
-  python bench/sqlite_floor.py --runs 5 [--rate 14000] [-n 64000] [--cpu 1]
+  python bench/sqlite_floor.py --runs 5 [--rate 14000] [--flush 0.2] [-n 64000] [--cpu 1]
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def child(n: int, rate: float, flush: float, tmp: Path) -> Dict[str, Any]:
             what = statement_name(sql)
             by[what] = by.get(what, 0.0) + time.thread_time() - t0
     replay.close()
-    if fingerprint(db) != fingerprint(replay_path):  # the replay did other work than the store: no floor
-        raise SystemExit(f"replayed file differs: {fingerprint(db)} != {fingerprint(replay_path)}")
+    stored, replayed = fingerprint(db), fingerprint(replay_path)
+    if stored != replayed:  # the replay did other work than the store: no floor
+        raise SystemExit(f"replayed file differs: {stored} != {replayed}")
     m = len(grams) - half
     return {"fireflies": m, "batch": batch, "statements": sum(len(x) for x in logs),
             "store_us": store_cpu / m * 1e6, "sql_us": sum(by.values()) / m * 1e6,
@@ -144,7 +145,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("-n", type=int, default=64000, help="fireflies (the second half is measured)")
-    ap.add_argument("--rate", type=float, default=14000.0, help="fireflies/s: batches of 0.2 s at this rate")
+    ap.add_argument("--rate", type=float, default=14000.0, help="fireflies/s the traffic is shaped for (a batch: --flush seconds of it)")
     ap.add_argument("--flush", type=float, default=0.2, help="seconds of traffic per batch (store.flushInterval)")
     ap.add_argument("--cpu", type=int, default=1, help="CPU to run on")
     ap.add_argument("--json", type=Path)
